@@ -1,0 +1,275 @@
+"""A Llama-family decoder (SmolLM2 shapes) in Flax NNX.
+
+RMSNorm, RoPE, SwiGLU, grouped-query attention, optional tied embeddings, segment-aware causal
+masking for packed sequences, and a functional KV cache for decoding. Every parameter carries
+logical axis names; `safejax.partitioning` maps them to mesh axes. Activations are constrained with
+the `activation_*` names so XLA keeps the batch sharded and the model axis where the rules say.
+
+Shapes: B batch, T query length, S cache (key) length, D embed, N query heads, K kv heads,
+H head dim, F mlp dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gin
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax import struct
+
+from safejax.partitioning import with_logical_constraint
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics; the gin files in gin/models/ name the standard sizes."""
+
+  num_layers: int = 2
+  embed_dim: int = 64
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 16
+  mlp_dim: int = 128
+  vocab_size: int = 0  # 0: taken from the vocabulary at build time.
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = True
+  param_dtype: str = "float32"
+  dtype: str = "float32"  # compute dtype; logits and the loss are always float32.
+  remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+    if self.remat not in ("none", "full", "dots"):
+      raise ValueError(f"remat must be none, full or dots, not {self.remat!r}")
+
+  def with_vocab_size(self, vocab_size: int) -> "ModelConfig":
+    return self if self.vocab_size else dataclasses.replace(self, vocab_size=vocab_size)
+
+  def num_params(self) -> int:
+    """Parameter count (embeddings included once when tied)."""
+    d, f, v = self.embed_dim, self.mlp_dim, self.vocab_size
+    attn = d * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+    per_layer = attn + 3 * d * f + 2 * d
+    head = 0 if self.tie_embeddings else d * v
+    return v * d + self.num_layers * per_layer + d + head
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), PaLM appendix B convention."""
+    # 6N covers every matmul weight once (the tied embedding counts through the output projection;
+    # the input lookup costs no FLOPs); 12*L*T*d_attn is QK^T and AV, forward and backward.
+    matmul_params = self.num_params() - (self.num_layers * 2 + 1) * self.embed_dim
+    return 6 * matmul_params + 12 * self.num_layers * seq_len * self.num_heads * self.head_dim
+
+
+@struct.dataclass
+class KVCache:
+  """Keys and values of every layer, written slot by slot.
+
+  keys, values: per layer [B, S, K, H]. key_valid: [B, S], True where a slot holds a real token
+  (left padding of prompts and not-yet-written slots are False). index: int32 scalar, the next slot.
+  """
+
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+  key_valid: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def init(cls, config: ModelConfig, batch: int, length: int) -> "KVCache":
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+  @property
+  def length(self) -> int:
+    return self.key_valid.shape[1]
+
+  def gather_rows(self, rows: jax.Array) -> "KVCache":
+    """Reorders the batch (beam search): rows [B'] of indices into the current batch."""
+    take = lambda x: jnp.take(x, rows, axis=0)
+    return KVCache(tuple(map(take, self.keys)), tuple(map(take, self.values)), take(self.key_valid), self.index)
+
+
+def _dense(cfg: ModelConfig, rngs: nnx.Rngs, d_in: int, d_out: int, axes: tuple[str, str]) -> nnx.Linear:
+  init = nnx.with_partitioning(nnx.initializers.normal(cfg.init_std), axes)
+  return nnx.Linear(d_in, d_out, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                    kernel_init=init, rngs=rngs)
+
+
+def _norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  init = nnx.with_partitioning(nnx.initializers.ones, ("norm",))
+  return nnx.RMSNorm(cfg.embed_dim, epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     scale_init=init, rngs=rngs)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, rotate-half layout (as in Llama/HF). x [B, T, heads, H]; positions [B, T]."""
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, H/2]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d, h = cfg.embed_dim, cfg.head_dim
+    self.q = _dense(cfg, rngs, d, cfg.num_heads * h, ("embed", "heads"))
+    self.k = _dense(cfg, rngs, d, cfg.num_kv_heads * h, ("embed", "kv_heads"))
+    self.v = _dense(cfg, rngs, d, cfg.num_kv_heads * h, ("embed", "kv_heads"))
+    self.o = _dense(cfg, rngs, cfg.num_heads * h, d, ("heads", "embed"))
+
+  def __call__(self, x, positions, mask, layer_cache=None, write_slots=None):
+    """x [B,T,D]; mask [B,1,T,S] bool; layer_cache (keys, values) [B,S,K,H] or None (S = T)."""
+    cfg = self.cfg
+    b, t, _ = x.shape
+    q = self.q(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = self.k(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    q = with_logical_constraint(rope(q, positions, cfg.rope_theta), ("activation_batch", "activation_length", "activation_heads", None))
+    k = rope(k, positions, cfg.rope_theta)
+    if layer_cache is not None:
+      cached_k, cached_v = layer_cache
+      k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), write_slots, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), write_slots, axis=1)
+      layer_cache = (k, v)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    out = with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
+    return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), layer_cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.gate = _dense(cfg, rngs, cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))
+    self.up = _dense(cfg, rngs, cfg.embed_dim, cfg.mlp_dim, ("embed", "mlp"))
+    self.down = _dense(cfg, rngs, cfg.mlp_dim, cfg.embed_dim, ("mlp", "embed"))
+
+  def __call__(self, x):
+    h = nnx.silu(self.gate(x)) * self.up(x)
+    h = with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
+    return self.down(h)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.attn_norm = _norm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = _norm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, positions, mask, layer_cache=None, write_slots=None):
+    h, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache, write_slots)
+    x = x + h
+    x = x + self.mlp(self.mlp_norm(x))
+    return with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed")), layer_cache
+
+
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+class Decoder(nnx.Module):
+  """The decoder-only language model."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.vocab_size <= 0:
+      raise ValueError("ModelConfig.vocab_size is unset: call config.with_vocab_size(vocab.vocab_size)")
+    self.cfg = cfg
+    self.embed = nnx.Embed(
+        cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+        embedding_init=nnx.with_partitioning(nnx.initializers.normal(cfg.init_std), ("vocab", "embed")),
+        rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = _norm(cfg, rngs)
+    self.lm_head = None if cfg.tie_embeddings else _dense(cfg, rngs, cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"))
+
+  def __call__(
+      self,
+      tokens: jax.Array,
+      positions: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      input_mask: jax.Array | None = None,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """Logits for every position.
+
+    Args:
+      tokens: [B, T] int32.
+      positions: [B, T] token positions for RoPE; default 0..T-1 (or continuing from the cache).
+      segment_ids: [B, T] for packed training sequences: tokens attend only within their segment;
+        segment 0 marks padding. Ignored when a cache is given.
+      cache: decoding state; the T new tokens are written at slots index..index+T-1.
+      input_mask: [B, T] bool, with a cache: False for tokens that are padding (e.g. left-padded
+        prompts); they are written but never attended to.
+    Returns:
+      logits [B, T, V] float32, and the updated cache (None without one).
+    """
+    b, t = tokens.shape
+    if cache is None:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+      mask = jnp.tril(jnp.ones((t, t), bool))[None]
+      if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+      mask = mask[:, None]  # [B or 1, 1, T, T]
+      write_slots = None
+    else:
+      if positions is None:
+        raise ValueError("decoding with a cache needs explicit positions")
+      if input_mask is None:
+        input_mask = jnp.ones((b, t), bool)
+      write_slots = cache.index
+      key_valid = jax.lax.dynamic_update_slice_in_dim(cache.key_valid, input_mask, write_slots, axis=1)
+      query_slot = write_slots + jnp.arange(t)
+      key_slot = jnp.arange(cache.length)
+      mask = (key_slot[None, :] <= query_slot[:, None])[None] & key_valid[:, None, :]
+      mask = mask[:, None]  # [B, 1, T, S]
+
+    x = self.embed(tokens)
+    x = with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+    new_keys, new_values = [], []
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
+      if self.cfg.remat != "none" and cache is None:
+        x, _ = nnx.remat(lambda blk, x_, p_, m_: blk(x_, p_, m_), policy=_REMAT_POLICIES[self.cfg.remat])(
+            block, x, positions, mask)
+      else:
+        x, layer_cache = block(x, positions, mask, layer_cache, write_slots)
+      if layer_cache is not None:
+        new_keys.append(layer_cache[0])
+        new_values.append(layer_cache[1])
+    x = self.final_norm(x)
+    if self.lm_head is None:
+      logits = self.embed.attend(x)
+    else:
+      logits = self.lm_head(x)
+    logits = with_logical_constraint(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+    if cache is not None:
+      cache = KVCache(tuple(new_keys), tuple(new_values), key_valid, cache.index + t)
+    return logits, cache
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
+  """Builds the model unsharded; `partitioning.create_sharded(lambda: build_model(...))` shards it.
+
+  Flax's eager sharding is switched off here so that the logical-axis metadata is only recorded:
+  placement is decided in one place, by the rules table, at jit boundaries.
+  """
+  with nnx.use_eager_sharding(False):
+    return Decoder(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def param_count(model: nnx.Module) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
