@@ -72,7 +72,12 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   gin.clear_config()
   for path in [*search_paths, REPO_GIN_DIR]:
     gin.add_config_file_search_path(path)
-  gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+  # gin logs an ERROR for every search-path miss before it finds a file; failures raise anyway.
+  logging.disable(logging.ERROR)
+  try:
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+  finally:
+    logging.disable(logging.NOTSET)
 
 
 def _resolve(command: str):
@@ -103,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   unknown_flags = [a for a in rest if a.startswith("--")]
   if unknown_flags:
     parser.error(f"unknown flags {unknown_flags}: configure with --gin.NAME=VALUE")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # safejax speaks at INFO; libraries (orbax, absl, tf) only when something is wrong.
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  logging.getLogger("safejax").setLevel(logging.INFO)
   func = _resolve(command)  # importing registers the command's configurables with gin
   try:
     parse_gin(files, bindings, search_paths)

@@ -1,6 +1,15 @@
-"""Shared fixtures. Tests that read the real data in ../shared/data skip cleanly without it."""
+"""Shared fixtures. Tests that read the real data in ../shared/data skip cleanly without it.
+
+Every test process sees 8 fake CPU devices, so sharding is tested for real on one machine.
+"""
 
 import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import json
+import random
 from pathlib import Path
 
 import pytest
@@ -14,3 +23,41 @@ def shared_data() -> Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real data not available at {SHARED_DATA}")
   return SHARED_DATA
+
+
+_SUBJECTS = ["The river", "A small bird", "The old library", "Our teacher", "The city council", "A quiet farmer",
+             "The science club", "My neighbour", "The orchestra", "A young engineer"]
+_VERBS = ["watched", "described", "repaired", "painted", "measured", "celebrated", "explained", "visited"]
+_OBJECTS = ["the morning light", "a wooden bridge", "the autumn harvest", "an ancient map", "the school garden",
+            "a bright comet", "the village market", "a long letter"]
+_ENDINGS = ["before sunset.", "with great care.", "for the whole town.", "while it rained.", "in the spring."]
+
+
+def tiny_documents(n: int, seed: int = 0) -> list[str]:
+  """Deterministic plain English documents for fast tests (no outside data)."""
+  rng = random.Random(seed)
+  docs = []
+  for _ in range(n):
+    sentences = [f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_ENDINGS)}"
+                 for _ in range(rng.randint(2, 6))]
+    docs.append(" ".join(sentences))
+  return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+  """A jsonl corpus of 400 small documents."""
+  path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+  with open(path, "w") as f:
+    for i, text in enumerate(tiny_documents(400)):
+      f.write(json.dumps({"id": f"doc{i}", "text": text}) + "\n")
+  return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tmp_path_factory):
+  """A 300-piece SentencePiece vocabulary with safejax's reserved tokens."""
+  from safejax.vocab import train_sentencepiece
+
+  path = tmp_path_factory.mktemp("vocab") / "tiny.model"
+  return train_sentencepiece(tiny_documents(400), str(path), vocab_size=300)

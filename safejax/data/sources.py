@@ -1,0 +1,268 @@
+"""Reading input documents: jsonl / csv / parquet / text files by glob, and TFDS datasets.
+
+Every input unit (a line, a row, a file, a TFDS example) becomes exactly one item: a document
+record (see `records`) or a dead letter saying why not. Reasons:
+
+  blank_line           an empty line in a jsonl file
+  bad_encoding         bytes that are not UTF-8
+  malformed_json       a jsonl line that is not a JSON object
+  malformed_row        a csv row with too many or too few fields
+  missing_field        the text (or the configured id / score) field is absent
+  wrong_type           the text field is not a string
+  empty_document       nothing but whitespace once reserved-token strings are removed
+  document_too_large   more than `max_chars` characters (or bytes, before decoding)
+  bad_score            a given score that is not an integer in 0..5
+
+Reserved-token strings (the harm tag, chat role markers) are removed from every document with
+`safejax.vocab.strip_special_tokens`; the record counts how many were removed.
+
+Files are opened through Beam's `FileSystems` (local paths, gs://, s3://, hdfs://, ... whatever
+Beam supports), and .gz / .bz2 / .zst inputs are decompressed by their extension. The Beam pipeline
+hands this module the files Beam's `fileio` matched; the plain loop matches them itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import posixpath
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
+
+import gin
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from safejax.data.records import READ, dead_letter
+from safejax.vocab import strip_special_tokens
+
+FORMATS = ("jsonl", "csv", "parquet", "text", "tfds")
+NUM_SCORES = 6
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """One input: where it is, how to read it, and which fields hold what.
+
+  Attributes:
+    name: short name; prefixes every document id ("<name>/<id>").
+    pattern: a file glob (any Beam filesystem), or for `tfds` the dataset name ("name:version").
+    format: one of FORMATS. `text` is one document per file.
+    text_field: the field (column) holding the document.
+    id_field: the field holding a stable id. Without one, file inputs use "<file name>:<line or
+      row number>" and TFDS inputs a hash of the text.
+    score_field: a field already holding a 0..5 safety score; such documents are not re-scored.
+    keep_fields: fields copied into the record's `meta` (e.g. a title).
+    split: the TFDS split.
+    tfds_data_dir: the TFDS data directory (None: TFDS's default).
+    max_chars: longer documents are dead-lettered.
+  """
+
+  name: str
+  pattern: str
+  format: str = "jsonl"
+  text_field: str = "text"
+  id_field: str | None = None
+  score_field: str | None = None
+  keep_fields: tuple[str, ...] = ()
+  split: str = "train"
+  tfds_data_dir: str | None = None
+  max_chars: int = 200_000
+
+  def __post_init__(self):
+    if self.format not in FORMATS:
+      raise ValueError(f"source {self.name!r}: format must be one of {FORMATS}, not {self.format!r}")
+    if not self.name or "/" in self.name:
+      raise ValueError(f"source name must be non-empty and contain no '/': {self.name!r}")
+    if self.max_chars < 1:
+      raise ValueError(f"source {self.name!r}: max_chars must be positive")
+    object.__setattr__(self, "keep_fields", tuple(self.keep_fields))
+
+  @property
+  def max_bytes(self) -> int:
+    # UTF-8 needs at most 4 bytes a character: a longer raw line cannot hold a valid document.
+    return 4 * self.max_chars + 4096
+
+
+def _json_value(value: Any) -> Any:
+  """Makes parquet / TFDS values JSON-serializable (numpy scalars, bytes, arrays)."""
+  if isinstance(value, bytes):
+    return value.decode("utf-8", errors="backslashreplace")
+  if isinstance(value, np.ndarray):
+    return [_json_value(v) for v in value.tolist()]
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default_id: str) -> dict:
+  """Validates one parsed input row and turns it into a document record or a dead letter."""
+  def reject(reason: str, detail: str, doc_id: str | None = None) -> dict:
+    raw = row.get(spec.text_field) if isinstance(row.get(spec.text_field), str) else json.dumps(
+        {k: _json_value(v) for k, v in row.items()}, ensure_ascii=False, default=repr)
+    return dead_letter(READ, reason, doc_id=doc_id, source=spec.name, location=location,
+                       detail=detail, raw=raw)
+
+  if spec.id_field is None:
+    local_id = default_id
+  elif row.get(spec.id_field) is None:
+    return reject("missing_field", f"no id field {spec.id_field!r}")
+  else:
+    local_id = str(_json_value(row[spec.id_field]))
+  doc_id = f"{spec.name}/{local_id}"
+  if spec.text_field not in row or row[spec.text_field] is None:
+    return reject("missing_field", f"no text field {spec.text_field!r}", doc_id)
+  text = _json_value(row[spec.text_field])
+  if not isinstance(text, str):
+    return reject("wrong_type", f"text field {spec.text_field!r} holds {type(text).__name__}", doc_id)
+  if len(text) > spec.max_chars:
+    return reject("document_too_large", f"{len(text)} characters > max_chars={spec.max_chars}", doc_id)
+  text, removed = strip_special_tokens(text)
+  if not text.strip():
+    return reject("empty_document", "no text besides whitespace", doc_id)
+  record = {
+      "id": doc_id, "source": spec.name, "text": text,
+      "meta": {k: _json_value(row[k]) for k in spec.keep_fields if k in row},
+      "special_tokens_removed": removed,
+  }
+  if spec.score_field is not None:
+    score = _json_value(row.get(spec.score_field))
+    if isinstance(score, float) and score.is_integer():
+      score = int(score)
+    if isinstance(score, bool) or not isinstance(score, int) or not 0 <= score < NUM_SCORES:
+      return reject("bad_score", f"{spec.score_field!r} = {score!r} is not an integer in 0..5", doc_id)
+    record["score"] = score
+  return record
+
+
+def _read_jsonl(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
+  name = posixpath.basename(path)
+  for line_no, line in enumerate(f, start=1):
+    location, default_id = f"{path}:{line_no}", f"{name}:{line_no}"
+    line = line.rstrip(b"\r\n")
+    if not line.strip():
+      yield dead_letter(READ, "blank_line", source=spec.name, location=location, detail="empty line")
+      continue
+    if len(line) > spec.max_bytes:
+      yield dead_letter(READ, "document_too_large", doc_id=f"{spec.name}/{default_id}", source=spec.name,
+                        location=location, detail=f"{len(line)} bytes", raw=line)
+      continue
+    try:
+      row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      yield dead_letter(READ, "bad_encoding", source=spec.name, location=location, detail=str(e), raw=line)
+      continue
+    except json.JSONDecodeError as e:
+      yield dead_letter(READ, "malformed_json", source=spec.name, location=location, detail=str(e), raw=line)
+      continue
+    if not isinstance(row, dict):
+      yield dead_letter(READ, "malformed_json", source=spec.name, location=location,
+                        detail=f"a JSON {type(row).__name__}, not an object", raw=line)
+      continue
+    yield make_record(spec, row, location, default_id)
+
+
+def _has_surrogates(text: str) -> bool:
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return True
+  return False
+
+
+def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
+  # surrogateescape lets one badly encoded row be set aside without losing the rest of the file.
+  lines = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
+  reader = csv.DictReader(lines)
+  name = posixpath.basename(path)
+  for row_no, row in enumerate(reader, start=1):
+    location, default_id = f"{path}:row{row_no}", f"{name}:{row_no}"
+    raw = ",".join("" if v is None else str(v) for v in row.values())
+    if None in row or any(v is None for v in row.values()):
+      yield dead_letter(READ, "malformed_row", source=spec.name, location=location,
+                        detail=f"expected {len(reader.fieldnames)} fields",
+                        raw=raw.encode("utf-8", errors="surrogateescape"))
+      continue
+    if any(_has_surrogates(k) or _has_surrogates(v) for k, v in row.items()):
+      yield dead_letter(READ, "bad_encoding", source=spec.name, location=location,
+                        detail="row is not valid UTF-8", raw=raw.encode("utf-8", errors="surrogateescape"))
+      continue
+    yield make_record(spec, row, location, default_id)
+
+
+def _read_parquet(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
+  import pyarrow.parquet as pq
+
+  name = posixpath.basename(path)
+  columns = [c for c in dict.fromkeys((spec.text_field, spec.id_field, spec.score_field, *spec.keep_fields)) if c]
+  parquet = pq.ParquetFile(f)
+  columns = [c for c in columns if c in parquet.schema_arrow.names]  # absent ones dead-letter per row
+  row_no = 0
+  for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+    for row in batch.to_pylist():
+      row_no += 1
+      yield make_record(spec, row, f"{path}:row{row_no}", f"{name}:{row_no}")
+
+
+def _read_text(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
+  name = posixpath.basename(path)
+  data = f.read(spec.max_bytes + 1)
+  if len(data) > spec.max_bytes:
+    yield dead_letter(READ, "document_too_large", doc_id=f"{spec.name}/{name}", source=spec.name,
+                      location=path, detail=f"more than {spec.max_bytes} bytes", raw=data)
+    return
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    yield dead_letter(READ, "bad_encoding", doc_id=f"{spec.name}/{name}", source=spec.name,
+                      location=path, detail=str(e), raw=data)
+    return
+  yield make_record(spec, {spec.text_field: text}, path, name)
+
+
+_FILE_READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
+
+
+def read_file(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
+  """Items (records and dead letters) from one open input file (binary, already decompressed)."""
+  return _FILE_READERS[spec.format](spec, path, f)
+
+
+def match_files(spec: SourceSpec) -> list[str]:
+  """The files of a file source, sorted; raises FileNotFoundError when the glob matches nothing."""
+  matched = FileSystems.match([spec.pattern])[0].metadata_list
+  if not matched:
+    raise FileNotFoundError(f"source {spec.name!r}: no files match {spec.pattern!r}")
+  return sorted(m.path for m in matched)
+
+
+def tfds_row(spec: SourceSpec, example: Mapping[str, Any]) -> dict:
+  """A record (or dead letter) from one TFDS example (numpy values, as from `tfds.as_numpy`)."""
+  row = {k: _json_value(v) for k, v in example.items()}
+  text = row.get(spec.text_field)
+  digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:20] if isinstance(text, str) else "none"
+  return make_record(spec, row, f"tfds:{spec.pattern}/{spec.split}", f"{spec.split}:{digest}")
+
+
+def tfds_builder(spec: SourceSpec):
+  import tensorflow_datasets as tfds
+
+  return tfds.builder(spec.pattern, data_dir=spec.tfds_data_dir)
+
+
+def iter_source(spec: SourceSpec) -> Iterator[dict]:
+  """Every item of a source, in file / dataset order (the plain-loop runner's reader)."""
+  if spec.format == "tfds":
+    import tensorflow_datasets as tfds
+
+    dataset = tfds_builder(spec).as_dataset(split=spec.split, shuffle_files=False)
+    for example in tfds.as_numpy(dataset):
+      yield tfds_row(spec, example)
+    return
+  for path in match_files(spec):
+    with FileSystems.open(path) as f:
+      yield from read_file(spec, path, f)

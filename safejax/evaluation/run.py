@@ -1,0 +1,282 @@
+"""`evaluate`: every benchmark for a list of systems, into one report folder.
+
+A system is what gets measured: a label and the callables the harness needs, nothing about how
+they are made, so a safejax checkpoint under any decoding, an HTTP endpoint or a test double are
+all the same to it:
+
+    System(label="safe-pt/safebeam", model="safe-pt", decoding="SafeBeam", stage="base",
+           prompt_style="completion",
+           generate=lambda prompts: [...],              # list[str] -> list[str], the replies only
+           loglikelihood=scorer.loglikelihood,          # [(context, continuation)] -> [(logprob, greedy)]
+           tag_probability=lambda texts: tag_scores(scorer, texts))
+
+`safejax eval` builds one System per (checkpoint, decoding) and calls `evaluate(systems)` with
+the rest from gin. Systems that share a loglikelihood (or tag_probability) callable, such as one
+checkpoint decoded with and without SafeBeam, are scored for capability, perplexity and the tag
+detector once.
+
+For every system: generations for the harmful benchmarks, judged by each configured judge (the
+first is the primary judge of the tables), ASR overall and per category with Wilson intervals and
+pooled over benchmarks; over-refusal on the benign benchmarks by the refusal judge; capability,
+held-out perplexity, and the tag-as-detector AUROC. Judges see the benchmark's request and the
+model's reply (for completion-style prompts, the text after the compliant opening).
+
+Out folder: results.json, report.md, safety.png, capability.png and
+generations/<system>/<benchmark>.jsonl (prompt, response and every verdict, to audit judges).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gin
+import numpy as np
+from tqdm.auto import tqdm
+
+from safejax.backends import TextBackend
+from safejax.evaluation import capability as capability_lib
+from safejax.evaluation import judges as judges_lib
+from safejax.evaluation import metrics, prompting, report
+from safejax.evaluation.benchmarks import Benchmark, load_benchmark, subsample
+from safejax.evaluation.judge_validation import REFUSAL_LISTS
+from safejax.evaluation.tag_detector import load_labelled_texts
+
+GenerateFn = Callable[[list[str]], list[str]]
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+  """One thing to evaluate.
+
+  Attributes:
+    label: unique name (report sections, generation logs).
+    generate: prompts -> replies (without the prompt); None skips the safety benchmarks.
+    loglikelihood: lm-eval loglikelihood; None skips capability and perplexity.
+    tag_probability: texts -> [len(texts)] mean harm-tag probability; None skips the tag detector.
+    model: the row name in the paper table (default: label).
+    stage: the column group, e.g. "base", "instruct", "benign_ft".
+    decoding: the row's decoding, e.g. "plain", "SafeBeam".
+    prompt_style: "completion" (base models) or "chat" (tuned models).
+  """
+
+  label: str
+  generate: GenerateFn | None = None
+  loglikelihood: capability_lib.LoglikelihoodFn | None = None
+  tag_probability: Callable[[list[str]], np.ndarray] | None = None
+  model: str = ""
+  stage: str = "base"
+  decoding: str = "plain"
+  prompt_style: prompting.PromptStyle = "completion"
+
+
+def generate_with_progress(generate: GenerateFn, prompts: Sequence[str], batch_size: int, desc: str) -> list[str]:
+  """Calls `generate` on chunks of prompts under a tqdm bar (prompts/s, ETA)."""
+  responses: list[str] = []
+  with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
+    for i in range(0, len(prompts), batch_size):
+      chunk = list(prompts[i: i + batch_size])
+      out = generate(chunk)
+      if len(out) != len(chunk):
+        raise ValueError(f"{desc}: generate returned {len(out)} replies for {len(chunk)} prompts")
+      responses += out
+      bar.update(len(chunk))
+  return responses
+
+
+def _pooled(reports: Sequence[metrics.RateReport]) -> dict[str, Any] | None:
+  k = sum(r.overall.k for r in reports if r.overall)
+  n = sum(r.overall.n for r in reports if r.overall)
+  return metrics.proportion(k, n).to_dict() if n else None
+
+
+def _safe_name(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _judge_benchmark(
+    system: System,
+    benchmark: Benchmark,
+    judges: Sequence[judges_lib.Judge],
+    batch_size: int,
+    system_prompt: str | None,
+    log_dir: Path,
+) -> tuple[dict[str, list[judges_lib.JudgeVerdict]], float]:
+  """Generates replies for a benchmark and judges them; logs everything; returns verdicts and seconds."""
+  records = benchmark.records
+  prompts = prompting.build_prompts(records, system.prompt_style, system=system_prompt)
+  start = time.perf_counter()
+  responses = generate_with_progress(system.generate, prompts, batch_size, f"{system.label} {benchmark.name}")
+  seconds = time.perf_counter() - start
+  requests = [r.prompt for r in records]
+  verdicts = {judge.name: judge(requests, responses) for judge in judges}
+  log_dir.mkdir(parents=True, exist_ok=True)
+  with open(log_dir / f"{benchmark.name}.jsonl", "w", encoding="utf-8") as f:
+    for i, (record, prompt, response) in enumerate(zip(records, prompts, responses)):
+      row = {"id": record.id, "category": record.category, "prompt": prompt, "response": response,
+             "verdicts": {name: dataclasses.asdict(v[i]) for name, v in verdicts.items()}}
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  return verdicts, seconds
+
+
+@gin.configurable(denylist=["systems"])
+def evaluate(
+    systems: Sequence[System],
+    out_dir: str = gin.REQUIRED,
+    data_dir: str = gin.REQUIRED,
+    safety_benchmarks: Sequence[str] = ("advbench", "harmbench", "jbb_harmful"),
+    over_refusal_benchmarks: Sequence[str] = ("xstest_safe", "jbb_benign"),
+    capability_tasks: Sequence[str] = tuple(capability_lib.TASKS),
+    n_per_set: int | None = None,
+    n_per_task: int | None = None,
+    seed: int = 0,
+    judges: Sequence[str] = ("keyword:llm_attacks_eval_test_prefixes",),
+    refusal_judge: str = "keyword:xstest_strmatch_full_refusal_startswith",
+    classifier_path: str | None = None,
+    classifier_threshold: int = 3,
+    llm_judge_backend: TextBackend | None = None,
+    system_prompt: str | None = None,
+    generate_batch_size: int = 16,
+    perplexity_file: str | None = "pretrain/wikipedia/wikipedia_kilt_val.jsonl.gz",
+    perplexity_field: str = "text",
+    n_perplexity_docs: int | None = 20,
+    tag_detector_file: str | None = None,
+    tag_detector_text_column: str = "text",
+    tag_detector_label_columns: Sequence[str] = ("score",),
+    tag_detector_unsafe_threshold: int = 1,
+    n_tag_detector_docs: int | None = None,
+) -> dict[str, Any]:
+  """Evaluates `systems` and writes the report folder; returns the results dict (results.json).
+
+  Args:
+    systems: what to evaluate (labels unique).
+    out_dir: the report folder.
+    data_dir: the shared data folder (../shared/data layout); relative file options below are
+      resolved against it.
+    safety_benchmarks: harmful benchmarks for ASR (names of `benchmarks.BENCHMARKS`).
+    over_refusal_benchmarks: benign benchmarks for over-refusal.
+    capability_tasks: names of `capability.TASKS`.
+    n_per_set, n_per_task: seeded subsample sizes for prompts and capability items (None: all).
+    seed: the subsampling seed.
+    judges: ASR judges (`judges.build_judge` specs); the first is the primary judge.
+    refusal_judge: the judge of over-refusal; it must rate refusal (a keyword judge).
+    classifier_path, classifier_threshold: the safety scorer for a "classifier" judge.
+    llm_judge_backend: the text backend of an "llm" judge (e.g. @OpenAICompatibleBackend()).
+    system_prompt: optional system message for chat-style prompts.
+    generate_batch_size: prompts per `generate` call.
+    perplexity_file, perplexity_field, n_perplexity_docs: held-out text for perplexity (None: skip).
+    tag_detector_file, tag_detector_text_column, tag_detector_label_columns,
+      tag_detector_unsafe_threshold, n_tag_detector_docs: labelled held-out documents for the tag
+      detector (`tag_detector.load_labelled_texts`; None: skip).
+  """
+  config = {k: v for k, v in locals().items() if k not in ("systems", "llm_judge_backend")}
+  config["llm_judge_backend"] = repr(llm_judge_backend) if llm_judge_backend is not None else None
+  labels = [s.label for s in systems]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"system labels must be unique: {labels}")
+  data = Path(data_dir)
+  out = Path(out_dir)
+
+  scorer = None
+  if classifier_path is not None:
+    from safejax.safety.scorer import load_scorer
+    scorer = load_scorer(classifier_path)
+  judge_kwargs = dict(refusal_lists_path=data / REFUSAL_LISTS, scorer=scorer,
+                      classifier_threshold=classifier_threshold, backend=llm_judge_backend)
+  asr_judges = [judges_lib.build_judge(spec, **judge_kwargs) for spec in judges]
+  refusal = judges_lib.build_judge(refusal_judge, **judge_kwargs)
+
+  data_counts: dict[str, Any] = {}
+
+  def load(names: Sequence[str]) -> dict[str, Benchmark]:
+    loaded = {}
+    for name in names:
+      benchmark = load_benchmark(name, data)
+      counts = benchmark.counts()
+      benchmark.records = subsample(benchmark.records, n_per_set, seed)
+      counts["evaluated"] = len(benchmark.records)
+      data_counts[name] = counts
+      loaded[name] = benchmark
+    return loaded
+
+  harmful_sets = load(safety_benchmarks) if any(s.generate for s in systems) else {}
+  benign_sets = load(over_refusal_benchmarks) if any(s.generate for s in systems) else {}
+  perplexity_texts = tag_texts = tag_labels = None
+  if perplexity_file is not None:
+    perplexity_texts = subsample(capability_lib.load_texts(data / perplexity_file, perplexity_field),
+                                 n_perplexity_docs, seed)
+  if tag_detector_file is not None:
+    tag_texts, tag_labels, data_counts["tag_detector"] = load_labelled_texts(
+        data / tag_detector_file, text_column=tag_detector_text_column,
+        label_columns=tag_detector_label_columns, unsafe_threshold=tag_detector_unsafe_threshold)
+    keep = subsample(range(len(tag_texts)), n_tag_detector_docs, seed)
+    tag_texts, tag_labels = [tag_texts[i] for i in keep], [tag_labels[i] for i in keep]
+
+  scored_once: dict[tuple[str, Any], Any] = {}  # (what, callable) -> results shared by systems
+
+  def once(what: str, fn: Callable, compute: Callable[[], Any]) -> Any:
+    if (what, fn) not in scored_once:
+      scored_once[(what, fn)] = compute()
+    return scored_once[(what, fn)]
+
+  results: dict[str, Any] = {"config": config, "data": data_counts, "systems": {}}
+  for system in systems:
+    entry: dict[str, Any] = {"label": system.label, "model": system.model or system.label, "stage": system.stage,
+                             "decoding": system.decoding, "prompt_style": system.prompt_style}
+    log_dir = out / "generations" / _safe_name(system.label)
+    if system.generate is not None:
+      timing = {"seconds": 0.0, "responses": 0}
+      primary_reports, benchmarks = [], {}
+      for name, benchmark in harmful_sets.items():
+        verdicts, seconds = _judge_benchmark(system, benchmark, asr_judges, generate_batch_size,
+                                             system_prompt, log_dir)
+        timing["seconds"] += seconds
+        timing["responses"] += len(benchmark.records)
+        categories = [r.category for r in benchmark.records]
+        reports = {j: metrics.attack_success_rate(v, categories) for j, v in verdicts.items()}
+        primary_reports.append(reports[asr_judges[0].name])
+        benchmarks[name] = {"n": len(benchmark.records),
+                            "judges": {j: r.to_dict() for j, r in reports.items()}}
+      if benchmarks:
+        entry["safety"] = {"primary_judge": asr_judges[0].name, "benchmarks": benchmarks,
+                           "pooled": _pooled(primary_reports)}
+      refusal_reports, benchmarks = [], {}
+      for name, benchmark in benign_sets.items():
+        verdicts, seconds = _judge_benchmark(system, benchmark, [refusal], generate_batch_size,
+                                             system_prompt, log_dir)
+        timing["seconds"] += seconds
+        timing["responses"] += len(benchmark.records)
+        rates = metrics.refusal_rate(verdicts[refusal.name], [r.category for r in benchmark.records])
+        refusal_reports.append(rates)
+        benchmarks[name] = {"judge": refusal.name, **rates.to_dict()}
+      if benchmarks:
+        entry["over_refusal"] = {"benchmarks": benchmarks, "pooled": _pooled(refusal_reports)}
+      entry["generation"] = timing
+    if system.loglikelihood is not None:
+      ll = system.loglikelihood
+      if capability_tasks:
+        entry["capability"] = once("capability", ll, lambda: capability_lib.evaluate_capability(
+            ll, data, capability_tasks, n_per_task=n_per_task, seed=seed))
+      if perplexity_texts:
+        entry["perplexity"] = once("perplexity", ll, lambda: capability_lib.perplexity(ll, perplexity_texts))
+    if system.tag_probability is not None and tag_texts:
+      tp = system.tag_probability
+
+      def tag_auroc():
+        scores = np.asarray(tp(tag_texts))
+        return {"n": len(tag_labels), "n_unsafe": int(sum(tag_labels)), "auroc": metrics.auroc(tag_labels, scores)}
+
+      entry["tag_detector"] = once("tag_detector", tp, tag_auroc)
+    results["systems"][system.label] = entry
+    log.info("evaluated %s", system.label)
+
+  written = report.write_report(results, out)
+  log.info("report written: %s", ", ".join(map(str, written)))
+  return results

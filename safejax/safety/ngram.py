@@ -1,0 +1,276 @@
+"""The fast web-scale scorer: hashed word and character n-grams, mean-pooled, and a small MLP.
+
+Features (fastText-style, computed with vectorised numpy, no Python loop over tokens):
+  kind 0  word unigrams      words = maximal runs of [a-z0-9'] or non-ASCII bytes, lower-cased
+  kind 1  word bigrams       consecutive words of the same document
+  kind 2+ character n-grams  over the lower-cased UTF-8 bytes, one kind per size in `char_ngrams`
+Every n-gram is hashed with a 64-bit polynomial rolling hash (one cumulative sum over the bytes of
+a whole batch; a substring's hash is read off the prefix sums), salted by its kind and mapped to
+one of `num_buckets` rows of a shared embedding table.
+
+Model: for each document and kind, the mean of its n-gram embeddings (EmbeddingBag), the kinds
+concatenated [B, K * embed_dim], LayerNorm, Linear -> GELU -> Linear -> logits [B, 6].
+
+Windows: `window_words` whitespace-separated words (about 2 KB of English at the default 384).
+Saved as `scorer.json` (config) + `params.safetensors`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from safejax.safety import scorer as scorer_lib
+from safejax.safety import training
+from safejax.safety.rubric import NUM_LEVELS
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class NgramConfig:
+  """Feature hashing and model shapes."""
+
+  num_buckets: int = 2**18  # a power of two
+  embed_dim: int = 48
+  hidden_dim: int = 128
+  char_ngrams: tuple[int, ...] = (4,)
+  word_bigrams: bool = True
+  window_words: int = 384
+  seed: int = 0  # salts the hash and seeds the initialisation
+
+  def __post_init__(self):
+    if self.num_buckets & (self.num_buckets - 1) or self.num_buckets < 2:
+      raise ValueError(f"num_buckets must be a power of two, got {self.num_buckets}")
+    if any(n < 1 for n in self.char_ngrams):
+      raise ValueError(f"char_ngrams sizes must be >= 1, got {self.char_ngrams}")
+    object.__setattr__(self, "char_ngrams", tuple(int(n) for n in self.char_ngrams))
+
+  @property
+  def num_kinds(self) -> int:
+    return 1 + int(self.word_bigrams) + len(self.char_ngrams)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing
+
+_PRIME = np.uint64(0x100000001B3)  # odd, so invertible modulo 2**64
+_PRIME_INV = np.uint64(pow(int(_PRIME), -1, 2**64))
+_MIX1, _MIX2 = np.uint64(0xFF51AFD7ED558CCD), np.uint64(0xC4CEB9FE1A85EC53)
+_BIGRAM = np.uint64(0x9E3779B97F4A7C15)
+_IS_WORD_BYTE = np.zeros(256, bool)
+_IS_WORD_BYTE[[ord(c) for c in "abcdefghijklmnopqrstuvwxyz0123456789'"]] = True
+_IS_WORD_BYTE[128:] = True  # UTF-8 lead and continuation bytes: non-ASCII letters stay in words
+_SEPARATOR = 0  # byte between documents of a batch (NULs in the texts become spaces)
+
+
+class _Powers:
+  """PRIME**i and PRIME_INV**i modulo 2**64 for i < n, grown on demand."""
+
+  def __init__(self):
+    self.pow = self.inv = np.ones(1, np.uint64)
+
+  def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(self.pow) < n:
+      size = max(n, 2 * len(self.pow))
+      self.pow = np.cumprod(np.r_[np.uint64(1), np.full(size - 1, _PRIME)], dtype=np.uint64)
+      self.inv = np.cumprod(np.r_[np.uint64(1), np.full(size - 1, _PRIME_INV)], dtype=np.uint64)
+    return self.pow[:n], self.inv[:n]
+
+
+_POWERS = _Powers()
+
+
+def _bucket(hashes: np.ndarray, salt: int, num_buckets: int) -> np.ndarray:
+  """Mixes 64-bit hashes with a salt and keeps the top log2(num_buckets) bits: int32 [...]."""
+  with np.errstate(over="ignore"):
+    h = (hashes ^ np.uint64(salt)) * _MIX1
+    h ^= h >> np.uint64(33)
+    h *= _MIX2
+  return (h >> np.uint64(64 - num_buckets.bit_length() + 1)).astype(np.int32)
+
+
+def featurize(texts: Sequence[str], config: NgramConfig) -> tuple[np.ndarray, np.ndarray]:
+  """Hashed n-gram ids of a batch of texts.
+
+  Returns:
+    ids: int32 [F] bucket of each n-gram occurrence.
+    segments: int32 [F] = document * num_kinds + kind.
+  """
+  joined = "\x00".join(t.replace("\x00", " ").lower() for t in texts)
+  b = np.frombuffer(joined.encode("utf-8", "replace"), np.uint8)
+  length = len(b)
+  doc = np.cumsum(b == _SEPARATOR, dtype=np.int32)  # a separator already counts as the next doc
+  pw, inv = _POWERS.get(length + 1)
+  with np.errstate(over="ignore"):
+    prefix = np.zeros(length + 1, np.uint64)
+    np.cumsum(b.astype(np.uint64) * pw[:length], out=prefix[1:])
+
+    def substring_hash(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+      return (prefix[end] - prefix[start]) * inv[start]
+
+    kinds_ids, kinds_segments = [], []
+    salt = config.seed * 1_000_003
+
+    def add(kind: int, hashes: np.ndarray, docs: np.ndarray) -> None:
+      kinds_ids.append(_bucket(hashes, salt + kind, config.num_buckets))
+      kinds_segments.append(docs * config.num_kinds + kind)
+
+    is_word = _IS_WORD_BYTE[b]
+    starts = np.flatnonzero(is_word & ~np.r_[False, is_word[:-1]])
+    ends = np.flatnonzero(is_word & ~np.r_[is_word[1:], False]) + 1
+    words, word_docs = substring_hash(starts, ends), doc[starts]
+    add(0, words, word_docs)
+    kind = 1
+    if config.word_bigrams:
+      same = word_docs[1:] == word_docs[:-1]
+      add(kind, (words[:-1] * _BIGRAM + words[1:])[same], word_docs[1:][same])
+      kind += 1
+    for n in config.char_ngrams:
+      start = np.arange(max(length - n + 1, 0))
+      ok = (doc[start + n - 1] == doc[start]) & (b[start] != _SEPARATOR)
+      start = start[ok]
+      add(kind, substring_hash(start, start + n), doc[start])
+      kind += 1
+  return np.concatenate(kinds_ids), np.concatenate(kinds_segments).astype(np.int32)
+
+
+def _pad_features(ids: np.ndarray, segments: np.ndarray, num_segments: int, min_size: int = 4096):
+  """Pads to the next power of two (few jit shapes); padding goes to the dropped segment."""
+  size = max(min_size, 1 << int(max(len(ids) - 1, 1)).bit_length())
+  pad = size - len(ids)
+  counts = np.bincount(segments, minlength=num_segments).astype(np.float32)
+  return (np.r_[ids, np.zeros(pad, np.int32)], np.r_[segments, np.full(pad, num_segments, np.int32)],
+          counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+class NgramModel(nnx.Module):
+  """Mean of hashed n-gram embeddings per kind -> MLP -> logits [B, 6]."""
+
+  def __init__(self, config: NgramConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    width = config.num_kinds * config.embed_dim
+    self.embed = nnx.Embed(config.num_buckets, config.embed_dim,
+                           embedding_init=nnx.initializers.normal(0.1), rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs)
+    self.hidden = nnx.Linear(width, config.hidden_dim, rngs=rngs)
+    self.out = nnx.Linear(config.hidden_dim, NUM_LEVELS, rngs=rngs)
+
+  def __call__(self, ids: jax.Array, segments: jax.Array, counts: jax.Array) -> jax.Array:
+    """ids, segments: int [F] (segment == len(counts) is padding); counts: float [B * K]."""
+    num_segments = counts.shape[0]
+    sums = jax.ops.segment_sum(self.embed(ids), segments, num_segments=num_segments + 1)[:-1]
+    pooled = (sums / jnp.maximum(counts, 1.0)[:, None]).reshape(-1, self.config.num_kinds * self.config.embed_dim)
+    return self.out(nnx.gelu(self.hidden(self.norm(pooled))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scorer
+
+_WORD_RE = re.compile(r"\S+")
+
+
+def split_words(text: str, window_words: int) -> list[str]:
+  """Cuts text into consecutive windows of at most `window_words` whitespace-separated words."""
+  if len(text) <= 2 * window_words:  # cannot hold more words than that
+    return [text]
+  starts = [m.start() for m in _WORD_RE.finditer(text)]
+  if len(starts) <= window_words:
+    return [text]
+  cuts = starts[window_words::window_words]
+  return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+
+
+class NgramScorer(scorer_lib.WindowedScorer):
+  """The fast scorer: `score(texts)` / `score_probs(texts)` with max over word windows."""
+
+  def __init__(self, model: NgramModel, batch_size: int = 256):
+    self.model = model
+    self.config = model.config
+    self.name = "ngram"
+    self.batch_size = batch_size
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def probs_fn(state, ids, segments, counts):
+      return jax.nn.softmax(nnx.merge(graphdef, state)(ids, segments, counts), axis=-1)
+
+    self._state, self._probs_fn = state, probs_fn
+
+  def windows(self, text: str) -> list[str]:
+    return split_words(text, self.config.window_words)
+
+  def window_probs(self, windows: Sequence[str]) -> np.ndarray:
+    n = len(windows)
+    num_segments = self.batch_size * self.config.num_kinds  # docs padded to one batch shape
+    if n > self.batch_size:
+      raise ValueError(f"at most {self.batch_size} windows per call, got {n}")
+    ids, segments = featurize(windows, self.config)
+    batch = _pad_features(ids, segments, num_segments)
+    return np.asarray(self._probs_fn(self._state, *batch))[:n]
+
+  def save(self, path: str | Path) -> None:
+    path = Path(path)
+    scorer_lib.write_scorer_json(path, "ngram", dataclasses.asdict(self.config))
+    training.save_params(self.model, path / "params.safetensors")
+
+  @classmethod
+  def load(cls, path: str | Path) -> "NgramScorer":
+    config = scorer_lib.read_scorer_json(path, "ngram")
+    config = NgramConfig(**{**config, "char_ngrams": tuple(config["char_ngrams"])})
+    model = NgramModel(config, rngs=nnx.Rngs(config.seed))
+    training.load_params(model, Path(path) / "params.safetensors")
+    return cls(model)
+
+
+class _FeatureTable:
+  """Per-example hashed features of a training set, stored once (CSR), batched on demand."""
+
+  def __init__(self, texts: Sequence[str], config: NgramConfig, chunk: int = 2048):
+    ids, kinds, lengths = [], [], []
+    k = config.num_kinds
+    for s in range(0, len(texts), chunk):
+      part = texts[s:s + chunk]
+      f_ids, f_seg = featurize(part, config)
+      order = np.argsort(f_seg // k, kind="stable")
+      ids.append(f_ids[order])
+      kinds.append((f_seg % k)[order])
+      lengths.append(np.bincount(f_seg // k, minlength=len(part)))
+    self.ids, self.kinds = np.concatenate(ids), np.concatenate(kinds).astype(np.int32)
+    self.offsets = np.r_[0, np.cumsum(np.concatenate(lengths))]
+    self.num_kinds = k
+
+  def batch(self, indices: np.ndarray) -> tuple[jax.Array, ...]:
+    parts = [np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices]
+    rows = np.concatenate(parts)
+    docs = np.repeat(np.arange(len(indices), dtype=np.int32), [len(p) for p in parts])
+    segments = docs * self.num_kinds + self.kinds[rows]
+    return tuple(map(jnp.asarray, _pad_features(self.ids[rows], segments, len(indices) * self.num_kinds)))
+
+
+def train_ngram_scorer(texts: Sequence[str], labels: Sequence[int], config: NgramConfig = NgramConfig(),
+                       train_config: training.TrainConfig = training.TrainConfig()) -> NgramScorer:
+  """Trains an n-gram scorer on labelled texts (scores 0..5); seconds for a few thousand texts.
+
+  Each text is one training window: long texts should be cut into windows beforehand.
+  """
+  labels = np.asarray(labels, np.int32)
+  if len(texts) != len(labels):
+    raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+  if labels.min(initial=0) < 0 or labels.max(initial=0) >= NUM_LEVELS:
+    raise ValueError(f"labels must be in 0..{NUM_LEVELS - 1}")
+  table = _FeatureTable(list(texts), config)
+  model = NgramModel(config, rngs=nnx.Rngs(config.seed))
+  training.fit(model, table.batch, labels, train_config, desc="train ngram")
+  return NgramScorer(model)

@@ -1,0 +1,136 @@
+"""The decoder: shapes, masking, the KV cache, RoPE, dtypes and rematerialisation."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from safejax.model import KVCache, ModelConfig, build_model, param_count
+from safejax.model.llama import rope
+
+CFG = ModelConfig(vocab_size=97)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return build_model(CFG, seed=1)
+
+
+def tokens(b, t, seed=0):
+  return jax.random.randint(jax.random.key(seed), (b, t), 5, CFG.vocab_size)
+
+
+def test_shapes_and_param_count(model):
+  logits, cache = model(tokens(3, 7))
+  assert logits.shape == (3, 7, CFG.vocab_size) and logits.dtype == jnp.float32
+  assert cache is None
+  assert param_count(model) == CFG.num_params()
+  untied = dataclasses.replace(CFG, tie_embeddings=False)
+  assert param_count(build_model(untied)) == untied.num_params() == CFG.num_params() + CFG.embed_dim * CFG.vocab_size
+
+
+def test_causal(model):
+  x = tokens(1, 8)
+  y = x.at[0, 5].set((x[0, 5] + 1) % CFG.vocab_size)
+  a, _ = model(x)
+  b, _ = model(y)
+  np.testing.assert_allclose(a[0, :5], b[0, :5], atol=1e-6)
+  assert not np.allclose(a[0, 5:], b[0, 5:])
+
+
+def test_packed_segments_equal_separate_documents(model):
+  a, b = tokens(1, 5, seed=1), tokens(1, 4, seed=2)
+  packed = jnp.concatenate([a, b, jnp.zeros((1, 3), jnp.int32)], axis=1)
+  segments = jnp.array([[1] * 5 + [2] * 4 + [0] * 3])
+  positions = jnp.array([list(range(5)) + list(range(4)) + [0] * 3])
+  logits, _ = model(packed, positions, segments)
+  alone_a, _ = model(a)
+  alone_b, _ = model(b)
+  np.testing.assert_allclose(logits[0, :5], alone_a[0], atol=1e-5)
+  np.testing.assert_allclose(logits[0, 5:9], alone_b[0], atol=1e-5)
+
+
+def test_cache_prefill_then_steps_equals_full_forward(model):
+  x = tokens(2, 9)
+  full, _ = model(x)
+  cache = KVCache.init(CFG, 2, 12)
+  positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+  out, cache = model(x[:, :6], positions[:, :6], cache=cache)
+  steps = [out]
+  for t in range(6, 9):
+    out, cache = model(x[:, t:t + 1], positions[:, t:t + 1], cache=cache)
+    steps.append(out)
+  np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
+  assert int(cache.index) == 9
+
+
+def test_left_padding_is_invisible(model):
+  x = tokens(1, 5)
+  alone, _ = model(x)
+  padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), x], axis=1)
+  mask = jnp.array([[False] * 3 + [True] * 5])
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  out, _ = model(padded, positions, cache=KVCache.init(CFG, 1, 8), input_mask=mask)
+  np.testing.assert_allclose(out[0, 3:], alone[0], atol=1e-5)
+
+
+def test_cache_gather_rows_reorders_batch(model):
+  x = tokens(3, 4)
+  _, cache = model(x, jnp.broadcast_to(jnp.arange(4), (3, 4)), cache=KVCache.init(CFG, 3, 6))
+  reordered = cache.gather_rows(jnp.array([2, 0, 0]))
+  np.testing.assert_array_equal(reordered.keys[0][0], cache.keys[0][2])
+  np.testing.assert_array_equal(reordered.values[1][2], cache.values[1][0])
+
+
+def test_rope_scores_depend_only_on_relative_position():
+  q = jax.random.normal(jax.random.key(0), (1, 1, 1, 8))
+  k = jax.random.normal(jax.random.key(1), (1, 1, 1, 8))
+  def score(pq, pk):
+    return float(jnp.sum(rope(q, jnp.array([[pq]]), 10000.0) * rope(k, jnp.array([[pk]]), 10000.0)))
+  assert score(3, 1) == pytest.approx(score(10, 8), rel=1e-4)
+  assert score(3, 1) != pytest.approx(score(3, 2), rel=1e-3)
+
+
+def test_bf16_compute_keeps_f32_params_and_logits():
+  cfg = dataclasses.replace(CFG, dtype="bfloat16")
+  m = build_model(cfg)
+  logits, _ = m(tokens(1, 4))
+  assert logits.dtype == jnp.float32
+  assert m.blocks[0].mlp.up.kernel[...].dtype == jnp.float32
+  ref, _ = build_model(CFG)(tokens(1, 4))
+  np.testing.assert_allclose(logits, ref, atol=0.1)  # same weights, bf16 rounding only
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_changes_memory_not_maths(policy):
+  x = tokens(2, 6)
+  def loss_and_grad(cfg):
+    m = build_model(cfg)
+    return nnx.value_and_grad(lambda m: jnp.mean(m(x)[0] ** 2))(m)
+  loss, grads = loss_and_grad(CFG)
+  loss_r, grads_r = loss_and_grad(dataclasses.replace(CFG, remat=policy))
+  assert float(loss) == pytest.approx(float(loss_r), rel=1e-6)
+  for g, gr in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
+    np.testing.assert_allclose(g, gr, atol=1e-6)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+    ModelConfig(num_heads=4, num_kv_heads=3)
+  with pytest.raises(ValueError, match="even"):
+    ModelConfig(head_dim=15)
+  with pytest.raises(ValueError, match="remat"):
+    ModelConfig(remat="sometimes")
+  with pytest.raises(ValueError, match="vocab_size is unset"):
+    build_model(ModelConfig())
+  with pytest.raises(ValueError, match="explicit positions"):
+    build_model(CFG)(tokens(1, 2), cache=KVCache.init(CFG, 1, 4))
+
+
+def test_flops_per_token_matches_6n_rule():
+  cfg = ModelConfig(vocab_size=1000, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=4, head_dim=16, mlp_dim=256)
+  matmul_params = cfg.num_params() - 5 * 64  # minus the five norm scales
+  assert cfg.flops_per_token(128) == 6 * matmul_params + 12 * 2 * 128 * 64
