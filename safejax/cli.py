@@ -29,6 +29,9 @@ import gin
 COMMANDS: dict[str, str] = {
     "train": "safejax.train:train",
     "decode": "safejax.decoding_cli:decode",
+    "classify train": "safejax.safety.cli:train_classifier",
+    "classify eval": "safejax.safety.cli:eval_classifier",
+    "classify score": "safejax.safety.cli:score_files",
 }
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
