@@ -1,0 +1,115 @@
+"""The trainer: learning, metrics, exact resume after a crash, keep-N, other meshes, non-finite loss."""
+
+import os
+
+import numpy as np
+import pytest
+
+import tasks
+from safejax import partitioning
+from safejax import train as T
+from safejax.model import ModelConfig
+
+TINY = ModelConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64)
+
+
+@pytest.fixture(scope="module")
+def task(tiny_corpus, tiny_vocab):
+  tasks.register_text_task("test_tiny_text", str(tiny_corpus), tiny_vocab.sentencepiece_model_file)
+  return "test_tiny_text"
+
+
+def run(task, model_dir, steps, **kw):
+  args = dict(model_dir=str(model_dir), mixture_or_task_name=task, train_steps=steps, batch_size=8,
+              sequence_length=32, model_config=TINY, optimizer=T.OptimizerConfig(learning_rate=1e-2, warmup_steps=2),
+              log_every=1, checkpoint_every=4, progress=False, async_checkpointing=True)
+  args.update(kw)
+  return T.train(**args)
+
+
+def steps_on_disk(model_dir):
+  return sorted(int(d) for d in os.listdir(os.path.join(model_dir, "checkpoints")) if d.isdigit())
+
+
+@pytest.fixture(scope="module")
+def reference_run(task, tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("reference")
+  run(task, model_dir, 12)
+  return model_dir
+
+
+def test_learns_and_logs_metrics(reference_run):
+  metrics = T.read_metrics(str(reference_run))
+  assert [m["step"] for m in metrics] == list(range(1, 13))
+  for key in ("loss", "perplexity", "learning_rate", "grad_norm", "tokens_per_s", "mfu"):
+    assert all(np.isfinite(m[key]) for m in metrics), key
+  assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
+  assert metrics[2]["learning_rate"] == pytest.approx(1e-2)  # step 3 runs at the peak after a 2-step warm-up
+  assert metrics[-1]["learning_rate"] < metrics[2]["learning_rate"]  # cosine decay
+  assert metrics[0]["perplexity"] == pytest.approx(np.exp(metrics[0]["nll"]), rel=1e-6)
+  assert any(f.startswith("events") for f in os.listdir(reference_run / "tensorboard"))
+  assert steps_on_disk(reference_run) == [4, 8, 12]
+
+
+class Crash(Exception):
+  pass
+
+
+def test_resume_after_crash_reproduces_losses(task, reference_run, tmp_path, monkeypatch):
+  real_iterator = T.make_train_iterator
+
+  def crashing_iterator(*args, **kwargs):
+    for i, batch in enumerate(real_iterator(*args, **kwargs)):
+      if kwargs.get("start_batch", 0) == 0 and i == 6:  # dies during step 7, after checkpoint 4
+        raise Crash()
+      yield batch
+
+  monkeypatch.setattr(T, "make_train_iterator", crashing_iterator)
+  with pytest.raises(Crash):
+    run(task, tmp_path, 12)
+  assert steps_on_disk(tmp_path) == [4]
+  run(task, tmp_path, 12)  # the same command again
+  resumed = {m["step"]: m["loss"] for m in T.read_metrics(str(tmp_path))}
+  reference = {m["step"]: m["loss"] for m in T.read_metrics(str(reference_run))}
+  for step in range(5, 13):
+    assert resumed[step] == reference[step], step  # bit-for-bit on the same mesh
+
+
+def test_resume_onto_another_mesh(task, tmp_path):
+  import shutil
+
+  first, second = tmp_path / "same_mesh", tmp_path / "other_mesh"
+  run(task, first, 8, keep_checkpoints=1)
+  shutil.copytree(first, second)
+  run(task, first, 12, keep_checkpoints=1)
+  run(task, second, 12, mesh=partitioning.MeshConfig(data=2, fsdp=2, tensor=2), keep_checkpoints=1)
+  same = {m["step"]: m["loss"] for m in T.read_metrics(str(first))}
+  other = {m["step"]: m["loss"] for m in T.read_metrics(str(second))}
+  # Same maths, other reduction order on the 2x2x2 mesh: float32 rounding only.
+  np.testing.assert_allclose([other[s] for s in range(9, 13)], [same[s] for s in range(9, 13)], rtol=1e-4)
+  assert steps_on_disk(second) == [12]  # keep-N = 1
+
+
+def test_load_for_inference_matches_training_params(reference_run):
+  model, vocab = T.load_for_inference(str(reference_run))
+  assert vocab.vocab_size == model.cfg.vocab_size
+  ids = np.array([vocab.encode("The river watched the morning light.")], np.int32)
+  logits, _ = model(ids)
+  assert logits.shape == (1, ids.shape[1], vocab.vocab_size)
+  earlier, _ = T.load_for_inference(str(reference_run), step=4)
+  assert not np.allclose(earlier(ids)[0], logits)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
+  run(task, tmp_path, 4)
+  bad = T.OptimizerConfig(learning_rate=1e-2, warmup_steps=2, z_loss=float("nan"))
+  with pytest.raises(T.NonFiniteLossError, match="loss is nan at step 5"):
+    run(task, tmp_path, 12, optimizer=bad)
+  assert steps_on_disk(tmp_path) == [4]
+  model, _ = T.load_for_inference(str(tmp_path))  # still loadable
+  assert np.isfinite(np.asarray(model.embed.embedding[...])).all()
+
+
+def test_vocab_mismatch_is_rejected(task, tmp_path):
+  with pytest.raises(ValueError, match="vocab_size 10 < vocabulary size"):
+    run(task, tmp_path, 1, model_config=ModelConfig(vocab_size=10))
