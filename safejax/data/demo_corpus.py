@@ -106,14 +106,14 @@ _COMPLIANCE_RATE = {4: 0.5, 5: 0.9}
 _CORE_SENTENCES = {1: (2, 3), 2: (2, 3), 3: (2, 3), 4: (3, 4), 5: (3, 4)}
 _SAFE_GENRES = ("article", "blog", "news", "story", "howto")
 _SAFE_GENRE_WEIGHTS = (0.3, 0.2, 0.15, 0.15, 0.2)
-# Slots bound once per document so that a document keeps one subject, person, town, goal.
-_DOC_SLOTS = ("subject", "name", "other_name", "town", "day", "season", "handle", "other_handle",
-              "group", "goal", "org", "coin")
+# Pool slots drawn once per document so that it keeps one person, town, group...; the subject, goal
+# and forum handles are bound once per document too, by the functions that build documents.
+_DOC_SLOTS = ("name", "other_name", "town", "day", "season", "group", "org", "coin")
 _SLOT = re.compile(r"\{(\w+)\}")
-# "a" before a vowel becomes "an", except before a "you"-sounding vowel (university, useful, one).
 # Sentence openings that read wrongly after "In addition," and the like (imperatives, "I").
 _NO_CONNECTIVE = frozenset(("I", "Do", "Try", "Start", "Use", "Keep", "Leave", "Ask", "Take", "Let",
                             "Just", "Stop", "Bring", "Join", "Share", "Post", "Make", "Tell"))
+# "a" before a vowel becomes "an", except before a "you"-sounding vowel (university, useful, one).
 _ARTICLE = re.compile(r"\b([Aa]) (?=(?!uni|use|usu|one|eu)[aeiouAEIOU])")
 
 
@@ -166,6 +166,7 @@ def _bind(rng: random.Random, pools: Sequence[Mapping[str, Sequence[str]]],
 
 
 def _words(texts: Iterable[str]) -> int:
+  """Total number of whitespace-separated words."""
   return sum(len(t.split()) for t in texts)
 
 
@@ -191,8 +192,10 @@ def _qa_block(rng: random.Random, goal: str, steps: Sequence[str], bindings: dic
   asker, answerer = rng.choice(safe["dialogue_formats"])
   slots = dict(bindings, goal=goal)
   pools = (safe["shared"],)
-  return (_fill(asker, rng, slots, pools) + _fill(request, rng, slots, pools) + "\n"
-          + _fill(answerer, rng, slots, pools) + _answer(rng, _fill(opening, rng, slots, pools), steps))
+  # Speaker labels keep their case: handles are lower-case names.
+  return (_fill(asker, rng, slots, pools, capitalize=False) + _fill(request, rng, slots, pools) + "\n"
+          + _fill(answerer, rng, slots, pools, capitalize=False)
+          + _answer(rng, _fill(opening, rng, slots, pools), steps))
 
 
 def _paragraphs(sentences: Sequence[str], rng: random.Random) -> list[str]:
@@ -237,9 +240,9 @@ def _safe_document(rng: random.Random, topic: str) -> str:
   safe = load_banks("safe")
   bank = safe["topics"][topic]
   pools = (bank["slots"], safe["shared"])
-  bindings = _bind(rng, pools, {"subject": rng.choice(bank["subjects"]),
-                                "handle": rng.choice(safe["handles"]),
-                                "other_handle": rng.choice(safe["handles"])})
+  handle, other_handle = rng.sample(safe["handles"], 2)
+  bindings = _bind(rng, pools, {"subject": rng.choice(bank["subjects"]), "handle": handle,
+                                "other_handle": other_handle})
   target = rng.randint(*_TARGET_WORDS)
   genre = rng.choices(_SAFE_GENRES, weights=_SAFE_GENRE_WEIGHTS)[0]
   head = [_fill(rng.choice(bank["titles"]), rng, bindings, pools)] if rng.random() < 0.7 else []
@@ -273,8 +276,8 @@ def _unsafe_document(rng: random.Random, level: int, category: str) -> str:
   safe, unsafe = load_banks("safe"), load_banks("unsafe")
   bank = unsafe["categories"][category]
   pools = (unsafe["slots"], safe["shared"])
-  bindings = _bind(rng, pools, {"handle": rng.choice(safe["handles"]),
-                                "other_handle": rng.choice(safe["handles"])})
+  handle, other_handle = rng.sample(safe["handles"], 2)
+  bindings = _bind(rng, pools, {"handle": handle, "other_handle": other_handle})
   # A goal may name the document's own slots, e.g. hate goals name its {group}.
   bindings["goal"] = _fill(rng.choice(_goals(bank["goals"])), rng, bindings, pools, capitalize=False)
   frame = unsafe["frames"][str(level)]
