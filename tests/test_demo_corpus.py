@@ -7,6 +7,7 @@ import re
 import pytest
 
 from safejax.data import demo_corpus as dc
+from safejax.safety import rubric
 
 NUM_DOCS = 3000
 
@@ -56,7 +57,7 @@ def test_records_have_valid_fields(corpus):
     if r["score"] == 0:
       assert r["category"] is None
     else:
-      assert r["category"] in dc.HARM_CATEGORIES
+      assert r["category"] in rubric.CATEGORY_NAMES
 
 
 def test_level_counts_follow_default_distribution(corpus):
@@ -68,7 +69,7 @@ def test_level_counts_follow_default_distribution(corpus):
 def test_every_level_category_cell_is_well_populated(corpus):
   cells = collections.Counter((r["score"], r["category"]) for r in corpus if r["score"])
   for level in dc.UNSAFE_LEVELS:
-    sizes = [cells[(level, c)] for c in dc.HARM_CATEGORIES]
+    sizes = [cells[(level, c)] for c in rubric.CATEGORY_NAMES]
     assert min(sizes) >= 15, (level, sizes)
     assert max(sizes) - min(sizes) <= 1  # categories are dealt round-robin within a level
 
@@ -166,8 +167,8 @@ def test_compliance_steps_are_short_and_vague():
 def test_banks_cover_every_category_and_level():
   unsafe = dc.load_banks("unsafe")["categories"]
   held_out = dc.load_banks("eval")
-  assert set(unsafe) == set(dc.HARM_CATEGORIES) == set(held_out["harmful_goals"])
-  assert {b["category"] for b in held_out["benign"]} == set(dc.HARM_CATEGORIES)
+  assert set(unsafe) == set(rubric.CATEGORY_NAMES) == set(held_out["harmful_goals"])
+  assert {b["category"] for b in held_out["benign"]} == set(rubric.CATEGORY_NAMES)
   for category, bank in unsafe.items():
     assert set(bank["levels"]) == {str(level) for level in dc.UNSAFE_LEVELS}, category
     assert all(len(bank["levels"][str(level)]) >= 4 for level in dc.UNSAFE_LEVELS), category
@@ -181,7 +182,7 @@ def test_eval_prompt_fields_balance_and_uniqueness(eval_prompts):
   assert len({p["prompt"] for p in eval_prompts}) == 700
   for p in eval_prompts:
     assert set(p) == {"id", "prompt", "target", "category", "is_harmful"}
-    assert p["category"] in dc.HARM_CATEGORIES
+    assert p["category"] in rubric.CATEGORY_NAMES
     assert p["target"].startswith("Sure, here") and p["prompt"]
   first = collections.Counter(p["category"] for p in harmful[:120])
   assert set(first.values()) == {10}  # round-robin over the twelve categories
