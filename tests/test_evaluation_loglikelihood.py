@@ -4,11 +4,18 @@ batching and padding invariance, rolling windows, the greedy flag and the probe 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from safejax.evaluation.loglikelihood import ModelScorer, rolling_windows
 from safejax.model.llama import ModelConfig, build_model
 
 START = 0
+DIRECT_LENGTH = 256  # the reference pass right-pads to one length: one compilation for all checks
+
+
+@nnx.jit
+def _forward(model, tokens):
+  return jax.nn.log_softmax(model(tokens)[0], axis=-1)
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +23,17 @@ def model(tiny_vocab):
   return build_model(ModelConfig(vocab_size=tiny_vocab.vocab_size, init_std=0.2), seed=3)
 
 
+def direct_logp(model, sequence):
+  """[len(sequence), V] next-token log-probabilities after each prefix, one forward pass of batch 1
+  (right padding leaves real positions unchanged under the causal mask)."""
+  tokens = np.zeros((1, DIRECT_LENGTH), np.int32)
+  tokens[0, :len(sequence)] = sequence
+  return np.asarray(_forward(model, tokens))[0, :len(sequence)]
+
+
 def direct_logprobs(model, sequence):
-  """[len(sequence) - 1] log P(sequence[j] | sequence[:j]) for j >= 1, from one unbatched forward pass."""
-  logits, _ = model(np.asarray(sequence, np.int32)[None])
-  logp = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))
+  """[len(sequence) - 1] log P(sequence[j] | sequence[:j]) for j >= 1."""
+  logp = direct_logp(model, sequence)
   return np.array([logp[j - 1, sequence[j]] for j in range(1, len(sequence))])
 
 
@@ -40,7 +54,8 @@ def make_requests(tiny_vocab):
 
 def test_matches_direct_forward_pass(model, tiny_vocab):
   requests = make_requests(tiny_vocab)
-  scorer = ModelScorer(model, tiny_vocab, max_length=64, batch_size=4, show_progress=False)
+  assert max(len(c) + len(x) for c, x in requests) < 128  # one window each: full context
+  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   got = [ll for ll, _ in scorer.loglikelihood_tokens(requests)]
   want = [direct_loglikelihood(model, c, x) for c, x in requests]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
@@ -48,7 +63,7 @@ def test_matches_direct_forward_pass(model, tiny_vocab):
 
 def test_sum_of_per_token_logprobs_equals_whole_continuation(model, tiny_vocab):
   context, continuation = make_requests(tiny_vocab)[0]
-  scorer = ModelScorer(model, tiny_vocab, max_length=64, batch_size=8, show_progress=False)
+  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   whole = scorer.loglikelihood_tokens([(context, continuation)])[0][0]
   per_token = scorer.loglikelihood_tokens(
       [(context + continuation[:i], continuation[i:i + 1]) for i in range(len(continuation))])
@@ -57,11 +72,11 @@ def test_sum_of_per_token_logprobs_equals_whole_continuation(model, tiny_vocab):
 
 def test_invariant_to_batch_size_order_and_padding(model, tiny_vocab):
   requests = make_requests(tiny_vocab)
-  reference = ModelScorer(model, tiny_vocab, max_length=64, batch_size=1, show_progress=False)
-  padded = ModelScorer(model, tiny_vocab, max_length=128, batch_size=3, show_progress=False)
+  reference = ModelScorer(model, tiny_vocab, max_length=128, batch_size=1, show_progress=False)
+  padded = ModelScorer(model, tiny_vocab, max_length=256, batch_size=3, show_progress=False)
   want = [ll for ll, _ in reference.loglikelihood_tokens(requests)]
   # Reversed order and a long neighbour change every row's batch mates and padded length.
-  long_neighbour = (list(range(10, 90)), [12, 13])
+  long_neighbour = (list(range(10, 200)), [12, 13])
   got = padded.loglikelihood_tokens([long_neighbour, *reversed(requests)])[1:]
   np.testing.assert_allclose([ll for ll, _ in reversed(got)], want, rtol=1e-5, atol=1e-4)
 
@@ -81,7 +96,7 @@ def test_rolling_windows_score_every_target_once_within_max_length():
 def test_long_sequence_windows_equal_direct_scoring_of_each_window(model, tiny_vocab):
   context, continuation = list(range(20, 30)), list(range(30, 60))
   max_length = 16
-  scorer = ModelScorer(model, tiny_vocab, max_length=max_length, batch_size=2, show_progress=False)
+  scorer = ModelScorer(model, tiny_vocab, max_length=max_length, batch_size=4, show_progress=False)
   got = scorer.loglikelihood_tokens([(context, continuation)])[0][0]
   sequence = [START, *context, *continuation]
   want = 0.0
@@ -90,26 +105,24 @@ def test_long_sequence_windows_equal_direct_scoring_of_each_window(model, tiny_v
     want += lp[w.scored].sum()
   assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
   # With room for everything the same request is one window over the whole sequence.
-  full = ModelScorer(model, tiny_vocab, max_length=64, batch_size=2, show_progress=False)
+  full = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   assert full.loglikelihood_tokens([(context, continuation)])[0][0] == pytest.approx(
       direct_loglikelihood(model, context, continuation), rel=1e-5, abs=1e-4)
 
 
 def test_greedy_flag(model, tiny_vocab):
   context = list(range(40, 50))
-  logits, _ = model(np.asarray([START, *context], np.int32)[None])
-  best = int(np.argmax(logits[0, -1]))
-  second = int(np.argsort(np.asarray(logits[0, -1]))[-2])
-  logits2, _ = model(np.asarray([START, *context, best], np.int32)[None])
-  best2 = int(np.argmax(logits2[0, -1]))
-  scorer = ModelScorer(model, tiny_vocab, max_length=32, batch_size=4, show_progress=False)
+  logp = direct_logp(model, [START, *context])[-1]
+  best, second = int(np.argmax(logp)), int(np.argsort(logp)[-2])
+  best2 = int(np.argmax(direct_logp(model, [START, *context, best])[-1]))
+  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   flags = [g for _, g in scorer.loglikelihood_tokens(
       [(context, [best]), (context, [second]), (context, [best, best2]), (context, [best, (best2 + 1) % 300])])]
   assert flags == [True, False, True, False]
 
 
 def test_text_requests_split_like_the_joint_encoding(model, tiny_vocab):
-  scorer = ModelScorer(model, tiny_vocab, max_length=64, batch_size=4, show_progress=False)
+  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   context, continuation = "The river watched", " the morning light"
   ctx_ids, cont_ids = scorer.encode_pair(context, continuation)
   assert ctx_ids + cont_ids == list(tiny_vocab.encode(context + continuation))
@@ -123,7 +136,7 @@ def test_text_requests_split_like_the_joint_encoding(model, tiny_vocab):
 def test_mean_token_probability_matches_direct_softmax(model, tiny_vocab):
   texts = ["The river watched the morning light.", "A quiet farmer measured an ancient map in the spring."]
   tag = tiny_vocab.harm_tag_id
-  scorer = ModelScorer(model, tiny_vocab, max_length=16, batch_size=2, show_progress=False)
+  scorer = ModelScorer(model, tiny_vocab, max_length=16, batch_size=4, show_progress=False)
   got = scorer.mean_token_probability(texts, tag)
   want = []
   for text in texts:
@@ -131,8 +144,7 @@ def test_mean_token_probability_matches_direct_softmax(model, tiny_vocab):
     # Windows of 16 see less context than the whole text: compute each window's positions directly.
     probs = []
     for w in rolling_windows(sequence, 1, 16):
-      logits, _ = model(np.asarray(w.inputs, np.int32)[None])
-      p = np.asarray(jax.nn.softmax(logits[0], axis=-1))[:, tag]
+      p = np.exp(direct_logp(model, list(w.inputs))[:, tag])
       probs += list(p[w.scored])
     assert len(probs) == len(sequence) - 1
     want.append(np.mean(probs))

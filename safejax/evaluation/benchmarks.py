@@ -112,13 +112,15 @@ def _open_text(path: Path) -> io.TextIOBase:
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-  """Yields (1-based row number, row or None, error) from a CSV, JSONL or JSON-lines .gz file.
+  """Yields (1-based row number, row or None, error) from a CSV or JSONL file (optionally .gz).
 
   CSV rows are dicts of strings keyed by the header; a CSV row with fewer fields than the header
   or a JSONL line that is not a JSON object comes out as (row, None, reason).
   """
   path = Path(path)
   name = path.name[:-3] if path.suffix == ".gz" else path.name
+  if not name.endswith((".csv", ".jsonl")):
+    raise ValueError(f"{path}: unknown table format (expected .csv or .jsonl, optionally .gz)")
   with _open_text(path) as f:
     if name.endswith(".csv"):
       reader = csv.DictReader(f)
@@ -129,7 +131,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, st
           yield i, None, "fewer fields than the header"
         else:
           yield i, row, ""
-    elif name.endswith((".jsonl", ".json")):
+    else:
       for i, line in enumerate(f, start=1):
         if not line.strip():
           continue
@@ -142,8 +144,6 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, st
           yield i, None, "JSON line is not an object"
         else:
           yield i, row, ""
-    else:
-      raise ValueError(f"{path}: unknown table format (expected .csv, .jsonl or .json, optionally .gz)")
 
 
 class _RecordBuilder:

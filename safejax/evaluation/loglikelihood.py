@@ -22,6 +22,7 @@ depend on batching.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import gin
@@ -68,6 +69,25 @@ def rolling_windows(sequence: Sequence[int], first_target: int, max_length: int,
   return windows
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_scorer(graphdef: nnx.GraphDef):
+  """The jitted row scorer of one model structure (shared by every ModelScorer of that structure)."""
+
+  @jax.jit
+  def score_rows(state, inputs, targets, scored, probe_id):
+    """inputs, targets [B, L] int32, scored [B, L] bool, probe_id [] int32 -> per row [B]: sum of
+    the scored targets' log-probabilities, all scored targets greedy, sum of P(probe_id)."""
+    logits, _ = nnx.merge(graphdef, state)(inputs)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logprob = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
+    greedy = jnp.argmax(logits, axis=-1) == targets
+    probe_prob = jnp.exp(logits[..., probe_id] - log_z)
+    return (jnp.where(scored, target_logprob, 0.0).sum(-1), jnp.all(greedy | ~scored, axis=-1),
+            jnp.where(scored, probe_prob, 0.0).sum(-1))
+
+  return score_rows
+
+
 def _bucket(length: int, max_length: int) -> int:
   return min(max_length, max(16, 1 << (length - 1).bit_length()))
 
@@ -100,21 +120,7 @@ class ModelScorer:
     self.model, self.vocab = model, vocab
     self.max_length, self.batch_size, self.start_id = max_length, batch_size, start_id
     self.show_progress = show_progress
-    graphdef = nnx.graphdef(model)
-
-    @jax.jit
-    def score_rows(state, inputs, targets, scored, probe_id):
-      """inputs, targets [B, L] int32, scored [B, L] bool -> per row [B]: sum of target
-      log-probabilities, all targets greedy, sum of P(probe_id) over scored positions."""
-      logits, _ = nnx.merge(graphdef, state)(inputs)
-      log_z = jax.nn.logsumexp(logits, axis=-1)
-      target_logprob = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - log_z
-      greedy = jnp.argmax(logits, axis=-1) == targets
-      probe_prob = jnp.exp(logits[..., probe_id] - log_z)
-      return (jnp.where(scored, target_logprob, 0.0).sum(-1), jnp.all(greedy | ~scored, axis=-1),
-              jnp.where(scored, probe_prob, 0.0).sum(-1))
-
-    self._score_rows = score_rows
+    self._score_rows = _compiled_scorer(nnx.graphdef(model))
 
   def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids), split from the encoding of context + continuation."""

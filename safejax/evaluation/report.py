@@ -190,7 +190,7 @@ def plot_capability(results: dict[str, Any], path: str | Path) -> None:
     ax.bar(x + (i - (len(systems) - 1) / 2) * width, acc, width, label=name)
   for j, task in enumerate(tasks):
     chance = next(100 * c[task]["chance"] for c in systems.values() if task in c)
-    ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dashed",
+    ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dashed", zorder=3,
               label="chance" if j == 0 else None)
   ax.set_xticks(x, tasks, rotation=20, ha="right")
   ax.set_ylabel("accuracy %")
