@@ -298,6 +298,8 @@ def generate_validated(backend: TextBackend, requests: Sequence[GenerationReques
   results: list[tuple[Any, Generation] | None] = [None] * len(requests)
   pending = list(range(len(requests)))
   for attempt in range(attempts):
+    if not pending:
+      break
     batch = [dataclasses.replace(requests[i], seed=requests[i].seed + attempt) for i in pending]
     still_pending = []
     for i, generation in zip(pending, backend.generate(batch)):
@@ -311,6 +313,4 @@ def generate_validated(backend: TextBackend, requests: Sequence[GenerationReques
           generation, metadata={**generation.metadata, "attempts_parsed": attempt + 1}))
       still_pending.append(i)
     pending = still_pending
-    if not pending:
-      break
   return results

@@ -40,6 +40,7 @@ from safejax.data.routing import REFUSE, TAG, RoutingTable, route
 from safejax.data.scoring import score_documents
 from safejax.data.sources import SourceSpec
 from safejax.data.tagging import tag_record
+from safejax.safety import load_scorer
 from safejax.safety.rubric import UNSAFE
 
 log = logging.getLogger(__name__)
@@ -108,9 +109,10 @@ class PipelineConfig:
 
   def load_scorer(self):
     if isinstance(self.scorer, str):
-      from safejax.safety import load_scorer
-
-      return load_scorer(self.scorer)
+      # Scorer modules register gin configurables when first imported, possibly after the CLI
+      # has locked the configuration.
+      with gin.unlock_config():
+        return load_scorer(self.scorer)
     return self.scorer
 
 
@@ -427,26 +429,27 @@ def run_loop(config: PipelineConfig) -> LoopResult:
 # The `safejax prepare` command.
 
 def count_inputs(sources: Sequence[SourceSpec]) -> int | None:
-  """The number of input units, when cheap to know (local jsonl / text / parquet, TFDS); else None."""
+  """The number of input units of local files and TFDS datasets (None if any source is remote)."""
   total = 0
   for spec in sources:
     if spec.format == "tfds":
       total += sources_lib.tfds_builder(spec).info.splits[spec.split].num_examples
       continue
-    if spec.format == "csv" or "://" in spec.pattern:
+    if "://" in spec.pattern:
       return None
     for path in sources_lib.match_files(spec):
-      if spec.format == "text":
-        total += 1
-      elif spec.format == "parquet":
-        import pyarrow.parquet as pq
+      with FileSystems.open(path) as f:
+        if spec.format == "text":
+          total += 1
+        elif spec.format == "parquet":
+          import pyarrow.parquet as pq
 
-        with FileSystems.open(path) as f:
           total += pq.ParquetFile(f).metadata.num_rows
-      else:
-        with FileSystems.open(path) as f:
+        elif spec.format == "csv":
+          total += sum(1 for _ in sources_lib.read_file(spec, path, f))
+        else:
           data = f.read()
-        total += data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+          total += data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
   return total
 
 

@@ -74,8 +74,7 @@ def write_shard(path: str, records: Iterable[dict]) -> int:
   tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
   if path.endswith(".jsonl"):
     with tf.io.gfile.GFile(tmp, "w") as f:
-      for (_, line), _ in keyed:
-        f.write(line + "\n")
+      f.write("".join(line + "\n" for (_, line), _ in keyed))  # even an empty write creates the file
   else:
     with tf.io.TFRecordWriter(tmp) as writer:
       for _, record in keyed:

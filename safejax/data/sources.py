@@ -141,7 +141,8 @@ def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default
 
 def _read_jsonl(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   name = posixpath.basename(path)
-  for line_no, line in enumerate(f, start=1):
+  # Beam's decompressing reader is not iterable; readline works on every file object.
+  for line_no, line in enumerate(iter(f.readline, b""), start=1):
     location, default_id = f"{path}:{line_no}", f"{name}:{line_no}"
     line = line.rstrip(b"\r\n")
     if not line.strip():
@@ -176,8 +177,8 @@ def _has_surrogates(text: str) -> bool:
 
 def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   # surrogateescape lets one badly encoded row be set aside without losing the rest of the file.
-  lines = io.TextIOWrapper(f, encoding="utf-8", errors="surrogateescape", newline="")
-  reader = csv.DictReader(lines)
+  # csv rows may span lines, so the file is decoded whole (csv inputs are small).
+  reader = csv.DictReader(io.StringIO(f.read().decode("utf-8", errors="surrogateescape"), newline=""))
   name = posixpath.basename(path)
   for row_no, row in enumerate(reader, start=1):
     location, default_id = f"{path}:row{row_no}", f"{name}:{row_no}"

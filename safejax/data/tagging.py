@@ -41,7 +41,7 @@ def tag_text(text: str, segments: list[list[int]], rng: np.random.Generator, *, 
   for start, end, score in segments:
     if score < threshold:
       continue
-    word_ends = [m.end() + start for m in _WORD.finditer(text, start, end)]
+    word_ends = [m.end() for m in _WORD.finditer(text, start, end)]
     # Words 2..n of the segment: a tag before word k sits at the end of word k-1.
     positions = word_ends[:-1]
     candidates += len(positions)

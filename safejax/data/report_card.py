@@ -1,0 +1,136 @@
+"""The Data Safety Report Card: how unsafe the data was before the pipeline and after it.
+
+For the input (the `raw` stream: every valid document) and for the full recipe's training streams
+(`keep`, `rephrase`, `refuseweb`, `moral_education`, `tagged`), each on its own and together:
+
+  score_histogram            documents per safety score 0..5 (the input's pipeline scores; the
+                             outputs re-scored with the same scorer, tag strings removed first)
+  category_hits_per_million  harmful-term hits of each rubric category
+                             (`safejax.safety.rubric.category_term_hits`) per million tokens
+
+"after_untagged" is the training data without the tagged stream, i.e. what the model reads as
+ordinary text; the tagged stream keeps raw unsafe text on purpose (the tags mark it). Tokens are
+whitespace-separated words unless a vocabulary is given. Written as report_card.json and
+report_card.png next to the run's manifest.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from safejax.data import manifest as manifest_lib, shards
+from safejax.data.generators import render_dialogue
+from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, TAGGED
+from safejax.data.scoring import score_documents
+from safejax.safety.rubric import CATEGORY_NAMES, category_term_hits
+from safejax.vocab import strip_special_tokens
+
+OUTPUT_STREAMS = (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION, TAGGED)
+REPORT_JSON, REPORT_PNG = "report_card.json", "report_card.png"
+
+
+def _text(record: dict) -> str:
+  text = render_dialogue(record["turns"]) if "turns" in record else record["text"]
+  return strip_special_tokens(text)[0]
+
+
+def _stats(texts: Sequence[str], scores: Sequence[int] | None, count_tokens) -> dict:
+  hits = collections.Counter()
+  tokens = 0
+  for text in texts:
+    tokens += count_tokens(text)
+    hits.update(category_term_hits(text))
+  per_million = {c: (1e6 * hits[c] / tokens if tokens else 0.0) for c in CATEGORY_NAMES}
+  histogram = None if scores is None else np.bincount(np.asarray(scores, np.int64), minlength=6).tolist()
+  return {"documents": len(texts), "tokens": tokens, "score_histogram": histogram,
+          "category_hits": {c: hits[c] for c in CATEGORY_NAMES}, "category_hits_per_million": per_million,
+          "all_hits_per_million": sum(per_million.values())}
+
+
+def _merge(parts: Iterable[dict]) -> dict:
+  parts = list(parts)
+  tokens = sum(p["tokens"] for p in parts)
+  hits = {c: sum(p["category_hits"][c] for p in parts) for c in CATEGORY_NAMES}
+  per_million = {c: (1e6 * hits[c] / tokens if tokens else 0.0) for c in CATEGORY_NAMES}
+  histograms = [p["score_histogram"] for p in parts]
+  histogram = None if any(h is None for h in histograms) else np.sum(histograms, axis=0).astype(int).tolist()
+  return {"documents": sum(p["documents"] for p in parts), "tokens": tokens, "score_histogram": histogram,
+          "category_hits": hits, "category_hits_per_million": per_million, "all_hits_per_million": sum(per_million.values())}
+
+
+def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, batch_size: int = 256) -> dict:
+  """The report card of a pipeline run.
+
+  Args:
+    output_dir: the run's output directory.
+    scorer: re-scores the output streams (None: their histograms are left out).
+    vocabulary: a SafejaxVocabulary to count tokens with (None: words).
+    batch_size: documents per scorer call.
+  """
+  manifest = manifest_lib.read_manifest(output_dir)
+  count_tokens = (lambda t: len(vocabulary.tokenizer.encode(t))) if vocabulary is not None else (lambda t: len(t.split()))
+  segment_chars = manifest["config"].get("segment_chars", 1000)
+
+  raw = list(shards.read_shards(manifest_lib.stream_files(output_dir, RAW, manifest)))
+  before = _stats([r["text"] for r in raw], [r["score"] for r in raw], count_tokens)
+  streams = {}
+  for stream in OUTPUT_STREAMS:
+    texts = [_text(r) for r in shards.read_shards(manifest_lib.stream_files(output_dir, stream, manifest))]
+    scores = None
+    if scorer is not None:
+      scored = []
+      for i in range(0, len(texts), batch_size):
+        batch = [{"id": str(j), "source": stream, "text": t} for j, t in enumerate(texts[i:i + batch_size], i)]
+        scored += score_documents(batch, scorer, segment_chars=segment_chars)
+      scores = [r["score"] for r in scored if "score" in r]  # set-aside answers are not counted
+    streams[stream] = _stats(texts, scores, count_tokens)
+  return {
+      "token_unit": "sentencepiece" if vocabulary is not None else "words",
+      "scorer": None if scorer is None else getattr(scorer, "name", type(scorer).__name__),
+      "before": before,
+      "after": _merge(streams.values()),
+      "after_untagged": _merge(v for k, v in streams.items() if k != TAGGED),
+      "streams": streams,
+  }
+
+
+def write_report_card(output_dir: str, card: dict) -> list[str]:
+  """Writes report_card.json and report_card.png; returns their paths."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  json_path, png_path = f"{output_dir}/{REPORT_JSON}", f"{output_dir}/{REPORT_PNG}"
+  with tf.io.gfile.GFile(json_path, "w") as f:
+    f.write(json.dumps(card, indent=2, sort_keys=True) + "\n")
+
+  panels = [("before (raw input)", card["before"]), ("after (all training streams)", card["after"]),
+            ("after, untagged streams", card["after_untagged"])]
+  fig, (ax_scores, ax_hits) = plt.subplots(1, 2, figsize=(14, 5.5))
+  width = 0.8 / len(panels)
+  for i, (label, part) in enumerate(panels):
+    histogram = part["score_histogram"]
+    if histogram is not None and sum(histogram):
+      share = np.asarray(histogram) / sum(histogram)
+      ax_scores.bar(np.arange(6) + (i - 1) * width, share, width, label=label)
+    y = np.arange(len(CATEGORY_NAMES))
+    ax_hits.barh(y + (i - 1) * width, [part["category_hits_per_million"][c] for c in CATEGORY_NAMES], width, label=label)
+  ax_scores.set(title="Safety score distribution", xlabel="score (0 safe .. 5 severe)", ylabel="share of documents",
+                xticks=range(6))
+  ax_scores.legend()
+  ax_hits.set(title=f"Harmful-term hits per million {card['token_unit']}", yticks=np.arange(len(CATEGORY_NAMES)))
+  ax_hits.set_yticklabels([c.replace("_", " ") for c in CATEGORY_NAMES])
+  ax_hits.invert_yaxis()
+  ax_hits.legend()
+  fig.suptitle("Data Safety Report Card")
+  fig.tight_layout()
+  with tf.io.gfile.GFile(png_path, "wb") as f:
+    fig.savefig(f, format="png", dpi=110)
+  plt.close(fig)
+  return [json_path, png_path]

@@ -1,0 +1,183 @@
+"""SeqIO Tasks over a pipeline run's streams and Mixtures for the paper's ablation ladder.
+
+  from tasks.safety_mixtures import register_safety_mixtures
+  names = register_safety_mixtures("/tmp/run/prepared", vocab)      # or a vocabulary path
+  seqio.get_mixture_or_task(names.mixtures["tags"]).get_dataset({"targets": 512})
+
+Tasks (one per stream of `safejax.data.pipeline`, files listed by the run's manifest):
+  {prefix}_raw, {prefix}_keep, {prefix}_rephrase, {prefix}_refuseweb, {prefix}_moral_education,
+  {prefix}_tagged
+Mixtures (the ladder; each rung adds a stream):
+  {prefix}_ladder_raw       raw text
+  {prefix}_ladder_score0    score-0 documents only
+  {prefix}_ladder_rephrase  + rephrased documents
+  {prefix}_ladder_refusal   + RefuseWeb dialogues
+  {prefix}_ladder_moral     + Moral Education articles
+  {prefix}_ladder_tags      + raw unsafe documents with harm tags
+
+Rates are by tokens: a task's rate is its stream's token count times its weight
+(`stream_weights`, default 1 each), so with equal weights every token is seen about equally often.
+Token counts are the manifest's character counts divided by characters per token measured with
+the vocabulary on a sample of each stream (exact when the stream is smaller than the sample).
+Streams without any record are left out of the mixtures.
+
+Every task reads TFRecords with `seqio.TFExampleDataSource` and tokenizes before seqio's cache
+placeholder, so it works on the fly and with seqio's offline cache. For `cache_tasks_main`, which
+imports modules by name, importing this module registers the run named by the environment
+variables SAFEJAX_PIPELINE_DIR and SAFEJAX_VOCAB (and SAFEJAX_TASK_PREFIX); `cache_tasks` runs it.
+
+In gin (t5x style, evaluated when the trainer starts):
+  import tasks.safety_mixtures
+  train.task_registrations = [@register_safety_mixtures()]
+  register_safety_mixtures.data_dir = '/tmp/run/prepared'
+  register_safety_mixtures.vocabulary = '/tmp/run/vocab.model'
+  train.mixture_or_task_name = 'safejax_ladder_tags'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+
+import gin
+import seqio
+import tensorflow as tf
+
+from safejax.data import manifest as manifest_lib, shards
+from safejax.data.preprocessors import render_refuseweb, render_turns
+from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED
+from safejax.vocab import SafejaxVocabulary
+from tasks.text import lm_preprocessors, output_features
+
+log = logging.getLogger(__name__)
+
+LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("raw", (RAW,)),
+    ("score0", (KEEP,)),
+    ("rephrase", (KEEP, REPHRASE)),
+    ("refusal", (KEEP, REPHRASE, REFUSEWEB)),
+    ("moral", (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION)),
+    ("tags", (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION, TAGGED)),
+)
+
+_TEXT_FEATURES = {"id": tf.io.FixedLenFeature([], tf.string), "text": tf.io.FixedLenFeature([], tf.string)}
+_DIALOGUE_FEATURES = {"id": tf.io.FixedLenFeature([], tf.string), "turn_roles": tf.io.VarLenFeature(tf.string),
+                      "turn_texts": tf.io.VarLenFeature(tf.string)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SafetyTaskNames:
+  tasks: dict[str, str]      # stream -> task name
+  mixtures: dict[str, str]   # ladder rung -> mixture name
+  tokens: dict[str, int]     # stream -> estimated tokens
+
+
+def _training_text(stream: str, record: dict, *, seed: int, chat_template_rate: float) -> str:
+  if stream == REFUSEWEB:
+    return render_turns([t["role"] for t in record["turns"]], [t["text"] for t in record["turns"]], record["id"],
+                        seed=seed, chat_template_rate=chat_template_rate)
+  return record["text"]
+
+
+def estimate_tokens(files: Sequence[str], stream: str, chars: int, vocab: SafejaxVocabulary, *,
+                    sample_size: int, seed: int = 0, chat_template_rate: float = 0.0) -> int:
+  """Tokens in a stream: `chars` / (characters per token on the first `sample_size` records)."""
+  sample_chars = sample_tokens = 0
+  for record in itertools.islice(shards.read_shards(files), sample_size):
+    text = _training_text(stream, record, seed=seed, chat_template_rate=chat_template_rate)
+    sample_chars += len(text)
+    sample_tokens += len(vocab.tokenizer.encode(text))
+  if sample_chars == 0:
+    return 0
+  return round(chars * sample_tokens / sample_chars)
+
+
+def stream_task(name: str, files: Sequence[str], stream: str, vocab: SafejaxVocabulary, num_examples: int, *,
+                seed: int = 0, chat_template_rate: float = 0.0) -> seqio.Task:
+  """A language-modelling task over one stream's TFRecord shards."""
+  if name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(name)
+  dialogue = stream == REFUSEWEB
+  source = seqio.TFExampleDataSource({"train": list(files)}, _DIALOGUE_FEATURES if dialogue else _TEXT_FEATURES,
+                                     num_input_examples={"train": num_examples})
+  preprocessors = lm_preprocessors("text")
+  if dialogue:
+    preprocessors = [functools.partial(render_refuseweb, seed=seed, chat_template_rate=chat_template_rate),
+                     *preprocessors]
+  return seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocab),
+                                preprocessors=preprocessors)
+
+
+@gin.configurable
+def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: SafejaxVocabulary | str = gin.REQUIRED, *,
+                             prefix: str = "safejax", stream_weights: Mapping[str, float] | None = None,
+                             refuseweb_seed: int = 0, refuseweb_chat_template_rate: float = 0.0,
+                             token_sample_size: int = 1000) -> SafetyTaskNames:
+  """Registers (or re-registers) the stream tasks and ladder mixtures of one pipeline run.
+
+  Args:
+    data_dir: the pipeline's output_dir (holding manifest.json).
+    vocabulary: a SafejaxVocabulary or the path of its SentencePiece model.
+    prefix: names are "{prefix}_{stream}" and "{prefix}_ladder_{rung}".
+    stream_weights: multiplies each stream's token count in the rates (missing streams: 1.0).
+    refuseweb_seed: seeds the speaker renaming of dialogues.
+    refuseweb_chat_template_rate: the share of dialogues rendered in the chat template.
+    token_sample_size: records per stream tokenized to measure characters per token.
+  Returns:
+    The registered names and the token estimates.
+  """
+  vocab = vocabulary if isinstance(vocabulary, SafejaxVocabulary) else SafejaxVocabulary(vocabulary)
+  data_dir = data_dir.rstrip("/")
+  manifest = manifest_lib.read_manifest(data_dir)
+  weights = {s: 1.0 for s in STREAMS}
+  unknown = set(stream_weights or {}) - set(STREAMS)
+  if unknown:
+    raise ValueError(f"stream_weights names unknown streams {sorted(unknown)}; streams: {STREAMS}")
+  weights.update(stream_weights or {})
+  render = {"seed": refuseweb_seed, "chat_template_rate": refuseweb_chat_template_rate}
+
+  tasks, tokens = {}, {}
+  for stream in STREAMS:
+    files = manifest_lib.stream_files(data_dir, stream, manifest)
+    info = manifest["streams"][stream]
+    tasks[stream] = stream_task(f"{prefix}_{stream}", files, stream, vocab, info["records"], **render).name
+    tokens[stream] = estimate_tokens(files, stream, info["chars"], vocab, sample_size=token_sample_size, **render)
+
+  mixtures = {}
+  for rung, streams in LADDER:
+    name = f"{prefix}_ladder_{rung}"
+    if name in seqio.MixtureRegistry.names():
+      seqio.MixtureRegistry.remove(name)
+    members = [(tasks[s], tokens[s] * weights[s]) for s in streams if tokens[s] > 0 and weights[s] > 0]
+    if not members:
+      log.warning("mixture %s left out: its streams %s are empty", name, streams)
+      continue
+    mixtures[rung] = seqio.MixtureRegistry.add(name, members).name
+  return SafetyTaskNames(tasks, mixtures, tokens)
+
+
+def cache_tasks(data_dir: str, vocab_path: str, cache_dir: str, *, prefix: str = "safejax",
+                pipeline_options: Sequence[str] = ("--runner=DirectRunner",), min_shards: int = 1) -> None:
+  """Caches every stream task of a run with seqio's own Beam job (`seqio.scripts.cache_tasks_main`).
+
+  Afterwards `seqio.add_global_cache_dirs([cache_dir])` and `get_dataset(..., use_cached=True)` read
+  the cache. The job imports this module, which registers the run from the environment.
+  """
+  env = {**os.environ, "SAFEJAX_PIPELINE_DIR": data_dir, "SAFEJAX_VOCAB": vocab_path, "SAFEJAX_TASK_PREFIX": prefix}
+  command = [sys.executable, "-m", "seqio.scripts.cache_tasks_main", "--module_import=tasks.safety_mixtures",
+             f"--tasks={prefix}_({'|'.join(STREAMS)})", f"--output_cache_dir={cache_dir}",
+             f"--min_shards={min_shards}", f"--pipeline_options={','.join(pipeline_options)}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+  subprocess.run(command, env=env, check=True)
+
+
+if os.environ.get("SAFEJAX_PIPELINE_DIR") and os.environ.get("SAFEJAX_VOCAB"):
+  register_safety_mixtures(os.environ["SAFEJAX_PIPELINE_DIR"], os.environ["SAFEJAX_VOCAB"],
+                           prefix=os.environ.get("SAFEJAX_TASK_PREFIX", "safejax"))

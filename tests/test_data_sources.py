@@ -1,0 +1,119 @@
+"""Reading inputs: every format, every dead-letter reason, reserved tokens stripped and counted."""
+
+import collections
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_fakes import write_toy_corpus
+from safejax.data.records import is_dead_letter
+from safejax.data.sources import SourceSpec, iter_source, match_files
+from safejax.vocab import HARM_TAG, USER
+
+
+def _read(spec):
+  items = list(iter_source(spec))
+  return [i for i in items if not is_dead_letter(i)], [i for i in items if is_dead_letter(i)]
+
+
+def test_jsonl_every_line_becomes_a_record_or_a_dead_letter(tmp_path):
+  expected = write_toy_corpus(tmp_path / "a.jsonl", n=10)
+  spec = SourceSpec(name="toy", pattern=str(tmp_path / "*.jsonl"), id_field="id", keep_fields=("title",),
+                    max_chars=1000)
+  records, dead = _read(spec)
+  assert len(records) == 10 and len(records) + len(dead) == 10 + len(expected)
+  assert collections.Counter(d["reason"] for d in dead) == expected
+  assert {r["id"] for r in records} == {f"toy/{i}" for i in range(10)}
+  assert records[0]["meta"] == {"title": "Topic 0"} and records[0]["source"] == "toy"
+  bad = next(d for d in dead if d["reason"] == "bad_encoding")
+  assert bad["stage"] == "read" and bad["location"].endswith("a.jsonl:6") and "\\xe9" in bad["raw"]
+
+
+def test_gzipped_jsonl_and_line_number_ids(tmp_path):
+  with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+    f.write(json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n")
+  records, dead = _read(SourceSpec(name="gz", pattern=str(tmp_path / "*.jsonl.gz")))
+  assert [r["id"] for r in records] == ["gz/b.jsonl.gz:1", "gz/b.jsonl.gz:2"] and not dead
+
+
+def test_reserved_token_strings_are_removed_and_counted(tmp_path):
+  (tmp_path / "c.jsonl").write_text(json.dumps({"text": f"a{HARM_TAG} b {USER}c{HARM_TAG}"}) + "\n")
+  [record], _ = _read(SourceSpec(name="s", pattern=str(tmp_path / "c.jsonl")))
+  assert record["text"] == "a b c" and record["special_tokens_removed"] == 3
+
+
+def test_score_field_is_validated(tmp_path):
+  rows = [{"text": "ok", "s": 3}, {"text": "float ok", "s": 2.0}, {"text": "too high", "s": 6},
+          {"text": "bool", "s": True}, {"text": "missing"}]
+  (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  records, dead = _read(SourceSpec(name="s", pattern=str(tmp_path / "d.jsonl"), score_field="s"))
+  assert [r["score"] for r in records] == [3, 2]
+  assert [d["reason"] for d in dead] == ["bad_score"] * 3
+
+
+def test_csv_with_quoted_newlines_and_malformed_rows(tmp_path):
+  (tmp_path / "e.csv").write_bytes(b'id,text\n1,"two\nlines"\n2,plain\n3,too,many\n4\n5,bad \xff byte\n')
+  records, dead = _read(SourceSpec(name="c", pattern=str(tmp_path / "e.csv"), format="csv", id_field="id"))
+  assert [(r["id"], r["text"]) for r in records] == [("c/1", "two\nlines"), ("c/2", "plain")]
+  assert [d["reason"] for d in dead] == ["malformed_row", "malformed_row", "bad_encoding"]
+
+
+def test_parquet_rows_and_missing_columns(tmp_path):
+  table = pa.table({"doc": ["alpha", None, "gamma"], "title": ["A", "B", "C"]})
+  pq.write_table(table, tmp_path / "f.parquet")
+  records, dead = _read(SourceSpec(name="p", pattern=str(tmp_path / "*.parquet"), format="parquet",
+                                   text_field="doc", keep_fields=("title",)))
+  assert [(r["text"], r["meta"]["title"]) for r in records] == [("alpha", "A"), ("gamma", "C")]
+  assert [d["reason"] for d in dead] == ["missing_field"]
+  _, dead = _read(SourceSpec(name="p", pattern=str(tmp_path / "*.parquet"), format="parquet", text_field="nope"))
+  assert [d["reason"] for d in dead] == ["missing_field"] * 3
+
+
+def test_text_files_are_one_document_each(tmp_path):
+  (tmp_path / "g.txt").write_text("a whole\nfile")
+  (tmp_path / "h.txt").write_bytes(b"x" * 200)
+  records, dead = _read(SourceSpec(name="t", pattern=str(tmp_path / "*.txt"), format="text", max_chars=20))
+  assert [(r["id"], r["text"]) for r in records] == [("t/g.txt", "a whole\nfile")]
+  assert [d["reason"] for d in dead] == ["document_too_large"]
+
+
+def test_tfds_dataset(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import numpy as np
+
+  class TinyDocs(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, text in enumerate(["one doc", "another doc", "   "]):
+        yield i, {"text": text}
+
+  builder = TinyDocs(data_dir=str(tmp_path))
+  builder.download_and_prepare()
+  spec = SourceSpec(name="tfds", pattern="tiny_docs", format="tfds", tfds_data_dir=str(tmp_path))
+  records, dead = _read(spec)
+  assert sorted(r["text"] for r in records) == ["another doc", "one doc"]
+  assert [d["reason"] for d in dead] == ["empty_document"]
+  assert all(r["id"].startswith("tfds/train:") for r in records)
+  del np
+
+
+def test_empty_glob_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no files match"):
+    match_files(SourceSpec(name="x", pattern=str(tmp_path / "none*.jsonl")))
+
+
+def test_bad_spec_is_rejected():
+  with pytest.raises(ValueError, match="format"):
+    SourceSpec(name="x", pattern="*", format="xml")
+  with pytest.raises(ValueError, match="name"):
+    SourceSpec(name="a/b", pattern="*")
