@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "classify train": "safejax.safety.cli:train_classifier",
     "classify eval": "safejax.safety.cli:eval_classifier",
     "classify score": "safejax.safety.cli:score_files",
+    "prepare": "safejax.data.pipeline:prepare",
+    "judges validate": "safejax.evaluation.judge_validation:validate_judges_main",
 }
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
