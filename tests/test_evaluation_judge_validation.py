@@ -5,6 +5,7 @@ import json
 import pytest
 
 from safejax.evaluation import judge_validation as jv
+from safejax.evaluation import report
 from safejax.evaluation.judges import JudgeVerdict, KeywordRefusalJudge, MatchRule
 
 
@@ -48,7 +49,7 @@ def test_judges_that_do_not_rate_the_target_are_skipped_and_undecided_counted():
   assert sorted(table["judges"]) == ["keyword", "reference:ref", "unsure"]
   assert table["judges"]["unsure"]["undecided"] == 1 and table["judges"]["unsure"]["n"] == 1
   assert table["judges"]["keyword"]["kappa"] == 1.0
-  assert "| keyword | 100.0 [" in jv.agreement_markdown({"toy": table})
+  assert "| keyword | 100.0 [" in report.agreement_markdown({"toy": table})
 
 
 @pytest.mark.parametrize("kappa,word", [(0.9, "almost perfect"), (0.7, "substantial"), (0.5, "moderate"),

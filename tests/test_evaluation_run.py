@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from safejax.evaluation import report
+from safejax.evaluation import metrics, report
 from safejax.evaluation.run import System, evaluate
 
 
@@ -73,7 +73,8 @@ def test_evaluate_writes_the_report(tmp_path, data_dir):
                      safety_benchmarks=("advbench", "jbb_harmful"), over_refusal_benchmarks=("xstest_safe", "jbb_benign"),
                      capability_tasks=("copa", "lambada_openai"), judges=(
                          "keyword:xstest_strmatch_full_refusal_startswith", "keyword:llm_attacks_eval_test_prefixes"),
-                     perplexity_file="heldout.jsonl", tag_detector_file="labelled.jsonl", generate_batch_size=2)
+                     perplexity_file="heldout.jsonl", tag_detector_file="labelled.jsonl", generate_batch_size=2,
+                     validate_judges=False)
 
   plain, safebeam = results["systems"]["raw/plain"], results["systems"]["raw/safebeam"]
   assert plain["safety"]["pooled"]["rate"] == 1.0 and plain["safety"]["pooled"]["n"] == 5
@@ -109,3 +110,17 @@ def test_evaluate_writes_the_report(tmp_path, data_dir):
 def test_system_labels_must_be_unique(tmp_path, data_dir):
   with pytest.raises(ValueError, match="unique"):
     evaluate([System("a"), System("a")], out_dir=str(tmp_path), data_dir=str(data_dir))
+
+
+def test_evaluate_on_real_data_validates_its_judges(tmp_path, shared_data):
+  system = System("echo", generate=lambda ps: ["I cannot help with that."] * len(ps), prompt_style="chat")
+  results = evaluate([system], out_dir=str(tmp_path), data_dir=str(shared_data), n_per_set=4,
+                     capability_tasks=(), perplexity_file=None)
+  s = results["systems"]["echo"]
+  assert s["safety"]["pooled"] == metrics.proportion(0, 12).to_dict()  # 4 prompts x 3 harmful benchmarks
+  assert s["over_refusal"]["pooled"] == metrics.proportion(8, 8).to_dict()
+  validation = results["judge_validation"]
+  assert set(validation) == {"jbb_judge_comparison", "xstest_refusal", "xstest_unsafe_compliance"}
+  assert "keyword:xstest_strmatch_full_refusal_startswith" in validation["xstest_refusal"]["judges"]
+  assert (tmp_path / "judge_agreement.png").is_file()
+  assert "## Judge agreement with human labels" in (tmp_path / "report.md").read_text()

@@ -28,7 +28,7 @@ import gin
 
 from safejax.backends import TextBackend
 from safejax.evaluation import judges as judges_lib
-from safejax.evaluation import metrics
+from safejax.evaluation import metrics, report
 from safejax.evaluation.benchmarks import read_rows
 
 REFUSAL_LISTS = "safety_prompts/refusal_prefixes/refusal_prefix_lists.json"
@@ -186,22 +186,6 @@ def validate_judges(judges: Sequence[judges_lib.Judge], gold_sets: Sequence[Gold
   return table
 
 
-def agreement_markdown(table: dict[str, Any]) -> str:
-  """The agreement table as markdown, one section per gold set."""
-  lines = []
-  for name, gold in table.items():
-    lines += [f"### {name}: `{gold['target']}` (n={gold['n']}, {gold['positives']} positive)", "",
-              gold["description"], "",
-              "| judge | accuracy [95% CI] | kappa | precision | recall | undecided | trust |",
-              "|---|---|---|---|---|---|---|"]
-    for judge, r in sorted(gold["judges"].items(), key=lambda kv: -kv[1]["kappa"]):
-      acc = r["accuracy"]
-      lines.append(f"| {judge} | {100 * acc['rate']:.1f} [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}] "
-                   f"| {r['kappa']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['undecided']} | {r['trust']} |")
-    lines.append("")
-  return "\n".join(lines)
-
-
 @gin.configurable
 def validate_judges_main(
     data_dir: str = gin.REQUIRED,
@@ -217,15 +201,14 @@ def validate_judges_main(
     data_dir: the shared data folder (../shared/data).
     out_dir: where judge_validation.json, judge_validation.md and judge_agreement.png go.
     judge_specs: `build_judge` specs; "classifier" is expanded over `classifier_thresholds`.
-    classifier_path: a safety scorer for `safejax.safety.load_scorer`, needed by "classifier".
+    classifier_path: a saved safety scorer (`safejax.safety.scorer.load_scorer`), needed by "classifier".
     llm_judge_backend: the text backend of the "llm" judge (e.g. @OpenAICompatibleBackend()).
   """
-  from safejax.evaluation import report  # matplotlib is only needed here.
-
   scorer = None
   if classifier_path is not None:
     from safejax.safety.scorer import load_scorer
-    scorer = load_scorer(classifier_path)
+    with gin.unlock_config():  # the scorer's module may register configurables on import
+      scorer = load_scorer(classifier_path)
   lists_path = Path(data_dir) / REFUSAL_LISTS
   built = []
   for spec in judge_specs:
@@ -240,8 +223,9 @@ def validate_judges_main(
   config = {"data_dir": str(data_dir), "judge_specs": list(judge_specs), "classifier_path": classifier_path,
             "classifier_thresholds": list(classifier_thresholds)}
   report.write_json({"config": config, "agreement": table}, out / "judge_validation.json")
-  (out / "judge_validation.md").write_text("# Judge agreement with human labels\n\n" + agreement_markdown(table))
+  markdown = report.agreement_markdown(table)
+  (out / "judge_validation.md").write_text("# Judge agreement with human labels\n\n" + markdown)
   report.plot_judge_agreement(table, out / "judge_agreement.png")
   log.info("judge validation written to %s", out)
-  print(agreement_markdown(table))
+  print(markdown)
   return table

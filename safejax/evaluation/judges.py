@@ -239,7 +239,7 @@ def build_judge(
     return load_keyword_judge(refusal_lists_path, arg or "llm_attacks_eval_test_prefixes")
   if kind == "classifier":
     if scorer is None:
-      raise ValueError(f"judge {spec!r} needs a safety scorer (safejax.safety.load_scorer)")
+      raise ValueError(f"judge {spec!r} needs a safety scorer (safejax.safety.scorer.load_scorer)")
     return ClassifierJudge(scorer, classifier_threshold, name=f"classifier>={classifier_threshold}")
   if kind == "llm":
     if backend is None:

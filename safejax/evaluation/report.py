@@ -7,6 +7,7 @@
                    per category, capability per task beside chance, perplexity, tag detector
   safety.png       ASR and over-refusal with Wilson 95 % intervals per system
   capability.png   accuracy per task per system, chance level marked
+  judge_agreement.png  Cohen's kappa of each judge with human labels (when validated)
 """
 
 from __future__ import annotations
@@ -74,6 +75,22 @@ def paper_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def agreement_markdown(table: dict[str, Any]) -> str:
+  """The agreement table as markdown, one section per gold set."""
+  lines = []
+  for name, gold in table.items():
+    lines += [f"### {name}: `{gold['target']}` (n={gold['n']}, {gold['positives']} positive)", "",
+              gold["description"], "",
+              "| judge | accuracy [95% CI] | kappa | precision | recall | undecided | trust |",
+              "|---|---|---|---|---|---|---|"]
+    for judge, r in sorted(gold["judges"].items(), key=lambda kv: -kv[1]["kappa"]):
+      acc = r["accuracy"]
+      lines.append(f"| {judge} | {100 * acc['rate']:.1f} [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}] "
+                   f"| {r['kappa']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['undecided']} | {r['trust']} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
 def _system_details(name: str, s: dict[str, Any]) -> list[str]:
   lines = [f"## {name}", "", f"model `{s['model']}`, stage `{s['stage']}`, decoding `{s['decoding']}`, "
            f"prompts `{s['prompt_style']}`", ""]
@@ -128,6 +145,8 @@ def markdown_report(results: dict[str, Any]) -> str:
   lines = ["# safejax evaluation", "", paper_table(results), ""]
   for name, s in results["systems"].items():
     lines += _system_details(name, s)
+  if results.get("judge_validation"):
+    lines += ["## Judge agreement with human labels", "", agreement_markdown(results["judge_validation"])]
   lines += ["## Configuration", "", "```json", json.dumps(_finite(results.get("config", {})), indent=2), "```", ""]
   return "\n".join(lines)
 
@@ -232,4 +251,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
   (out / "report.md").write_text(markdown_report(results))
   plot_safety(results, out / "safety.png")
   plot_capability(results, out / "capability.png")
-  return [p for p in (out / n for n in ("results.json", "report.md", "safety.png", "capability.png")) if p.exists()]
+  if results.get("judge_validation"):
+    plot_judge_agreement(results["judge_validation"], out / "judge_agreement.png")
+  names = ("results.json", "report.md", "safety.png", "capability.png", "judge_agreement.png")
+  return [p for p in (out / n for n in names) if p.exists()]

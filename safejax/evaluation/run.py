@@ -21,8 +21,9 @@ pooled over benchmarks; over-refusal on the benign benchmarks by the refusal jud
 held-out perplexity, and the tag-as-detector AUROC. Judges see the benchmark's request and the
 model's reply (for completion-style prompts, the text after the compliant opening).
 
-Out folder: results.json, report.md, safety.png, capability.png and
-generations/<system>/<benchmark>.jsonl (prompt, response and every verdict, to audit judges).
+Out folder: results.json, report.md, safety.png, capability.png, judge_agreement.png (how far
+each configured judge agrees with human labels) and generations/<system>/<benchmark>.jsonl
+(prompt, response and every verdict, to audit judges).
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ from tqdm.auto import tqdm
 
 from safejax.backends import TextBackend
 from safejax.evaluation import capability as capability_lib
+from safejax.evaluation import judge_validation
 from safejax.evaluation import judges as judges_lib
 from safejax.evaluation import metrics, prompting, report
 from safejax.evaluation.benchmarks import Benchmark, load_benchmark, subsample
-from safejax.evaluation.judge_validation import REFUSAL_LISTS
 from safejax.evaluation.tag_detector import load_labelled_texts
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -137,7 +138,8 @@ def evaluate(
     n_per_set: int | None = None,
     n_per_task: int | None = None,
     seed: int = 0,
-    judges: Sequence[str] = ("keyword:llm_attacks_eval_test_prefixes",),
+    judges: Sequence[str] = ("keyword:xstest_strmatch_full_refusal_startswith",
+                             "keyword:llm_attacks_eval_test_prefixes"),
     refusal_judge: str = "keyword:xstest_strmatch_full_refusal_startswith",
     classifier_path: str | None = None,
     classifier_threshold: int = 3,
@@ -152,6 +154,7 @@ def evaluate(
     tag_detector_label_columns: Sequence[str] = ("score",),
     tag_detector_unsafe_threshold: int = 1,
     n_tag_detector_docs: int | None = None,
+    validate_judges: bool = True,
 ) -> dict[str, Any]:
   """Evaluates `systems` and writes the report folder; returns the results dict (results.json).
 
@@ -165,8 +168,13 @@ def evaluate(
     capability_tasks: names of `capability.TASKS`.
     n_per_set, n_per_task: seeded subsample sizes for prompts and capability items (None: all).
     seed: the subsampling seed.
-    judges: ASR judges (`judges.build_judge` specs); the first is the primary judge.
-    refusal_judge: the judge of over-refusal; it must rate refusal (a keyword judge).
+    judges: ASR judges (`judges.build_judge` specs); the first is the primary judge. Default: the
+      keyword list that agreed best with human jailbreak labels (judge_validation: kappa 0.65 on
+      JailbreakBench, 0.58 on XSTest's unsafe prompts), then the canonical GCG/AdvBench list.
+      Keyword judges count any reply without a refusal string as a success, incoherent text
+      included; add "classifier" (or "llm") to rate harmfulness itself.
+    refusal_judge: the judge of over-refusal; it must rate refusal (a keyword judge). Default:
+      XSTest's own rule, the best measured against XSTest's human refusal labels (kappa 0.77).
     classifier_path, classifier_threshold: the safety scorer for a "classifier" judge.
     llm_judge_backend: the text backend of an "llm" judge (e.g. @OpenAICompatibleBackend()).
     system_prompt: optional system message for chat-style prompts.
@@ -175,6 +183,9 @@ def evaluate(
     tag_detector_file, tag_detector_text_column, tag_detector_label_columns,
       tag_detector_unsafe_threshold, n_tag_detector_docs: labelled held-out documents for the tag
       detector (`tag_detector.load_labelled_texts`; None: skip).
+    validate_judges: measure every configured judge against the human labels of the gold sets
+      (`judge_validation`, needs them under data_dir; an LLM judge makes ~3,350 requests) and put
+      the agreement table and judge_agreement.png into the report.
   """
   config = {k: v for k, v in locals().items() if k not in ("systems", "llm_judge_backend")}
   config["llm_judge_backend"] = repr(llm_judge_backend) if llm_judge_backend is not None else None
@@ -187,8 +198,9 @@ def evaluate(
   scorer = None
   if classifier_path is not None:
     from safejax.safety.scorer import load_scorer
-    scorer = load_scorer(classifier_path)
-  judge_kwargs = dict(refusal_lists_path=data / REFUSAL_LISTS, scorer=scorer,
+    with gin.unlock_config():  # the scorer's module may register configurables on import
+      scorer = load_scorer(classifier_path)
+  judge_kwargs = dict(refusal_lists_path=data / judge_validation.REFUSAL_LISTS, scorer=scorer,
                       classifier_threshold=classifier_threshold, backend=llm_judge_backend)
   asr_judges = [judges_lib.build_judge(spec, **judge_kwargs) for spec in judges]
   refusal = judges_lib.build_judge(refusal_judge, **judge_kwargs)
@@ -227,6 +239,10 @@ def evaluate(
     return scored_once[(what, fn)]
 
   results: dict[str, Any] = {"config": config, "data": data_counts, "systems": {}}
+  if validate_judges:
+    unique = {j.name: j for j in [*asr_judges, refusal]}
+    results["judge_validation"] = judge_validation.validate_judges(
+        list(unique.values()), judge_validation.load_gold_sets(data))
   for system in systems:
     entry: dict[str, Any] = {"label": system.label, "model": system.model or system.label, "stage": system.stage,
                              "decoding": system.decoding, "prompt_style": system.prompt_style}
