@@ -17,7 +17,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 parse_common_flags "$@"
 require TPU_NAME ZONE PROJECT
-((${#ARGS[@]})) || die "give the run's gin flags, e.g. --gin_file=models/smollm2_135m.gin --gin_file=runs/pretrain_text.gin --gin.TEXT_FILES=\"'gs://my-bucket/corpus/*.jsonl'\""
+((${#ARGS[@]})) || die "give the run's gin flags, e.g. --gin_file=models/smollm2_135m.gin" \
+  "--gin_file=runs/pretrain_text.gin --gin.TEXT_FILES=\"'gs://my-bucket/corpus/*.jsonl'\""
 for arg in "${ARGS[@]}"; do
   case "$arg" in
     --gin.MODEL_DIR=*) die "set MODEL_DIR (or BUCKET and RUN_NAME) instead of passing --gin.MODEL_DIR" ;;

@@ -18,12 +18,12 @@ code="$(remote_path "$REMOTE_DIR")"
 venv="$(remote_path "$VENV_DIR")"
 python="$(shell_quote "$PYTHON")"
 
+# apt waits for the image's boot-time upgrades to release their lock.
+apt="sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"
+install_python="if ! $python -c 'import ensurepip, venv' >/dev/null 2>&1;"
+install_python+=" then $apt update -qq && $apt install -y -qq $python $(shell_quote "$PYTHON-venv"); fi"
 # Run by each worker's shell, from the ssh user's home directory.
-steps=(
-  "set -e"
-  "if ! $python -c 'import ensurepip, venv' >/dev/null 2>&1; then sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $python $(shell_quote "$PYTHON-venv"); fi"
-  "rm -rf $code"
-)
+steps=("set -e" "$install_python" "rm -rf $code")
 if [[ -n "${REPO_URL:-}" ]]; then
   steps+=("git clone --quiet --depth=1 $(join_quoted --branch="$REPO_REF" "$REPO_URL") $code")
 else
@@ -32,7 +32,8 @@ else
     echo "warning: uncommitted changes in $REPO_ROOT are not copied; HEAD is" >&2
   fi
   run git -C "$REPO_ROOT" archive --format=tar.gz --output="$archive" HEAD
-  run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:safejax.tar.gz" --worker=all --zone="$ZONE" --project="$PROJECT"
+  run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:safejax.tar.gz" --worker=all \
+    --zone="$ZONE" --project="$PROJECT"
   run rm -f "$archive"
   steps+=("mkdir -p $code" "tar -xzf safejax.tar.gz -C $code" "rm safejax.tar.gz")
 fi

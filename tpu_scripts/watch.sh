@@ -20,7 +20,8 @@ for arg in "${ARGS[@]}"; do
     *) die "unexpected argument: $arg" ;;
   esac
 done
-[[ "$worker" =~ ^(all|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$ ]] || die "--worker must be all, an index, a range or a list, not '$worker'"
+workers_pattern='^(all|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$'
+[[ "$worker" =~ $workers_pattern ]] || die "--worker must be all, an index, a range or a list, not '$worker'"
 [[ "$lines" =~ ^[0-9]+$ ]] || die "--lines must be a number, not '$lines'"
 require TPU_NAME ZONE PROJECT
 
