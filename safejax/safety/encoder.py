@@ -323,9 +323,10 @@ class EncoderScorer(scorer_lib.WindowedScorer):
     """`embedding_cache_dir` keeps frozen window embeddings on disk (ignored when encoder layers
     were fine-tuned): re-scoring the same windows with another head then costs no encoder pass."""
     self.model, self.config = model, model.config
-    self.cache = (EmbeddingCache(embedding_cache_dir, _checkpoint_id(Path(checkpoint_dir)))
-                  if embedding_cache_dir and not model.config.trainable_top_layers else None)
     self.checkpoint_dir = Path(checkpoint_dir)
+    self.cache: EmbeddingCache | None = None
+    if embedding_cache_dir:
+      self.use_embedding_cache(embedding_cache_dir)
     self.tokenizer = load_tokenizer(self.checkpoint_dir)
     self.name, self.batch_size = "encoder", batch_size
     self.cls_id, self.sep_id, self.pad_id = (self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]"))
@@ -342,6 +343,11 @@ class EncoderScorer(scorer_lib.WindowedScorer):
       return jax.nn.softmax(nnx.merge(graphdef, state).head(embeddings), axis=-1)
 
     self._state, self._embed_fn, self._head_probs_fn = state, embed_fn, head_probs_fn
+
+  def use_embedding_cache(self, embedding_cache_dir: str | Path) -> None:
+    """Keeps window embeddings in `embedding_cache_dir` (no-op when encoder layers were tuned)."""
+    if not self.config.trainable_top_layers:
+      self.cache = EmbeddingCache(embedding_cache_dir, _checkpoint_id(self.checkpoint_dir))
 
   def windows(self, text: str) -> list[np.ndarray]:
     pieces = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)

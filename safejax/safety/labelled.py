@@ -135,12 +135,13 @@ def hh_rlhf_examples(record: Mapping) -> list[tuple[str, int, str]]:
 # Splitting
 
 
-_NORMALISE_RE = re.compile(r"https?://\S+|@\w+|\brt\b|&#?\w+;|[^a-z0-9]+")
+_NOISE_RE = re.compile(r"https?://\S+|@\w+|\brt\b|&#?\w+;")
+_NON_ALNUM_RE = re.compile(r"[^a-z0-9]+")
 
 
 def group_key(text: str) -> str:
   """Lower-cased text without links, @mentions, 'RT', entities and punctuation."""
-  return " ".join(_NORMALISE_RE.sub(" ", text.lower()).split())
+  return " ".join(_NON_ALNUM_RE.sub(" ", _NOISE_RE.sub(" ", text.lower())).split())
 
 
 def _unit_hash(key: str, salt: str = "") -> float:

@@ -1,0 +1,74 @@
+"""`safejax classify train|eval|score` end to end on a tiny gin config and jsonl files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from safejax import cli
+
+CALM = ["the river runs past the old mill", "students measure the angle of the ramp",
+        "the bakery opens early on sunday", "a gentle rain fell over the valley"]
+RUDE = ["you are a worthless idiot", "shut up you pathetic loser", "everyone hates you, moron"]
+
+
+def write_labelled(path, n, seed):
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for i in range(n):
+      rude = i % 2 == 0
+      text = f"{rng.choice(CALM)} {'but ' + rng.choice(RUDE) if rude else 'and ' + rng.choice(CALM)}"
+      f.write(json.dumps({"text": text, "score": 4 if rude else 0}) + "\n")
+  return path
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("classify")
+  train = write_labelled(tmp / "train.jsonl", 240, 0)
+  out = tmp / "clf"
+  assert cli.main(["classify", "train", "--gin_file=classify/tiny.gin",
+                   f"--gin.CLASSIFIER_DIR='{out}'", f"--gin.train_classifier.train_file='{train}'"]) == 0
+  assert (out / "scorer.json").is_file() and (out / "params.safetensors").is_file()
+  return out
+
+
+def test_eval_writes_report_table_and_plots(trained_dir, tmp_path, capsys):
+  test_file = write_labelled(tmp_path / "test.jsonl", 40, 1)
+  out = tmp_path / "eval"
+  cli.main(["classify", "eval", "--gin_file=classify/tiny.gin", f"--gin.CLASSIFIER_DIR='{trained_dir}'",
+            f"--gin.eval_classifier.eval_file='{test_file}'", f"--gin.eval_classifier.output_dir='{out}'",
+            "--gin.eval_classifier.with_profanity_check=False"])
+  report = json.loads((out / "report.json").read_text())
+  ngram = report["sets"]["eval_file"]["ngram"]
+  assert ngram["n"] == 40 and ngram["at_3"]["recall"] >= 0.9 and ngram["at_3"]["precision"] >= 0.9
+  assert (out / "confusion_eval_file_ngram.png").read_bytes()[:4] == b"\x89PNG"
+  assert "| ngram |" in capsys.readouterr().out and "paper: ensemble (max)" in (out / "table.md").read_text()
+
+
+def test_score_files_marks_unreadable_lines(trained_dir, tmp_path):
+  docs = tmp_path / "docs.jsonl"
+  docs.write_text(json.dumps({"text": "the bakery opens early on sunday"}) + "\n"
+                  + "{not json\n" + json.dumps({"body": "no text field"}) + "\n"
+                  + json.dumps({"text": "shut up you pathetic loser"}) + "\n")
+  note = tmp_path / "note.txt"
+  note.write_text("a gentle rain fell over the valley")
+  out = tmp_path / "scores.jsonl"
+  cli.main(["classify", "score", "--gin_file=classify/tiny.gin", f"--gin.CLASSIFIER_DIR='{trained_dir}'",
+            f"--gin.score_files.output_file='{out}'", str(docs), str(note)])
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert len(rows) == 5  # every input document has a line
+  assert [r.get("score") for r in rows] == [0, None, None, 4, 0]
+  assert "JSONDecodeError" in rows[1]["error"] and "KeyError" in rows[2]["error"]
+  assert rows[0]["location"].endswith("docs.jsonl:1") and len(rows[0]["probs"]) == 6
+
+
+def test_train_needs_exactly_one_data_source(tmp_path):
+  from safejax.safety import cli as classify_cli
+
+  with pytest.raises(ValueError, match="exactly one"):
+    classify_cli.train_classifier(output_dir=str(tmp_path))
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"text": "x", "score": 9}) + "\n")
+  with pytest.raises(ValueError, match="not in 0..5"):
+    classify_cli.read_labelled_jsonl(bad)

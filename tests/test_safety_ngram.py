@@ -1,0 +1,103 @@
+"""The hashed n-gram scorer: features, windows, learning a separable task, save/load."""
+
+import numpy as np
+import pytest
+
+from safejax.safety import ngram
+from safejax.safety.scorer import MaxEnsemble, load_scorer
+from safejax.safety.training import TrainConfig
+
+SMALL = ngram.NgramConfig(num_buckets=2**12, embed_dim=16, hidden_dim=16, char_ngrams=(3, 5), window_words=8)
+
+
+def test_features_are_deterministic_and_per_document():
+  ids, seg = ngram.featurize(["Hello world", "", "hello"], SMALL)
+  k = SMALL.num_kinds
+  assert k == 4 and ids.dtype == np.int32 and ids.min() >= 0 and ids.max() < SMALL.num_buckets
+  assert set(seg // k) == {0, 2}  # the empty document has no features
+  words = lambda i, s: sorted(i[s % k == 0])
+  assert words(ids[seg // k == 2], seg[seg // k == 2]) == [ids[(seg == 0)][0]]  # "hello" == "Hello"
+  again, _ = ngram.featurize(["Hello world", "", "hello"], SMALL)
+  assert np.array_equal(ids, again)
+  # Counts: 2 unigrams + 1 bigram + (11-2) 3-grams + (11-4) 5-grams for "hello world".
+  assert list(np.bincount(seg[seg // k == 0] % k, minlength=k)) == [2, 1, 9, 7]
+
+
+def test_char_ngrams_never_cross_documents():
+  _, seg_joined = ngram.featurize(["abcd", "efgh"], SMALL)
+  _, seg_a = ngram.featurize(["abcd"], SMALL)
+  _, seg_b = ngram.featurize(["efgh"], SMALL)
+  assert len(seg_joined) == len(seg_a) + len(seg_b)
+
+
+def test_hash_seed_changes_buckets():
+  a, _ = ngram.featurize(["some words here"], SMALL)
+  b, _ = ngram.featurize(["some words here"], ngram.NgramConfig(num_buckets=2**12, char_ngrams=(3, 5), seed=1))
+  assert not np.array_equal(a, b)
+
+
+def test_split_words_windows():
+  text = " ".join(f"w{i}" for i in range(20))
+  windows = ngram.split_words(text, 8)
+  assert [len(w.split()) for w in windows] == [8, 8, 4]
+  assert " ".join(windows).split() == text.split()
+  assert ngram.split_words("short text", 8) == ["short text"]
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="power of two"):
+    ngram.NgramConfig(num_buckets=1000)
+
+
+def toy_task(n=320, seed=0):
+  rng = np.random.default_rng(seed)
+  calm = ["the river runs past the old mill", "students measure the angle of the ramp",
+          "the bakery opens early on sunday", "a gentle rain fell over the valley"]
+  rude = ["you are a worthless idiot", "shut up you pathetic loser", "everyone hates you, moron"]
+  texts, labels = [], []
+  for i in range(n):
+    if i % 2:
+      texts.append(f"{rng.choice(calm)} and {rng.choice(calm)}")
+      labels.append(0)
+    else:
+      texts.append(f"{rng.choice(calm)} but {rng.choice(rude)}")
+      labels.append(4)
+  return texts, labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+  texts, labels = toy_task()
+  return ngram.train_ngram_scorer(texts, labels, SMALL, TrainConfig(epochs=4, batch_size=32, learning_rate=1e-2))
+
+
+def test_learns_a_separable_task(trained):
+  texts, labels = toy_task(n=60, seed=1)
+  assert np.mean(trained.score(texts) == np.array(labels)) >= 0.95
+
+
+def test_long_document_takes_its_worst_window(trained):
+  calm = "the bakery opens early on sunday " * 10
+  assert trained.score([calm])[0] == 0
+  assert trained.score([calm + " you are a worthless idiot " + calm])[0] == 4
+
+
+def test_save_load_roundtrip_gives_identical_scores(trained, tmp_path):
+  trained.save(tmp_path / "ngram")
+  loaded = load_scorer(tmp_path / "ngram")
+  assert isinstance(loaded, ngram.NgramScorer) and loaded.config == trained.config
+  texts = toy_task(n=40, seed=2)[0] + ["", "x " * 1000]
+  assert np.array_equal(trained.score_probs(texts), loaded.score_probs(texts))
+  MaxEnsemble([trained, loaded]).save(tmp_path / "ensemble")
+  ensemble = load_scorer(tmp_path / "ensemble")
+  assert isinstance(ensemble, MaxEnsemble) and np.array_equal(ensemble.score(texts), trained.score(texts))
+
+
+def test_load_rejects_mismatched_params(trained, tmp_path):
+  trained.save(tmp_path / "m")
+  other = ngram.NgramScorer(ngram.NgramModel(ngram.NgramConfig(num_buckets=2**10, embed_dim=16, hidden_dim=16,
+                                                             char_ngrams=(3, 5)), rngs=__import__("flax").nnx.Rngs(0)))
+  other.save(tmp_path / "small")
+  (tmp_path / "m" / "params.safetensors").replace(tmp_path / "small" / "params.safetensors")
+  with pytest.raises(ValueError, match="shape"):
+    load_scorer(tmp_path / "small")
