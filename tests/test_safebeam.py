@@ -1,0 +1,155 @@
+"""SafeBeam: which candidates survive, the tag short-circuit, edge cases, and equality with beam search."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from decoding_fakes import EOS, PAD, TAG, bigram_model, bigram_table, prompt_batch
+from safejax import decoding
+from safejax.model import ModelConfig, build_model
+
+VOCAB = 24
+
+
+def run_safebeam(table, prompts, **options):
+  tokens_to_logits, init_cache = bigram_model(table)
+  options = {"beam_size": 2, "num_expand": 3, "alpha": 0.0, **options}
+  run = functools.partial(decoding.safebeam, tokens_to_logits, init_cache, tag_id=TAG, eos_id=EOS, **options)
+  return jax.jit(run)(*prompt_batch(prompts))
+
+
+# After 5 the model proposes 6 7 8 (9); how likely the tag is after each candidate is set per row.
+RISKY_SECOND_STEP = bigram_table(VOCAB, {
+    5: {6: 0.30, 7: 0.25, 8: 0.20, 9: 0.10},
+    6: {TAG: 0.5},
+    7: {11: 0.5, 12: 0.25, 13: 0.1, TAG: 0.1},
+    8: {14: 0.45, 15: 0.35, TAG: 0.15},
+    11: {TAG: 0.9}, 12: {TAG: 0.05}, 13: {TAG: 0.2}, 14: {TAG: 0.6}, 15: {TAG: 0.01},
+})
+
+
+def test_safebeam_drops_the_candidates_most_likely_followed_by_the_tag():
+  # Step 0: only beam 0 is live; of its candidates 6 (tag next 0.5), 7 (0.1), 8 (0.15) one is
+  # dropped (floor(0.5 * 3)): 6, the most likely. Step 1: the six candidates 7-11 (.125, tag .9),
+  # 7-12 (.0625, .05), 7-13 (.025, .2), 8-14 (.09, .6), 8-15 (.07, .01), 8-x (tiny, 1/24): the
+  # three riskiest (11, 14, 13) go, and the best two of the rest remain.
+  result = run_safebeam(RISKY_SECOND_STEP, [[5]], max_new_tokens=2)
+  np.testing.assert_array_equal(result.tokens[0], [[8, 15], [7, 12]])
+  np.testing.assert_allclose(np.exp(result.log_probs[0]), [0.20 * 0.35, 0.25 * 0.25], rtol=1e-5)
+  assert not result.tag_stopped.any() and not result.finished.any()
+  # Plain beam search keeps the likelier, riskier continuations.
+  tokens_to_logits, init_cache = bigram_model(RISKY_SECOND_STEP)
+  beam = decoding.beam_search(tokens_to_logits, init_cache, *prompt_batch([[5]]), beam_size=2, max_new_tokens=2,
+                              eos_id=EOS, alpha=0.0)
+  np.testing.assert_array_equal(beam.tokens[0], [[6, TAG], [7, 11]])
+
+
+def test_harm_tag_filter_unit():
+  risk = np.asarray([[0.9, 0.1, 0.5, 0.7, 0.2, 0.3]])
+  log_probs = jnp.asarray([[-1.0, -2.0, -1.5, -jnp.inf, -0.5, -3.0]])  # candidate 3 is invalid
+  lookahead = np.full((1, 6, 8), np.log(1e-3))
+  lookahead[0, :, TAG] = np.log(risk)
+  candidates = decoding.Candidates(tokens=jnp.arange(6)[None] + 5, parents=jnp.zeros((1, 6), jnp.int32),
+                                   log_probs=log_probs, lookahead_log_probs=jnp.asarray(lookahead))
+  keep = lambda **kw: np.asarray(decoding.harm_tag_filter(TAG, **kw)(0, candidates))[0].tolist()
+  # Five valid candidates: floor(2.5) = 2 riskiest go (0.9 and 0.5; 0.7 is invalid anyway).
+  assert keep(drop_fraction=0.5) == [False, True, False, False, True, True]
+  assert keep(drop_fraction=0.5, threshold=0.25) == [False, True, False, False, True, False]
+  assert keep(drop_fraction=0.0) == [True, True, True, False, True, True]
+  assert keep(drop_fraction=1.0) == [False] * 6
+  with pytest.raises(ValueError, match="drop_fraction"):
+    decoding.harm_tag_filter(TAG, drop_fraction=1.5)
+
+
+def test_safebeam_never_writes_the_tag_and_stops_the_beam_that_selects_it():
+  # After 5 the tag is the likeliest token: the hypothesis ends there (short-circuit), the tag
+  # unwritten, and with its short length it is the best hypothesis.
+  table = bigram_table(VOCAB, {5: {TAG: 0.6, 6: 0.3}, 6: {7: 0.9}, 7: {EOS: 0.9}})
+  result = run_safebeam(table, [[5]], max_new_tokens=4, alpha=0.6)
+  assert not np.any(np.asarray(result.tokens) == TAG)
+  assert result.tag_stopped[0, 0] and result.lengths[0, 0] == 0
+  np.testing.assert_array_equal(result.tokens[0, 0], [PAD] * 4)
+  np.testing.assert_allclose(result.log_probs[0, 0], np.log(0.6), rtol=1e-5)
+  # The runner-up continued around the tag and finished normally.
+  np.testing.assert_array_equal(result.tokens[0, 1], [6, 7, EOS, PAD])
+  assert result.finished[0, 1] and not result.tag_stopped[0, 1]
+
+
+def test_every_candidate_risky():
+  table = bigram_table(VOCAB, {5: {6: 0.4, 7: 0.3, 8: 0.2}, 6: {TAG: 0.8}, 7: {TAG: 0.7}, 8: {TAG: 0.9},
+                               9: {10: 0.9}, 10: {10: 0.9}})
+  # The fraction rule still keeps the less risky half.
+  kept = run_safebeam(table, [[5]], max_new_tokens=1)
+  np.testing.assert_array_equal(kept.tokens[0, :, 0], [6, 7])
+  # With an absolute threshold nothing survives: the beam stops where it is, flagged.
+  blocked = run_safebeam(table, [[5], [9]], max_new_tokens=2, tag_threshold=0.5)
+  assert blocked.tag_stopped[0, 0] and blocked.lengths[0, 0] == 0
+  np.testing.assert_array_equal(blocked.tokens[0, 0], [PAD, PAD])
+  # The other prompt (tag next 0.1 / 23) is untouched.
+  np.testing.assert_array_equal(blocked.tokens[1, 0], [10, 10])
+  assert not blocked.tag_stopped[1, 0]
+
+
+def test_eos_inside_the_lookahead():
+  # The lookahead after 6 sees EOS as the likeliest next token; those logits are the next step's:
+  # the beam then finishes with EOS. 7 is dropped as the riskier of the two candidates.
+  table = bigram_table(VOCAB, {5: {6: 0.5, 7: 0.4}, 6: {EOS: 0.9, TAG: 0.01}, 7: {8: 0.9, TAG: 0.02},
+                               8: {EOS: 0.9}})
+  result = run_safebeam(table, [[5]], max_new_tokens=4, num_expand=2)
+  np.testing.assert_array_equal(result.tokens[0, 0], [6, EOS, PAD, PAD])
+  assert result.finished[0, 0] and result.lengths[0, 0] == 2
+  np.testing.assert_allclose(np.exp(result.log_probs[0, 0]), 0.5 * 0.9, rtol=1e-5)
+  assert not np.any(np.asarray(result.tokens)[0, :, 0] == 7)
+
+
+def test_rows_finish_at_different_steps():
+  table = bigram_table(VOCAB, {5: {6: 0.9}, 6: {EOS: 0.9}, 9: {10: 0.9}, 10: {11: 0.9}, 11: {12: 0.9},
+                               12: {EOS: 0.9}, 16: {17: 0.6, 18: 0.3}, 17: {16: 0.6, 18: 0.3}, 18: {16: 0.9}})
+  prompts = [[5], [9], [16]]
+  result = run_safebeam(table, prompts, max_new_tokens=6, drop_fraction=0.0)
+  np.testing.assert_array_equal(result.tokens[0, 0], [6, EOS, PAD, PAD, PAD, PAD])
+  np.testing.assert_array_equal(result.tokens[1, 0], [10, 11, 12, EOS, PAD, PAD])
+  np.testing.assert_array_equal(result.lengths[:, 0], [2, 4, 6])
+  np.testing.assert_array_equal(result.finished[:, 0], [True, True, False])
+  alone = run_safebeam(table, prompts[1:2], max_new_tokens=6, drop_fraction=0.0)
+  np.testing.assert_array_equal(alone.tokens[0], result.tokens[1])
+  np.testing.assert_allclose(alone.scores[0], result.scores[1], rtol=1e-6)
+
+
+def test_width_one():
+  # One beam, three candidates 6 (tag next 0.5), 7 (0.1), 8 (0.05): one is dropped, the best of
+  # the rest kept; dropping 70 % leaves only 8.
+  table = bigram_table(VOCAB, {5: {6: 0.4, 7: 0.3, 8: 0.2}, 6: {TAG: 0.5}, 7: {TAG: 0.1}, 8: {TAG: 0.05}})
+  assert run_safebeam(table, [[5]], beam_size=1, max_new_tokens=1).tokens[0, 0, 0] == 7
+  assert run_safebeam(table, [[5]], beam_size=1, max_new_tokens=1, drop_fraction=0.7).tokens[0, 0, 0] == 8
+
+
+def test_one_lookahead_pass_per_step():
+  # The model is traced twice: the prompt (B rows) and the loop's single pass over k*N candidates,
+  # whose logits and cache rows the survivors reuse; nothing is recomputed for them.
+  calls = []
+  tokens_to_logits, init_cache = bigram_model(RISKY_SECOND_STEP, calls)
+  decoding.safebeam(tokens_to_logits, init_cache, *prompt_batch([[5], [3, 6]]), tag_id=TAG, eos_id=EOS,
+                    beam_size=2, num_expand=3, max_new_tokens=3)
+  assert calls == [(2, 2), (2 * 2 * 3, 1)]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return build_model(ModelConfig(vocab_size=96), seed=2)
+
+
+def test_safebeam_without_dropping_equals_beam_search(model):
+  prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20]]
+  run = functools.partial(decoding.generate, model, prompts, max_new_tokens=10, eos_id=EOS,
+                          logits_processor=decoding.suppress_token(TAG), beam_size=3)
+  beam = run(method="beam")
+  safe = run(method="safebeam", num_expand=3, drop_fraction=0.0, tag_id=TAG)
+  np.testing.assert_array_equal(safe.tokens, beam.tokens)
+  np.testing.assert_allclose(safe.scores, beam.scores, rtol=1e-5)
+  # With the default drop the search really changes course.
+  dropped = run(method="safebeam", num_expand=3, tag_id=TAG)
+  assert not np.array_equal(dropped.tokens, beam.tokens)
