@@ -110,6 +110,8 @@ def test_evaluate_writes_the_report(tmp_path, data_dir):
 def test_system_labels_must_be_unique(tmp_path, data_dir):
   with pytest.raises(ValueError, match="unique"):
     evaluate([System("a"), System("a")], out_dir=str(tmp_path), data_dir=str(data_dir))
+  with pytest.raises(ValueError, match="must rate refusal"):
+    evaluate([System("a")], out_dir=str(tmp_path), data_dir=str(data_dir), refusal_judge="classifier")
 
 
 def test_evaluate_on_real_data_validates_its_judges(tmp_path, shared_data):

@@ -192,6 +192,8 @@ def evaluate(
   labels = [s.label for s in systems]
   if len(set(labels)) != len(labels):
     raise ValueError(f"system labels must be unique: {labels}")
+  if not refusal_judge.startswith("keyword"):
+    raise ValueError(f"refusal_judge must rate refusal (a keyword:<list> judge), not {refusal_judge!r}")
   data = Path(data_dir)
   out = Path(out_dir)
 
