@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "classify score": "safejax.safety.cli:score_files",
     "prepare": "safejax.data.pipeline:prepare",
     "judges validate": "safejax.evaluation.judge_validation:validate_judges_main",
+    "import-hf": "safejax.hf_interop:import_hf",
+    "export-hf": "safejax.hf_interop:export_hf",
 }
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -80,7 +82,8 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   # gin logs an ERROR for every search-path miss before it finds a file; failures raise anyway.
   logging.disable(logging.ERROR)
   try:
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+    # Not finalized: commands import some modules lazily, and those register configurables later.
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
   finally:
     logging.disable(logging.NOTSET)
 
