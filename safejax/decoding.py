@@ -35,19 +35,22 @@ never writes the tag (a beam that selects it ends there, flagged `tag_stopped`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax import struct
+from tqdm.auto import tqdm
 
 from safejax.model.llama import Decoder, KVCache, ModelConfig
 
-if TYPE_CHECKING:  # importing the vocabulary pulls in seqio; decoding itself never needs it.
+if TYPE_CHECKING:  # importing the vocabulary pulls in seqio; decoding only needs its methods.
   from safejax.vocab import SafejaxVocabulary
 
 TokensToLogits = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
@@ -778,3 +781,103 @@ def detokenize(vocab: SafejaxVocabulary, result: DecodeResult) -> list[list[str]
   tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
   return [[vocab.decode_without_specials(tokens[b, i, :lengths[b, i]].tolist()) for i in range(tokens.shape[1])]
           for b in range(tokens.shape[0])]
+
+
+# ------------------------------------------------------------------------------------------------
+# Text in, text out: what `safejax decode` and the evaluation harness call.
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+  """How to decode, in one gin-configurable place (`safejax decode`, `safejax eval`).
+
+  method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
+  beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
+  The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
+  tag_penalty (subtract from it), tag_stop_threshold (sampling: stop a row when the model gives
+  the tag more than this probability).
+  """
+
+  method: str = "greedy"
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  beam_size: int = 4
+  alpha: float = 0.6
+  num_expand: int = 4
+  drop_fraction: float = 0.5
+  tag_threshold: float | None = None
+  suppress_tag: bool = False
+  tag_penalty: float = 0.0
+  tag_stop_threshold: float | None = None
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
+      raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
+
+  def generate_options(self, tag_id: int) -> dict[str, Any]:
+    """Keyword arguments of `generate` for this configuration."""
+    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
+    processor = chain(suppress_token(tag_id) if self.suppress_tag else None,
+                      penalize_token(tag_id, self.tag_penalty) if self.tag_penalty else None)
+    if processor is not None:
+      options["logits_processor"] = processor
+    if self.method == "sample":
+      options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+    if self.method in ("greedy", "sample") and self.tag_stop_threshold is not None:
+      options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
+    if self.method in ("beam", "safebeam"):
+      options.update(beam_size=self.beam_size, alpha=self.alpha)
+    if self.method == "safebeam":
+      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
+                     tag_threshold=self.tag_threshold)
+    return options
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+  """One prompt's best generation. text: reserved tokens (the harm tag) removed."""
+
+  prompt: str
+  text: str
+  num_tokens: int
+  score: float
+  finished: bool
+  tag_stopped: bool
+
+
+def generate_texts(
+    model: Decoder,
+    vocab: SafejaxVocabulary,
+    prompts: Sequence[str],
+    config: DecodingConfig,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[Generation]:
+  """Decodes text prompts in batches of `batch_size` (the last one padded, so one compilation
+  serves all); returns one `Generation` per prompt, in order."""
+  encoded = [vocab.encode(prompt) for prompt in prompts]
+  empty = [i for i, ids in enumerate(encoded) if not ids]
+  if empty:
+    raise ValueError(f"prompts {empty} encode to no tokens")
+  options = config.generate_options(vocab.harm_tag_id)
+  generations = []
+  with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:
+    for start in range(0, len(prompts), batch_size):
+      batch = encoded[start:start + batch_size]
+      filled = batch + [batch[0]] * (batch_size - len(batch))
+      result = generate(model, filled, eos_id=vocab.eos_id, pad_id=vocab.pad_id, **options)
+      texts = detokenize(vocab, result)
+      for row in range(len(batch)):
+        generations.append(Generation(
+            prompt=prompts[start + row], text=texts[row][0], num_tokens=int(result.lengths[row, 0]),
+            score=float(result.scores[row, 0]), finished=bool(result.finished[row, 0]),
+            tag_stopped=bool(result.tag_stopped[row, 0])))
+      bar.update(len(batch))
+  return generations

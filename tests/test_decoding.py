@@ -189,11 +189,10 @@ def test_tag_probability_rejection_stops_sampling():
   assert not looser.tag_stopped[0, 0] and looser.tokens[0, 0, 1] == 7
 
 
-def test_detokenize_never_shows_the_harm_tag(tmp_path):
-  from safejax.vocab import HARM_TAG, train_sentencepiece
+def test_detokenize_never_shows_the_harm_tag(tiny_vocab):
+  from safejax.vocab import HARM_TAG
 
-  text = ["the cat sat on the mat and the dog ran to the park", "a bird sang in the tall green tree"] * 50
-  vocab = train_sentencepiece(text, str(tmp_path / "spm.model"), vocab_size=300)
+  vocab = tiny_vocab
   words = vocab.encode("the cat") + vocab.encode(" sat")
   ids = words[:2] + [vocab.harm_tag_id] + words[2:] + [vocab.eos_id] + vocab.encode("bird")
   result = decoding.DecodeResult(
