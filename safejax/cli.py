@@ -28,6 +28,7 @@ import gin
 # subcommand -> "module:function". Modules are imported lazily so `safejax --help` is instant.
 COMMANDS: dict[str, str] = {
     "train": "safejax.train:train",
+    "finetune": "safejax.train:finetune",
     "decode": "safejax.decoding_cli:decode",
     "classify train": "safejax.safety.cli:train_classifier",
     "classify eval": "safejax.safety.cli:eval_classifier",

@@ -126,6 +126,9 @@ def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax
 # --------------------------------------------------------------------------------------------
 # Input
 
+MODEL_FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                  "decoder_segment_ids", "decoder_positions")
+
 
 def import_task_module(module: str | None) -> None:
   """Imports the module that registers the SeqIO tasks (t5x's MIXTURE_OR_TASK_MODULE)."""
@@ -144,8 +147,7 @@ def task_vocabulary(mixture_or_task_name: str) -> SafejaxVocabulary:
 
 
 def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_size: int, *,
-                        seed: int, start_batch: int = 0, split: str = "train",
-                        pack: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                        seed: int, start_batch: int = 0, split: str = "train") -> Iterator[dict[str, np.ndarray]]:
   """This process's share of the global batches, as numpy, starting at batch `start_batch`.
 
   Deterministic for a seed, so skipping `start_batch` batches resumes exactly where a
@@ -158,14 +160,21 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
   num_hosts, host = jax.process_count(), jax.process_index()
   if batch_size % num_hosts:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {num_hosts} processes")
-  lengths = {"targets": sequence_length}
-  ds = seqio.get_mixture_or_task(mixture_or_task_name).get_dataset(
-      sequence_length=lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
-      shard_info=seqio.ShardInfo(index=host, num_shards=num_hosts), use_cached=False)
-  ds = seqio.DecoderFeatureConverter(pack=pack)(ds, lengths)
+  task = seqio.get_mixture_or_task(mixture_or_task_name)
+  if "inputs" in task.output_features:
+    # Prompt/response data (instruction tuning): one causal sequence, loss on the response only.
+    # The converter's decoder_causal_attention (a prefix-LM mask) is ignored: the model is causal.
+    lengths = {"inputs": sequence_length // 2, "targets": sequence_length - sequence_length // 2}
+    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True)
+  else:
+    lengths = {"targets": sequence_length}
+    converter = seqio.DecoderFeatureConverter(pack=True)
+  ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
+                        shard_info=seqio.ShardInfo(index=host, num_shards=num_hosts), use_cached=False)
+  ds = converter(ds, lengths)
   ds = ds.batch(batch_size // num_hosts, drop_remainder=True).skip(start_batch).prefetch(2)
   for batch in ds.as_numpy_iterator():
-    yield {k: v.astype(np.int32) for k, v in batch.items()}
+    yield {k: batch[k].astype(np.int32) for k in MODEL_FEATURES}
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +276,7 @@ def train(
     sequence_length: int = 128,
     model_config: ModelConfig = ModelConfig(),
     optimizer: OptimizerConfig = OptimizerConfig(),
+    init_from: str | None = None,
     mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
     seed: int = 0,
     log_every: int = 10,
@@ -279,6 +289,8 @@ def train(
 
   `task_registrations` is for gin: references such as `@register_text_task()` are evaluated when
   train is called, registering the run's tasks before `mixture_or_task_name` is looked up.
+  `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
+  pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
   """
   del task_registrations  # evaluated by gin for their effect
   partitioning.initialize_distributed()
@@ -307,6 +319,9 @@ def train(
   if start_step:
     state = _restore(manager, start_step, state, state_sharding)
     log.info("resumed from step %d of %s", start_step, model_dir)
+  elif init_from:
+    state[0] = _initial_params(init_from, config, vocab, _abstract(state, state_sharding)[0])
+    log.info("initialised parameters from %s", init_from)
   if start_step >= train_steps:
     log.info("already trained %d >= %d steps", start_step, train_steps)
     manager.close()
@@ -361,6 +376,16 @@ def train(
   return last
 
 
+@gin.configurable
+def finetune(init_from: str = gin.REQUIRED) -> dict[str, float]:
+  """`train` from another model's parameters: instruction tuning, the benign fine-tuning attack.
+
+  Everything else (task, steps, optimizer, mesh) comes from `train`'s bindings, t5x style:
+    safejax finetune --gin_file=runs/finetune_chat.gin --gin.finetune.init_from="'/tmp/base'"
+  """
+  return train(init_from=init_from)
+
+
 def _model_and_optimizer(config: ModelConfig, tx: optax.GradientTransformation, seed: int):
   model = build_model(config, seed)
   return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -395,6 +420,23 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
   state[0] = restored["params"]
   state[1] = restored["opt_state"]
   return state
+
+
+def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabulary, target: nnx.State) -> nnx.State:
+  """The newest parameters of another model dir, laid out like `target` (any mesh)."""
+  source_config = load_model_config(init_from)
+  if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat) != config:
+    raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
+  with open(os.path.join(init_from, VOCAB_FILE), "rb") as a, open(vocab.sentencepiece_model_file, "rb") as b:
+    if a.read() != b.read():
+      raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")
+  manager = checkpoint_manager(init_from, async_save=False)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {init_from}/checkpoints")
+  params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+  manager.close()
+  return params
 
 
 class _MetricsWriter:

@@ -9,4 +9,5 @@ both where the data is and what trains on it:
   register_text_task.vocab_path = '/tmp/run/vocab.model'
 """
 
-from tasks.text import register_text_task, text_file_source, lm_preprocessors, split_tokens_to_length  # noqa: F401
+from tasks.chat import register_chat_task  # noqa: F401
+from tasks.text import register_text_task  # noqa: F401

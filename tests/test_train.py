@@ -113,3 +113,49 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
 def test_vocab_mismatch_is_rejected(task, tmp_path):
   with pytest.raises(ValueError, match="vocab_size 10 < vocabulary size"):
     run(task, tmp_path, 1, model_config=ModelConfig(vocab_size=10))
+
+
+@pytest.fixture(scope="module")
+def chat_task(tmp_path_factory, tiny_vocab):
+  import json
+
+  path = tmp_path_factory.mktemp("chat") / "sft.jsonl"
+  with open(path, "w") as f:
+    for i in range(40):
+      f.write(json.dumps({"messages": [{"role": "user", "content": f"Describe the river number {i}."},
+                                       {"role": "assistant", "content": "The river watched the morning light."}]}) + "\n")
+  tasks.register_chat_task("test_tiny_chat", str(path), tiny_vocab.sentencepiece_model_file)
+  return "test_tiny_chat"
+
+
+def test_chat_task_weights_only_the_reply(chat_task, tiny_vocab):
+  from safejax.vocab import ASSISTANT, END_OF_TURN
+
+  batch = next(T.make_train_iterator(chat_task, 160, 2, seed=0))
+  first = batch["decoder_segment_ids"][0] == 1  # the first packed conversation of row 0
+  weights, targets = batch["decoder_loss_weights"][0][first], batch["decoder_target_tokens"][0][first]
+  reply = [t for t, w in zip(targets, weights) if w]
+  assert tiny_vocab.decode(reply[:-1]) == "The river watched the morning light." + END_OF_TURN
+  assert reply[-1] == tiny_vocab.eos_id
+  prompt = [t for t, w in zip(targets, weights) if not w and t]
+  assert prompt[-1] == tiny_vocab.token_id(ASSISTANT)
+  # tokenizing prompt and reply apart gives the ids of the whole conversation tokenized at once
+  assert prompt + reply[:-1] == tiny_vocab.encode(tiny_vocab.decode(prompt + reply[:-1]))
+
+
+def test_finetune_starts_from_base_parameters(chat_task, reference_run, tmp_path):
+  base, _ = T.load_for_inference(str(reference_run))
+  run(chat_task, tmp_path, 4, init_from=str(reference_run),
+      optimizer=T.OptimizerConfig(learning_rate=1e-12, warmup_steps=0))
+  tuned, _ = T.load_for_inference(str(tmp_path))
+  np.testing.assert_allclose(tuned.embed.embedding[...], base.embed.embedding[...], atol=1e-6)
+  fresh_loss = T.read_metrics(str(reference_run))[0]["loss"]
+  assert T.read_metrics(str(tmp_path))[0]["loss"] < fresh_loss  # starts where the base model is
+
+
+def test_init_from_rejects_another_architecture(task, reference_run, tmp_path):
+  import dataclasses
+
+  other = dataclasses.replace(TINY, mlp_dim=96)
+  with pytest.raises(ValueError, match="different architecture"):
+    run(task, tmp_path, 1, init_from=str(reference_run), model_config=other)
