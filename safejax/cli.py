@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "judges validate": "safejax.evaluation.judge_validation:validate_judges_main",
     "import-hf": "safejax.hf_interop:import_hf",
     "export-hf": "safejax.hf_interop:export_hf",
+    "serve": "safejax.serve:serve",
 }
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
