@@ -389,3 +389,69 @@ def test_serve_command_loads_the_checkpoint(model_dir, monkeypatch):
   assert launched["port"] == 8123 and launched["host"] == "127.0.0.1"
   routes = {route.path for route in launched["app"].routes}
   assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health"} <= routes
+
+
+# -- lm-eval-harness ------------------------------------------------------------------------------
+
+LM_EVAL_DOCS = [
+    {"question": "A small bird watched", "choices": ["the morning light", "a long letter", "the school garden"],
+     "answer": 0},
+    {"question": "The city council visited", "choices": ["the village market", "an ancient map"], "answer": 0},
+    {"question": "Our teacher repaired", "choices": ["a wooden bridge", "the autumn harvest", "a bright comet"],
+     "answer": 1},
+    {"question": "The science club painted", "choices": ["the school garden", "a long letter"], "answer": 1},
+]
+
+
+def _write_lm_eval_tasks(folder, docs_file, cache_dir):
+  """Two lm-eval tasks over a local jsonl (no downloads): multiple choice and generate_until."""
+  common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {docs_file}\n  cache_dir: {cache_dir}\n"
+            "test_split: test\ndoc_to_text: \"{{question}}:\"\n")
+  (folder / "serve_tiny_mc.yaml").write_text(
+      "task: serve_tiny_mc\n" + common + "output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\n"
+      "doc_to_target: answer\nmetric_list:\n  - metric: acc\n")
+  (folder / "serve_tiny_gen.yaml").write_text(
+      "task: serve_tiny_gen\n" + common + "output_type: generate_until\ndoc_to_target: \"{{choices[answer]}}\"\n"
+      "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 6\n  do_sample: false\n"
+      "metric_list:\n  - metric: exact_match\n")
+
+
+@pytest.mark.slow
+def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp_path):
+  """lm-eval's OpenAI-compatible completions client scores and generates through the server and gets
+  what safejax computes directly: ModelScorer's log-likelihoods, and the server's greedy text."""
+  lm_eval = pytest.importorskip("lm_eval")
+  from lm_eval.tasks import TaskManager
+
+  model, vocab = loaded
+  docs_file = tmp_path / "docs.jsonl"
+  docs_file.write_text("".join(json.dumps(d) + "\n" for d in LM_EVAL_DOCS))
+  tasks_dir = tmp_path / "tasks"
+  tasks_dir.mkdir()
+  _write_lm_eval_tasks(tasks_dir, docs_file, tmp_path / "hf_cache")
+  results = lm_eval.simple_evaluate(
+      model="local-completions", tasks=["serve_tiny_mc", "serve_tiny_gen"],
+      model_args=f"model={MODEL},base_url={base_url}/completions,max_length={CONTEXT},batch_size=4,num_concurrent=2",
+      task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True, bootstrap_iters=0)
+
+  scorer = ModelScorer(model, vocab, max_length=CONTEXT, show_progress=False)
+  mc_samples = sorted(results["samples"]["serve_tiny_mc"], key=lambda s: s["doc_id"])
+  assert len(mc_samples) == len(LM_EVAL_DOCS)
+  correct = []
+  for doc, sample in zip(LM_EVAL_DOCS, mc_samples):
+    # lm-eval's split of context and continuation: the context's own encoding, then the rest.
+    context_ids = vocab.encode(f"{doc['question']}:")
+    requests = [(context_ids, vocab.encode(f"{doc['question']}: {choice}")[len(context_ids):]) for choice in doc["choices"]]
+    expected = scorer.loglikelihood_tokens(requests)
+    got = [response[0] for response in sample["resps"]]
+    np.testing.assert_allclose([g[0] for g in got], [e[0] for e in expected], atol=1e-4)
+    assert [bool(g[1]) for g in got] == [e[1] for e in expected]
+    correct.append(int(np.argmax([e[0] for e in expected])) == doc["answer"])
+  assert results["results"]["serve_tiny_mc"]["acc,none"] == pytest.approx(np.mean(correct))
+
+  gen_samples = sorted(results["samples"]["serve_tiny_gen"], key=lambda s: s["doc_id"])
+  assert len(gen_samples) == len(LM_EVAL_DOCS)
+  for doc, sample in zip(LM_EVAL_DOCS, gen_samples):
+    direct = client.completions.create(model=MODEL, prompt=vocab.encode(f"{doc['question']}:"), max_tokens=6,
+                                       temperature=0, stop=["\n"]).choices[0].text
+    assert sample["resps"][0][0] == direct
