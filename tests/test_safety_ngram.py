@@ -1,26 +1,44 @@
 """The hashed n-gram scorer: features, windows, learning a separable task, save/load."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+from flax import nnx
 
 from safejax.safety import ngram
 from safejax.safety.scorer import MaxEnsemble, load_scorer
 from safejax.safety.training import TrainConfig
 
-SMALL = ngram.NgramConfig(num_buckets=2**12, embed_dim=16, hidden_dim=16, char_ngrams=(3, 5), window_words=8)
+SMALL = ngram.NgramConfig(num_buckets=2**12, embed_dim=16, hidden_dim=16, char_ngrams=(3, 5),
+                          char_ngram_keep_one_in=1, window_words=8)
 
 
 def test_features_are_deterministic_and_per_document():
   ids, seg = ngram.featurize(["Hello world", "", "hello"], SMALL)
-  k = SMALL.num_kinds
+  n, k = 3, SMALL.num_kinds
   assert k == 4 and ids.dtype == np.int32 and ids.min() >= 0 and ids.max() < SMALL.num_buckets
-  assert set(seg // k) == {0, 2}  # the empty document has no features
-  words = lambda i, s: sorted(i[s % k == 0])
-  assert words(ids[seg // k == 2], seg[seg // k == 2]) == [ids[(seg == 0)][0]]  # "hello" == "Hello"
+  assert np.all(np.diff(seg) >= 0)  # ascending: kind-major, then document
+  assert set(seg % n) == {0, 2}  # the empty document has no features
+  words = ids[seg // n == 0]
+  assert words[0] == words[2] and words[0] != words[1]  # "Hello" == "hello" != "world"
   again, _ = ngram.featurize(["Hello world", "", "hello"], SMALL)
   assert np.array_equal(ids, again)
   # Counts: 2 unigrams + 1 bigram + (11-2) 3-grams + (11-4) 5-grams for "hello world".
-  assert list(np.bincount(seg[seg // k == 0] % k, minlength=k)) == [2, 1, 9, 7]
+  assert list(np.bincount(seg[seg % n == 0] // n, minlength=k)) == [2, 1, 9, 7]
+  _, padded_seg = ngram.featurize(["Hello world", "", "hello"], SMALL, num_docs=8)
+  assert set(padded_seg // 8) == {0, 1, 2, 3} and padded_seg.max() < 8 * k
+
+
+def test_char_ngram_sampling_keeps_the_same_types_everywhere():
+  half = ngram.NgramConfig(num_buckets=2**12, char_ngrams=(4,), char_ngram_keep_one_in=2)
+  text = "the quick brown fox jumps over the lazy dog " * 20
+  ids, seg = ngram.featurize([text], half)
+  full_ids, full_seg = ngram.featurize([text], dataclasses.replace(half, char_ngram_keep_one_in=1))
+  kept, every = set(ids[seg == 2]), set(full_ids[full_seg == 2])
+  assert kept < every and 0.25 < len(kept) / len(every) < 0.75
+  ids_shifted, seg_shifted = ngram.featurize(["xyz " + text], half)
+  assert kept <= set(ids_shifted[seg_shifted == 2])  # a shift keeps the same n-gram types
 
 
 def test_char_ngrams_never_cross_documents():
@@ -32,7 +50,7 @@ def test_char_ngrams_never_cross_documents():
 
 def test_hash_seed_changes_buckets():
   a, _ = ngram.featurize(["some words here"], SMALL)
-  b, _ = ngram.featurize(["some words here"], ngram.NgramConfig(num_buckets=2**12, char_ngrams=(3, 5), seed=1))
+  b, _ = ngram.featurize(["some words here"], dataclasses.replace(SMALL, seed=1))
   assert not np.array_equal(a, b)
 
 
@@ -95,8 +113,7 @@ def test_save_load_roundtrip_gives_identical_scores(trained, tmp_path):
 
 def test_load_rejects_mismatched_params(trained, tmp_path):
   trained.save(tmp_path / "m")
-  other = ngram.NgramScorer(ngram.NgramModel(ngram.NgramConfig(num_buckets=2**10, embed_dim=16, hidden_dim=16,
-                                                             char_ngrams=(3, 5)), rngs=__import__("flax").nnx.Rngs(0)))
+  other = ngram.NgramScorer(ngram.NgramModel(dataclasses.replace(SMALL, num_buckets=2**10), rngs=nnx.Rngs(0)))
   other.save(tmp_path / "small")
   (tmp_path / "m" / "params.safetensors").replace(tmp_path / "small" / "params.safetensors")
   with pytest.raises(ValueError, match="shape"):

@@ -93,7 +93,7 @@ def train_classifier(output_dir: str = gin.REQUIRED, kind: str = "ngram", data_d
     texts, scores = labelled.texts_and_scores(subset)
     scorers.append(encoder.train_encoder_scorer(
         texts, scores, encoder_config or encoder.EncoderConfig(), encoder_train or TrainConfig(),
-        embedding_cache_dir=embedding_cache_dir))
+        embedding_cache_dir=Path(embedding_cache_dir).expanduser() if embedding_cache_dir else None))
   result = scorers[0] if len(scorers) == 1 else MaxEnsemble(scorers)
   result.save(output_dir)
   log.info("trained %s on %d examples in %.0f s; saved to %s", result.name, len(examples),
@@ -113,7 +113,7 @@ def _evaluation_sets(data_dir: str | None, eval_file: str | None,
 
 
 @gin.configurable
-def eval_classifier(model_dir: str = gin.REQUIRED, output_dir: str = gin.REQUIRED, data_dir: str | None = None,
+def eval_classifier(model_dir: str = gin.REQUIRED, output_dir: str | None = None, data_dir: str | None = None,
                     eval_file: str | None = None,
                     labelled_config: labelled.LabelledConfig = labelled.LabelledConfig(),
                     with_members: bool = True, with_profanity_check: bool = True,
@@ -122,19 +122,20 @@ def eval_classifier(model_dir: str = gin.REQUIRED, output_dir: str = gin.REQUIRE
 
   With `data_dir`: the test split (never used for training or tuning), the held-out OpenAI
   moderation part and the held-out Wikipedia shard (false-positive rates, whole articles).
-  Ensemble members and alt-profanity-check are reported beside the model when asked.
+  Ensemble members and alt-profanity-check are reported beside the model when asked. Results go
+  to `output_dir` (default: model_dir/eval).
   """
   sets = _evaluation_sets(data_dir, eval_file, labelled_config)
   model = load_scorer(model_dir)
   if embedding_cache_dir:
-    _attach_embedding_cache(model, embedding_cache_dir)
+    _attach_embedding_cache(model, str(Path(embedding_cache_dir).expanduser()))
   scorers: dict[str, Scorer] = {model.name: model}
   if with_members and isinstance(model, MaxEnsemble):
     scorers.update({s.name: s for s in model.scorers})
   if with_profanity_check:
     baseline = metrics.ProfanityCheckBaseline()
     scorers[baseline.name] = baseline
-  out = Path(output_dir)
+  out = Path(output_dir) if output_dir else Path(model_dir) / "eval"
   results: dict = {"model_dir": str(model_dir), "sets": {}}
   for set_name, examples in sets.items():
     truth = np.array([e.score for e in examples], np.int32)

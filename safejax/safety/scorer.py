@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from safejax.safety.rubric import NUM_LEVELS
 
@@ -99,8 +100,8 @@ class WindowedScorer(abc.ABC):
     """Cuts one document into at least one window of the scorer's units (each has a len())."""
 
   @abc.abstractmethod
-  def window_probs(self, windows: Sequence[Any]) -> np.ndarray:
-    """float32 [len(windows), 6] for at most `batch_size` windows."""
+  def window_probs(self, windows: Sequence[Any]) -> Any:
+    """float32 [len(windows), 6] for at most `batch_size` windows (a numpy or JAX array)."""
 
   def score_probs(self, texts: Sequence[str]) -> np.ndarray:
     if isinstance(texts, str):
@@ -114,10 +115,14 @@ class WindowedScorer(abc.ABC):
       return np.zeros((0, NUM_LEVELS), np.float32)
     # Batches of similar-sized windows waste less padding; rows go back to window order after.
     order = np.argsort([len(w) for w in all_windows], kind="stable")
+    batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+    # window_probs may return device arrays still being computed: collect first, convert after.
+    results = [self.window_probs([all_windows[i] for i in batch])
+               for batch in tqdm(batches, desc=f"score ({self.name})", unit="batch", leave=False,
+                                 disable=len(batches) < 8)]
     probs = np.zeros((len(all_windows), NUM_LEVELS), np.float32)
-    for s in range(0, len(order), self.batch_size):
-      batch = order[s:s + self.batch_size]
-      probs[batch] = self.window_probs([all_windows[i] for i in batch])
+    for batch, result in zip(batches, results):
+      probs[batch] = np.asarray(result)
     return max_over_windows(probs, np.asarray(doc_index), len(texts))
 
   def score(self, texts: Sequence[str]) -> np.ndarray:
