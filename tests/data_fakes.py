@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from safejax.backends import Generation, GenerationRequest
+from safejax.vocab import USER
 
 # A word in a document -> its score under KeywordScorer (the highest one found wins).
 KEYWORD_SCORES = {"mild": 1, "rude": 2, "fight": 3, "attack": 4, "threat": 5}
@@ -54,11 +55,14 @@ def toy_document(i: int) -> dict:
 
 
 def write_toy_corpus(path: Path, n: int = 30, *, broken: bool = True) -> dict[str, int]:
-  """Writes n good documents (and, with `broken`, one of each kind of bad line) as jsonl.
+  """Writes n good documents (the first with a smuggled role marker) and, with `broken`, one of
+  each kind of bad line as jsonl.
 
   Returns the expected dead-letter count per reason.
   """
-  lines = [json.dumps(toy_document(i)).encode() for i in range(n)]
+  docs = [toy_document(i) for i in range(n)]
+  docs[0]["text"] += USER  # a smuggled role marker: stripped and counted
+  lines = [json.dumps(d).encode() for d in docs]
   expected = {}
   if broken:
     bad = {

@@ -10,8 +10,9 @@ Shard contents depend only on the input and the configuration (see `shards`), so
 the same input rewrites identical files, and the Beam and loop runners write the same bytes.
 
 Beam runs on any runner: `beam_options` are handed to `PipelineOptions` untouched
-(`--runner=DataflowRunner --project=...`, `--runner=FlinkRunner ...`); here the DirectRunner with
-`--direct_num_workers=N --direct_running_mode=multi_threading|multi_processing`.
+(`--runner=DataflowRunner --project=...`, `--runner=FlinkRunner ...`); here the DirectRunner in
+`--direct_running_mode=in_memory`, or `multi_processing` with `--direct_num_workers=N` (see
+`prepare` for why not multi_threading).
 
   safejax prepare --gin_file=pipeline/shared_data.gin
 """
@@ -467,11 +468,25 @@ def _summary(manifest: dict) -> str:
   return "\n".join(lines)
 
 
+def _in_process(beam_options: Sequence[str]) -> bool:
+  """Whether Beam runs the pipeline in this process (so `PROGRESS` ticks)."""
+  options = PipelineOptions(list(beam_options)).get_all_options()
+  return options.get("runner") in (None, "DirectRunner") and options.get("direct_running_mode") in (
+      None, "in_memory", "multi_threading")
+
+
 @gin.configurable
 def prepare(config: PipelineConfig = gin.REQUIRED, *, runner: str = "beam",
-            beam_options: Sequence[str] = ("--direct_num_workers=2", "--direct_running_mode=multi_threading"),
-            report_card: bool = True) -> int:
-  """Runs the pipeline ("beam" or "loop") with a progress bar; prints the accounting; returns 0.
+            beam_options: Sequence[str] = ("--direct_running_mode=in_memory",), report_card: bool = True) -> int:
+  """Runs the pipeline ("beam" or "loop"), shows progress, prints the accounting; returns 0.
+
+  The progress bar counts documents routed or dead-lettered; it moves when the pipeline runs in
+  this process (the loop, or the DirectRunner in in_memory mode). Other runners report progress
+  their own way (the Dataflow console, Flink's UI); the accounting is printed at the end.
+
+  The DirectRunner's multi_threading mode is not offered as a default: with Beam 2.77 it loses
+  elements at GroupByKey under load (reproduced with a pure-Beam pipeline); the manifest's checks
+  then fail the run. Use in_memory, or multi_processing with --direct_num_workers for parallelism.
 
   With `report_card`, also writes the Data Safety Report Card (`report_card.json` / `.png`) next
   to the manifest, scoring the outputs with the same scorer.
@@ -480,7 +495,11 @@ def prepare(config: PipelineConfig = gin.REQUIRED, *, runner: str = "beam",
 
   if runner not in ("beam", "loop"):
     raise ValueError(f"runner must be 'beam' or 'loop', not {runner!r}")
-  total = count_inputs(config.sources)
+  if runner == "beam" and any("multi_threading" in o for o in beam_options):
+    log.warning("--direct_running_mode=multi_threading can lose elements in Beam 2.77; the manifest "
+                "checks will fail the run if it does. Prefer in_memory or multi_processing.")
+  show_bar = runner == "loop" or _in_process(beam_options)
+  total = count_inputs(config.sources) if show_bar else None
   result: dict[str, Any] = {}
 
   def work():
@@ -490,7 +509,8 @@ def prepare(config: PipelineConfig = gin.REQUIRED, *, runner: str = "beam",
       result["error"] = e
 
   thread = threading.Thread(target=work, daemon=True)
-  with tqdm(total=total, unit="doc", desc=f"prepare ({runner})") as bar:
+  start = time.perf_counter()
+  with tqdm(total=total, unit="doc", desc=f"prepare ({runner})", disable=not show_bar) as bar:
     thread.start()
     while thread.is_alive():
       thread.join(0.5)
@@ -499,8 +519,10 @@ def prepare(config: PipelineConfig = gin.REQUIRED, *, runner: str = "beam",
   if "error" in result:
     raise result["error"]
   manifest = result["manifest"]
+  seconds = time.perf_counter() - start
   print(_summary(manifest))
-  print(f"wrote {config.output_dir}/{manifest_lib.MANIFEST}")
+  print(f"{manifest['documents']['in']} input units in {seconds:.1f} s "
+        f"({manifest['documents']['in'] / seconds:.0f}/s); wrote {config.output_dir}/{manifest_lib.MANIFEST}")
   if report_card:
     from safejax.data import report_card as report_card_lib
 

@@ -59,7 +59,8 @@ def record_to_example(record: dict) -> bytes:
   if "turns" in record:
     features["turn_roles"] = bytes_feature(t["role"] for t in record["turns"])
     features["turn_texts"] = bytes_feature(t["text"] for t in record["turns"])
-  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+  # Deterministic: protobuf map order otherwise depends on the process.
+  return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def example_to_record(serialized: bytes) -> dict:
