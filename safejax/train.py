@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -181,12 +181,17 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
 # Checkpoints
 
 
+def model_path(path: str) -> epath.Path:
+  """A local or gs:// path. os.path.abspath (and epath's resolve) would turn gs://b/m into ./gs:/b/m."""
+  return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 def checkpoint_manager(model_dir: str, *, keep: int = 3, save_every: int | None = None,
                        async_save: bool = True) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, save_interval_steps=save_every or 1, enable_async_checkpointing=async_save,
       create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(model_dir), "checkpoints"),
+  return ocp.CheckpointManager(model_path(model_dir) / "checkpoints",
                                item_names=("params", "opt_state", "meta"), options=options)
 
 
@@ -196,19 +201,17 @@ def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
 
 def write_model_files(model_dir: str, config: ModelConfig, vocab: SafejaxVocabulary) -> None:
   """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
-  os.makedirs(model_dir, exist_ok=True)
+  model_path(model_dir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() != 0:
     return
-  vocab_dst = os.path.join(model_dir, VOCAB_FILE)
-  if os.path.abspath(vocab.sentencepiece_model_file) != os.path.abspath(vocab_dst):
-    shutil.copyfile(vocab.sentencepiece_model_file, vocab_dst)
-  with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
-    json.dump(dataclasses.asdict(config), f, indent=2)
+  vocab_src, vocab_dst = model_path(vocab.sentencepiece_model_file), model_path(model_dir) / VOCAB_FILE
+  if vocab_src != vocab_dst:
+    vocab_src.copy(vocab_dst, overwrite=True)
+  (model_path(model_dir) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
 
 def load_model_config(model_dir: str) -> ModelConfig:
-  with open(os.path.join(model_dir, CONFIG_FILE)) as f:
-    return ModelConfig(**json.load(f))
+  return ModelConfig(**json.loads((model_path(model_dir) / CONFIG_FILE).read_text()))
 
 
 def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
@@ -316,6 +319,9 @@ def train(
   manager = checkpoint_manager(model_dir, keep=keep_checkpoints, save_every=checkpoint_every,
                                async_save=async_checkpointing)
   start_step = manager.latest_step() or 0
+  if manager.latest_step() == 0:  # training never saves step 0: this is an imported model
+    raise ValueError(f"{model_dir} holds an imported model (step 0, no optimizer state): train a new "
+                     f"MODEL_DIR from it with --gin.train.init_from=\"'{model_dir}'\"")
   if start_step:
     state = _restore(manager, start_step, state, state_sharding)
     log.info("resumed from step %d of %s", start_step, model_dir)
@@ -425,11 +431,11 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
 def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabulary, target: nnx.State) -> nnx.State:
   """The newest parameters of another model dir, laid out like `target` (any mesh)."""
   source_config = load_model_config(init_from)
-  if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat) != config:
+  # init_std only says how fresh weights are drawn (imports keep the default).
+  if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat, init_std=config.init_std) != config:
     raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
-  with open(os.path.join(init_from, VOCAB_FILE), "rb") as a, open(vocab.sentencepiece_model_file, "rb") as b:
-    if a.read() != b.read():
-      raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")
+  if (model_path(init_from) / VOCAB_FILE).read_bytes() != model_path(vocab.sentencepiece_model_file).read_bytes():
+    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")
   manager = checkpoint_manager(init_from, async_save=False)
   step = manager.latest_step()
   if step is None:
@@ -440,25 +446,28 @@ def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabular
 
 
 class _MetricsWriter:
-  """metrics.jsonl (for scripts and tests) and TensorBoard event files (for people)."""
+  """metrics.jsonl (for scripts and tests) and TensorBoard events via tf.summary (GCS included)."""
 
   def __init__(self, model_dir: str, enabled: bool):
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter
+    import tensorflow as tf
 
-    self._jsonl = open(os.path.join(model_dir, METRICS_FILE), "a")
-    self._tb = SummaryWriter(os.path.join(model_dir, "tensorboard"))
+    self._jsonl = (model_path(model_dir) / METRICS_FILE).open("a")
+    self._tb = tf.summary.create_file_writer(str(model_path(model_dir) / "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
+    import tensorflow as tf
+
     self._jsonl.write(json.dumps(metrics) + "\n")
     self._jsonl.flush()
-    for k, v in metrics.items():
-      if k != "step":
-        self._tb.add_scalar(f"train/{k}", v, step)
+    with self._tb.as_default(step=step):
+      for k, v in metrics.items():
+        if k != "step":
+          tf.summary.scalar(f"train/{k}", v)
     self._tb.flush()
 
   def close(self) -> None:
@@ -470,7 +479,7 @@ class _MetricsWriter:
 def read_metrics(model_dir: str) -> list[dict[str, float]]:
   """The logged metrics; after resumes the newest record of each step wins."""
   by_step = {}
-  with open(os.path.join(model_dir, METRICS_FILE)) as f:
+  with (model_path(model_dir) / METRICS_FILE).open() as f:
     for line in f:
       record = json.loads(line)
       by_step[record["step"]] = record
