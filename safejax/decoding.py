@@ -604,7 +604,8 @@ def safebeam(
      "generates" the tag): the hypothesis ends before it, the tag unwritten (the short-circuit),
      flagged `tag_stopped`.
   2. Expansion: every alive beam proposes its N most likely next tokens other than EOS and the
-     tag: k*N candidates per prompt.
+     tag: k*N candidates per prompt. At the first step the prompt, the only beam yet, proposes
+     all k*N, so the beam is full from then on (else with N = 2 halving would keep one beam).
   3. Lookahead: one batched forward pass over the k*N candidates gives, for each, the model's
      probability that the tag comes next (raw logits).
   4. Drop: `harm_tag_filter` removes the `drop_fraction` riskiest candidates (and any above
@@ -631,11 +632,12 @@ def safebeam(
   num_candidates = beam_size * num_expand
   logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
   vocab = logits.shape[-1]
-  if num_expand > vocab - 2:
-    raise ValueError(f"num_expand={num_expand} leaves no choice in a vocabulary of {vocab} (EOS and tag excluded)")
+  if num_candidates > vocab - 2:
+    raise ValueError(f"beam_size * num_expand = {num_candidates} exceeds the vocabulary ({vocab}) less EOS and tag")
   state = _initial_beams(logits, cache, batch, beam_size, num_candidates, max_new_tokens, alpha, pad_id)
   harm_filter = harm_tag_filter(tag_id, drop_fraction, tag_threshold)
-  parents = jnp.broadcast_to(jnp.repeat(jnp.arange(beam_size, dtype=jnp.int32), num_expand), (batch, num_candidates))
+  beam_parents = jnp.broadcast_to(jnp.repeat(jnp.arange(beam_size, dtype=jnp.int32), num_expand),
+                                  (batch, num_candidates))
 
   def step_fn(state: _BeamState) -> _BeamState:
     step = state.step
@@ -647,11 +649,17 @@ def safebeam(
                          beam_size)
     ended = [_ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id),
              _ended_by(state.alive, extension_log_probs, kth_best, tag_id, step, alpha, pad_id, tag_stop=True)]
-    candidate_log_probs = best_log_probs[:, :, :num_expand].reshape(batch, num_candidates)
-    candidate_tokens = best_tokens[:, :, :num_expand].reshape(batch, num_candidates).astype(jnp.int32)
+    # At the first step the prompt (beam 0, the only live one) proposes all k*N candidates.
+    first_log_probs, first_tokens = jax.lax.top_k(continuing[:, 0], num_candidates)
+    first = step == 0
+    candidate_log_probs = jnp.where(first, first_log_probs,
+                                    best_log_probs[:, :, :num_expand].reshape(batch, num_candidates))
+    candidate_tokens = jnp.where(first, first_tokens,
+                                 best_tokens[:, :, :num_expand].reshape(batch, num_candidates)).astype(jnp.int32)
+    parents = jnp.where(first, 0, beam_parents)
 
     # The lookahead: one forward pass over every candidate, each from its parent beam's cache row.
-    rows = jnp.repeat(state.cache_rows, num_expand, axis=1).reshape(-1)
+    rows = jnp.take_along_axis(state.cache_rows, parents, axis=1).reshape(-1)
     positions = jnp.repeat(prompt_lengths, num_candidates) + step
     lookahead_logits, cache = _step_logits(tokens_to_logits, candidate_tokens.reshape(-1), positions,
                                            state.cache.gather_rows(rows))
@@ -663,7 +671,7 @@ def safebeam(
     candidate_log_probs = jnp.where(keep, candidate_log_probs, NEG_INF)
 
     alive_log_probs, alive_index = jax.lax.top_k(candidate_log_probs, beam_size)
-    alive = _extend(state.alive, alive_index // num_expand, alive_log_probs,
+    alive = _extend(state.alive, jnp.take_along_axis(parents, alive_index, axis=1), alive_log_probs,
                     jnp.take_along_axis(candidate_tokens, alive_index, axis=1), step, alpha, pad_id)
     blocked = ~jnp.isfinite(candidate_log_probs).any(-1, keepdims=True)
     stopped = state.alive.replace(scores=jnp.where(blocked, state.alive.scores, NEG_INF),

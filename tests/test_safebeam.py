@@ -21,10 +21,10 @@ def run_safebeam(table, prompts, **options):
   return jax.jit(run)(*prompt_batch(prompts))
 
 
-# After 5 the model proposes 6 7 8 (9); how likely the tag is after each candidate is set per row.
+# After 5 the model proposes 6 7 8 9 10 16; how likely the tag is after each candidate is set per row.
 RISKY_SECOND_STEP = bigram_table(VOCAB, {
-    5: {6: 0.30, 7: 0.25, 8: 0.20, 9: 0.10},
-    6: {TAG: 0.5},
+    5: {6: 0.30, 7: 0.25, 8: 0.20, 9: 0.10, 10: 0.05, 16: 0.04},
+    6: {TAG: 0.5}, 9: {TAG: 0.6}, 10: {TAG: 0.7}, 16: {TAG: 0.05},
     7: {11: 0.5, 12: 0.25, 13: 0.1, TAG: 0.1},
     8: {14: 0.45, 15: 0.35, TAG: 0.15},
     11: {TAG: 0.9}, 12: {TAG: 0.05}, 13: {TAG: 0.2}, 14: {TAG: 0.6}, 15: {TAG: 0.01},
@@ -32,10 +32,10 @@ RISKY_SECOND_STEP = bigram_table(VOCAB, {
 
 
 def test_safebeam_drops_the_candidates_most_likely_followed_by_the_tag():
-  # Step 0: only beam 0 is live; of its candidates 6 (tag next 0.5), 7 (0.1), 8 (0.15) one is
-  # dropped (floor(0.5 * 3)): 6, the most likely. Step 1: the six candidates 7-11 (.125, tag .9),
-  # 7-12 (.0625, .05), 7-13 (.025, .2), 8-14 (.09, .6), 8-15 (.07, .01), 8-x (tiny, 1/24): the
-  # three riskiest (11, 14, 13) go, and the best two of the rest remain.
+  # Step 0: the prompt proposes k*N = 6 candidates; the three riskiest (10: tag next 0.7, 9: 0.6,
+  # 6: 0.5) go, though 6 is the likeliest; of 7, 8, 16 the best two remain. Step 1: the six
+  # candidates 7-11 (.125, tag .9), 7-12 (.0625, .05), 7-13 (.025, .2), 8-14 (.09, .6),
+  # 8-15 (.07, .01), 8-0 (tiny, 1/24): the three riskiest (11, 14, 13) go, the best two remain.
   result = run_safebeam(RISKY_SECOND_STEP, [[5]], max_new_tokens=2)
   np.testing.assert_array_equal(result.tokens[0], [[8, 15], [7, 12]])
   np.testing.assert_allclose(np.exp(result.log_probs[0]), [0.20 * 0.35, 0.25 * 0.25], rtol=1e-5)
@@ -79,24 +79,29 @@ def test_safebeam_never_writes_the_tag_and_stops_the_beam_that_selects_it():
 
 
 def test_every_candidate_risky():
-  table = bigram_table(VOCAB, {5: {6: 0.4, 7: 0.3, 8: 0.2}, 6: {TAG: 0.8}, 7: {TAG: 0.7}, 8: {TAG: 0.9},
-                               9: {10: 0.9}, 10: {10: 0.9}})
-  # The fraction rule still keeps the less risky half.
+  # After any token but 5, 9 and 10 the tag comes with probability 0.85, after 6 0.8, 7 0.7, 8 0.9.
+  rows = {t: {TAG: 0.85} for t in range(VOCAB)}
+  rows.update({5: {6: 0.4, 7: 0.3, 8: 0.2}, 6: {TAG: 0.8}, 7: {TAG: 0.7}, 8: {TAG: 0.9}, 9: {10: 0.9},
+               10: {10: 0.9}})
+  table = bigram_table(VOCAB, rows)
+  # The fraction rule still keeps the less risky half of the six candidates 6 7 8 0 2 3 (the
+  # last three: the likeliest of the rest, by id): 8 and two at 0.85 go; of 6, 7, 3 the best two stay.
   kept = run_safebeam(table, [[5]], max_new_tokens=1)
   np.testing.assert_array_equal(kept.tokens[0, :, 0], [6, 7])
   # With an absolute threshold nothing survives: the beam stops where it is, flagged.
   blocked = run_safebeam(table, [[5], [9]], max_new_tokens=2, tag_threshold=0.5)
   assert blocked.tag_stopped[0, 0] and blocked.lengths[0, 0] == 0
   np.testing.assert_array_equal(blocked.tokens[0, 0], [PAD, PAD])
-  # The other prompt (tag next 0.1 / 23) is untouched.
+  # The other prompt (tag next 0.1 / 23 after 10) goes on.
   np.testing.assert_array_equal(blocked.tokens[1, 0], [10, 10])
   assert not blocked.tag_stopped[1, 0]
 
 
 def test_eos_inside_the_lookahead():
   # The lookahead after 6 sees EOS as the likeliest next token; those logits are the next step's:
-  # the beam then finishes with EOS. 7 is dropped as the riskier of the two candidates.
-  table = bigram_table(VOCAB, {5: {6: 0.5, 7: 0.4}, 6: {EOS: 0.9, TAG: 0.01}, 7: {8: 0.9, TAG: 0.02},
+  # the beam then finishes with EOS. Of the first candidates 6 7 0 2, 7 (tag next 0.3) and 0
+  # (1/24, first of the ties) are dropped.
+  table = bigram_table(VOCAB, {5: {6: 0.5, 7: 0.4}, 6: {EOS: 0.9, TAG: 0.01}, 7: {8: 0.6, TAG: 0.3},
                                8: {EOS: 0.9}})
   result = run_safebeam(table, [[5]], max_new_tokens=4, num_expand=2)
   np.testing.assert_array_equal(result.tokens[0, 0], [6, EOS, PAD, PAD])
@@ -151,5 +156,7 @@ def test_safebeam_without_dropping_equals_beam_search(model):
   np.testing.assert_array_equal(safe.tokens, beam.tokens)
   np.testing.assert_allclose(safe.scores, beam.scores, rtol=1e-5)
   # With the default drop the search really changes course.
-  dropped = run(method="safebeam", num_expand=3, tag_id=TAG)
+  dropped = run(method="safebeam", num_expand=2, tag_id=TAG)
   assert not np.array_equal(dropped.tokens, beam.tokens)
+  # The prompt proposes all k*N first candidates, so even N = 2 fills the beam (halving k*N).
+  assert np.isfinite(dropped.scores).all()
