@@ -146,7 +146,7 @@ class SafejaxServer:
     self.vocab, self.model_name, self.config, self.decoding, self.start_id = (
         vocab, model_name, config, decoding, start_id)
     self.engine = Engine(model, vocab, max_batch_size=config.max_batch_size,
-                         batch_window_s=config.batch_window_ms / 1000, start_id=start_id)
+                         batch_window_s=config.batch_window_ms / 1000)
     self.created = int(time.time())
     self._requests: dict[str, int] = {}
     self._requests_lock = threading.Lock()
@@ -208,7 +208,8 @@ class SafejaxServer:
 
   async def tokenize(self, request: Request) -> JSONResponse:
     body = await self._json(request)
-    prompt, add_special = body.get("prompt"), body.get("add_special_tokens", True)
+    prompt = body.get("prompt") if isinstance(body, dict) else None
+    add_special = body.get("add_special_tokens", True) if isinstance(body, dict) else None
     if not isinstance(prompt, str) or not isinstance(add_special, bool):
       raise APIError(400, "Expected {\"prompt\": string, \"add_special_tokens\": boolean}.", param="prompt",
                      code="invalid_type")
@@ -222,7 +223,7 @@ class SafejaxServer:
 
   async def detokenize(self, request: Request) -> JSONResponse:
     body = await self._json(request)
-    tokens = body.get("tokens")
+    tokens = body.get("tokens") if isinstance(body, dict) else None
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
       raise APIError(400, "Expected {\"tokens\": array of integers}.", param="tokens", code="invalid_type")
     return JSONResponse({"prompt": "".join(token_texts(self.vocab, tokens))})
@@ -255,6 +256,7 @@ class SafejaxServer:
     """OpenAI's legacy logprobs object of one choice (the prompt's tokens too with echo)."""
     first = 0 if echo else len(choice.prompt.ids)
     positions = await self._token_log_probs(choice, first)
+    shown_ids = choice.prompt.ids + choice.ids
     tokens, token_logprobs, top_logprobs, text_offset, offset = [], [], [], [], 0
     for i, (log_prob, alternatives) in zip(range(first, len(choice.texts)), positions):
       tokens.append(choice.texts[i])
@@ -265,7 +267,7 @@ class SafejaxServer:
         top_logprobs.append(None)
         continue
       shown = {}
-      for token, value in alternatives[:top] + [((choice.prompt.ids + choice.ids)[i], log_prob)]:
+      for token, value in alternatives[:top] + [(shown_ids[i], log_prob)]:
         shown.setdefault(piece_text(self.vocab, token), value)
       top_logprobs.append(shown)
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
@@ -463,6 +465,7 @@ def running(server: SafejaxServer, host: str = "127.0.0.1", port: int = 0) -> It
   thread.start()
   while not uvicorn_server.started:
     if not thread.is_alive():
+      server.close()
       raise RuntimeError(f"the server did not start on {host}:{port}")
     time.sleep(0.01)
   bound_port = uvicorn_server.servers[0].sockets[0].getsockname()[1]

@@ -17,8 +17,9 @@ batch. Sampling does (one random key draws every row), so a sampling request tha
 runs as its own batch and its seed alone fixes its output; unseeded sampling requests are batched
 under a fresh random seed.
 
-Every sequence the model sees starts with `start_id` (0, the id seqio's DecoderFeatureConverter
-puts before each training document), as in `safejax.evaluation.loglikelihood.ModelScorer`.
+Sequences come with their start token (0, the id seqio's DecoderFeatureConverter puts before each
+training document, as in `safejax.evaluation.loglikelihood.ModelScorer`); adding it is the caller's
+business.
 """
 
 from __future__ import annotations
@@ -155,11 +156,11 @@ class Engine:
   """A model behind a request queue: `submit_generate` and `submit_score` return futures."""
 
   def __init__(self, model: Decoder, vocab: SafejaxVocabulary, *, max_batch_size: int = 16,
-               batch_window_s: float = 0.005, start_id: int = 0):
+               batch_window_s: float = 0.005):
     if max_batch_size < 1:
       raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
     self.model, self.vocab = model, vocab
-    self.max_batch_size, self.batch_window_s, self.start_id = max_batch_size, batch_window_s, start_id
+    self.max_batch_size, self.batch_window_s = max_batch_size, batch_window_s
     self._graphdef, self._state = nnx.split(model)
     self._score = _token_scorer(self._graphdef)
     self._options: dict[DecodingConfig, dict[str, Any]] = {}
@@ -187,7 +188,7 @@ class Engine:
     if not 1 <= rows <= self.max_batch_size:
       raise ValueError(f"rows must lie in 1..{self.max_batch_size}, got {rows}")
     if decoding.method in ("greedy", "sample"):
-      decoding = dataclasses.replace(decoding, max_new_tokens=bucket(decoding.max_new_tokens, 16))
+      decoding = dataclasses.replace(decoding, max_new_tokens=bucket(decoding.max_new_tokens))
     exclusive = next(self._exclusive_ids) if decoding.method == "sample" and seed is not None else None
     key = GenerateKey(dataclasses.replace(decoding, seed=0), stop_id, exclusive)
     return self._submit(_Item(key, list(ids), rows, seed, concurrent.futures.Future()))
@@ -250,17 +251,14 @@ class Engine:
   def _run(self, batch: list[_Item]) -> None:
     start = time.perf_counter()
     try:
-      if isinstance(batch[0].key, ScoreKey):
-        results, tokens = self._run_score(batch)
-      else:
-        results, tokens = self._run_generate(batch)
+      results, tokens = self._run_score(batch) if isinstance(batch[0].key, ScoreKey) else self._run_generate(batch)
     except Exception as e:  # noqa: BLE001  the clients get it, the server goes on
       log.exception("batch of %d items failed", len(batch))
       for item in batch:
         item.future.set_exception(e)
       return
+    kind = "score" if isinstance(batch[0].key, ScoreKey) else "generate"
     with self._lock:
-      kind = "score" if isinstance(batch[0].key, ScoreKey) else "generate"
       self._stats[f"{kind}_batches"] += 1
       self._stats[f"{kind}_items"] += len(batch)
       self._stats["scored_tokens" if kind == "score" else "generated_tokens"] += tokens
