@@ -26,8 +26,8 @@ from safejax.vocab import END_OF_TURN, HARM_TAG, SPECIAL_TOKENS
 
 MODEL = "tiny"
 CONTEXT = 64
-PROMPTS = ["The river", "A small bird watched", "Our teacher explained the", "The old library",
-           "A quiet farmer repaired a wooden", "My neighbour", "The orchestra celebrated", "A young engineer measured"]
+# Short enough (< 16 tokens with the start token) to share one prompt-length bucket: fewer compilations.
+PROMPTS = ["The river", "A bird", "Our teacher", "The map", "A farmer", "My neighbour", "The club", "A comet"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def model_dir(tiny_vocab, tmp_path_factory):
   """A model directory as `safejax train` leaves it. A large init_std gives random parameters
   peaked next-token distributions (clear argmaxes), as a trained model has, without training."""
   model_dir = tmp_path_factory.mktemp("serve_model")
-  config = ModelConfig(num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+  config = ModelConfig(num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                        vocab_size=tiny_vocab.vocab_size, init_std=0.3)
   T.write_model_files(str(model_dir), config, tiny_vocab)
   manager = T.checkpoint_manager(str(model_dir), async_save=False)
