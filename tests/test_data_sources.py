@@ -2,6 +2,7 @@
 
 import collections
 import gzip
+import io
 import json
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ import pytest
 
 from data_fakes import write_toy_corpus
 from safejax.data.records import is_dead_letter
-from safejax.data.sources import SourceSpec, iter_source, match_files
+from safejax.data.sources import SourceSpec, iter_source, match_files, read_bytes
 from safejax.vocab import HARM_TAG, USER
 
 
@@ -117,3 +118,19 @@ def test_bad_spec_is_rejected():
     SourceSpec(name="x", pattern="*", format="xml")
   with pytest.raises(ValueError, match="name"):
     SourceSpec(name="a/b", pattern="*")
+
+
+def test_read_bytes_reads_to_the_end_of_short_reads():
+  class Trickle(io.BytesIO):
+    def read(self, n=-1):
+      return super().read(min(3, n) if n and n > 0 else 3)
+
+  assert read_bytes(Trickle(b"0123456789")) == b"0123456789"
+  assert read_bytes(Trickle(b"0123456789"), limit=5) == b"01234"
+
+
+def test_gzipped_csv(tmp_path):
+  with gzip.open(tmp_path / "k.csv.gz", "wt", newline="") as f:
+    f.write("text\n" + "".join(f"row {i}\n" for i in range(500)))
+  records, dead = _read(SourceSpec(name="z", pattern=str(tmp_path / "k.csv.gz"), format="csv"))
+  assert len(records) == 500 and not dead and records[-1]["text"] == "row 499"

@@ -449,8 +449,7 @@ def count_inputs(sources: Sequence[SourceSpec]) -> int | None:
         elif spec.format == "csv":
           total += sum(1 for _ in sources_lib.read_file(spec, path, f))
         else:
-          data = f.read()
-          total += data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)
+          total += sum(1 for _ in iter(f.readline, b""))
   return total
 
 

@@ -175,10 +175,23 @@ def _has_surrogates(text: str) -> bool:
   return False
 
 
+def read_bytes(f: IO[bytes], limit: int | None = None) -> bytes:
+  """Reads to the end of `f`, or `limit` bytes. (Beam's decompressing reader returns at most one
+  16 MiB buffer per `read()`, so a single call is not enough.)"""
+  chunks, size = [], 0
+  while limit is None or size < limit:
+    chunk = f.read(1 << 20 if limit is None else min(1 << 20, limit - size))
+    if not chunk:
+      break
+    chunks.append(chunk)
+    size += len(chunk)
+  return b"".join(chunks)
+
+
 def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   # surrogateescape lets one badly encoded row be set aside without losing the rest of the file.
   # csv rows may span lines, so the file is decoded whole (csv inputs are small).
-  reader = csv.DictReader(io.StringIO(f.read().decode("utf-8", errors="surrogateescape"), newline=""))
+  reader = csv.DictReader(io.StringIO(read_bytes(f).decode("utf-8", errors="surrogateescape"), newline=""))
   name = posixpath.basename(path)
   for row_no, row in enumerate(reader, start=1):
     location, default_id = f"{path}:row{row_no}", f"{name}:{row_no}"
@@ -211,7 +224,7 @@ def _read_parquet(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
 
 def _read_text(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   name = posixpath.basename(path)
-  data = f.read(spec.max_bytes + 1)
+  data = read_bytes(f, spec.max_bytes + 1)
   if len(data) > spec.max_bytes:
     yield dead_letter(READ, "document_too_large", doc_id=f"{spec.name}/{name}", source=spec.name,
                       location=path, detail=f"more than {spec.max_bytes} bytes", raw=data)
