@@ -17,6 +17,7 @@ from flax import nnx
 from safejax import cli
 from safejax import serve as S
 from safejax import train as T
+from safejax.backends import GenerationRequest, OpenAICompatibleBackend
 from safejax.decoding import generate
 from safejax.evaluation.loglikelihood import ModelScorer
 from safejax.evaluation.prompting import format_chat
@@ -208,6 +209,18 @@ def test_chat_continues_a_prefilled_reply(base_url):
   assert response.status_code == 200, response.text
   body["add_generation_prompt"] = True
   assert "cannot both be true" in post(base_url, "/chat/completions", body).json()["error"]["message"]
+
+
+def test_pipeline_backend_generates_through_the_server(base_url):
+  backend = OpenAICompatibleBackend(model=MODEL, base_url=base_url, max_retries=0)
+  requests = [GenerationRequest(task="rephrase", messages=({"role": "user", "content": "Rephrase: the river."},),
+                                max_tokens=4, seed=3),
+              GenerationRequest(task="refuseweb", messages=({"role": "user", "content": "Describe the map."},),
+                                prefill="The map", max_tokens=4, seed=3)]
+  plain, prefilled = backend.generate(requests)
+  backend.close()
+  assert plain.ok and prefilled.ok, (plain.error, prefilled.error)
+  assert plain.metadata["finish_reason"] in ("stop", "length") and prefilled.text.startswith("The map")
 
 
 def test_safebeam_option_matches_decoding(client, loaded):
