@@ -1,16 +1,19 @@
 """Decoding speed, side by side: KV cache vs full recompute, beam search vs SafeBeam, vs transformers.
 
   python benchmarks/bench_decoding.py [--model gin/models/demo.gin] [--vocab_size 4096] [--dtype float32]
-      [--prompt_length 32] [--new_tokens 128] [--beam_size 4] [--num_expand 2,4] [--repeats 5] [--parts a,b]
+      [--prompt_length 32] [--new_tokens 128] [--beam_size 4] [--num_expand 2,4] [--rounds 5] [--parts a,b]
 
-Every measurement runs in its own process (so its peak memory is its own) on the same random
-weights' shapes: safejax's jitted decoders (`safejax.decoding`, the whole loop in one program) and
-transformers' `LlamaForCausalLM.generate` (torch eager, same architecture and shapes, at its best
-of 1 thread and all cores: on a loaded machine torch's thread pool can lose 30x). EOS is
-(and the harm tag) suppressed everywhere so each run produces exactly --new_tokens tokens per prompt. tokens/s =
-prompts x new tokens / seconds, the best of --repeats runs after a warm-up (compilation) run;
-prefill included. Peak memory is the process's peak resident set; "runtime" is the resident set
-after imports, before the model exists.
+Same architecture and shapes, random weights: safejax's jitted decoders (`safejax.decoding`, the
+whole loop in one XLA program) and transformers' `LlamaForCausalLM.generate` (torch eager). EOS
+and the harm tag are suppressed everywhere, so every run makes exactly --new_tokens tokens per
+prompt; tokens/s = prompts x new tokens / seconds, prefill included.
+
+Timing: every part is built and warmed up (compiled) in one process, then timed round-robin,
+--rounds times, keeping each part's best: other work on the machine then weighs on all parts
+alike, which keeps the ratios honest on a shared machine. transformers runs with the faster of 1
+thread and all cores (under load torch's thread pool can lose 30x), chosen on its warm-up.
+Memory: each part once more in a fresh process of its own; "peak MB" is that process's peak
+resident set, "runtime MB" the resident set after imports, before the model exists.
 
 Goals: cached greedy decoding >= 3x transformers' generate at batch 1; SafeBeam >= 0.5x the
 tokens/s of beam search of the same width.
@@ -27,29 +30,39 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EOS, TAG = 1, 4  # as in every safejax vocabulary
 
 
-def parts(args) -> dict[str, tuple[str, str, str, int, bool, int]]:
-  """key -> (label, framework, method, batch, uses the KV cache, SafeBeam's N)."""
+@dataclasses.dataclass(frozen=True)
+class Part:
+  label: str
+  framework: str  # safejax | transformers
+  method: str  # greedy | beam | safebeam
+  batch: int = 1
+  use_cache: bool = True
+  num_expand: int = 0
+
+
+def parts(args) -> dict[str, Part]:
   table = {
-      "greedy": ("safejax greedy, KV cache", "safejax", "greedy", 1, True, 0),
-      "greedy_recompute": ("safejax greedy, full recompute", "safejax", "greedy", 1, False, 0),
-      "hf_greedy": ("transformers greedy", "torch", "greedy", 1, True, 0),
-      "greedy_b8": ("safejax greedy, KV cache", "safejax", "greedy", 8, True, 0),
-      "hf_greedy_b8": ("transformers greedy", "torch", "greedy", 8, True, 0),
-      "beam": (f"safejax beam search k={args.beam_size}", "safejax", "beam", 1, True, 0),
-      "hf_beam": (f"transformers beam search k={args.beam_size}", "torch", "beam", 1, True, 0),
+      "greedy": Part("safejax greedy, KV cache", "safejax", "greedy"),
+      "greedy_recompute": Part("safejax greedy, full recompute", "safejax", "greedy", use_cache=False),
+      "hf_greedy": Part("transformers greedy", "transformers", "greedy"),
+      "greedy_b8": Part("safejax greedy, KV cache", "safejax", "greedy", batch=8),
+      "hf_greedy_b8": Part("transformers greedy", "transformers", "greedy", batch=8),
+      "beam": Part(f"safejax beam search k={args.beam_size}", "safejax", "beam"),
+      "hf_beam": Part(f"transformers beam search k={args.beam_size}", "transformers", "beam"),
   }
   for n in args.num_expand:
-    table[f"safebeam_n{n}"] = (f"safejax SafeBeam k={args.beam_size} N={n}", "safejax", "safebeam", 1, True, n)
+    table[f"safebeam_n{n}"] = Part(f"safejax SafeBeam k={args.beam_size} N={n}", "safejax", "safebeam", num_expand=n)
   return table
 
 
 def ratios(args) -> list[tuple[str, str, str]]:
-  """(numerator, denominator, what the ratio says) of tokens/s."""
+  """(numerator, denominator, what the ratio of their tokens/s says)."""
   return [
       ("greedy", "greedy_recompute", "KV cache / full recompute, greedy batch 1"),
       ("greedy", "hf_greedy", "safejax / transformers, greedy batch 1 (goal >= 3)"),
@@ -58,7 +71,8 @@ def ratios(args) -> list[tuple[str, str, str]]:
   ] + [(f"safebeam_n{n}", "beam", f"SafeBeam N={n} / beam search (goal >= 0.5)") for n in args.num_expand]
 
 
-def peak_rss_mb() -> float:
+def rss_mb() -> float:
+  """Peak resident set of this process so far."""
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -80,20 +94,14 @@ def prompts(args, batch: int):
   return np.random.default_rng(0).integers(16, args.vocab_size, (batch, args.prompt_length)).astype(np.int32)
 
 
-def best_seconds(run, repeats: int) -> tuple[float, float]:
-  """(seconds of the warm-up call, best seconds of `repeats` calls)."""
+def seconds(run: Callable[[], None]) -> float:
   start = time.perf_counter()
   run()
-  first = time.perf_counter() - start
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    best = min(best, time.perf_counter() - start)
-  return first, best
+  return time.perf_counter() - start
 
 
-def run_safejax(args, method: str, batch: int, use_cache: bool, num_expand: int) -> dict:
+def build_safejax(args, part: Part) -> tuple[Callable[[], None], str]:
+  """A call that decodes once (blocking until done), and a note."""
   import jax
   import numpy as np
   from flax import nnx
@@ -101,10 +109,9 @@ def run_safejax(args, method: str, batch: int, use_cache: bool, num_expand: int)
   from safejax import decoding
   from safejax.model import KVCache, build_model
 
-  runtime_mb = peak_rss_mb()
   config = model_config(args)
   graphdef, state = nnx.split(build_model(config))
-  tokens = prompts(args, batch)
+  tokens = prompts(args, part.batch)
   mask = np.ones_like(tokens, bool)
   # Neither EOS nor a tag stop may end a search early (SafeBeam still computes every tag risk).
   never_stop = decoding.chain(decoding.suppress_token(EOS), decoding.suppress_token(TAG))
@@ -112,32 +119,27 @@ def run_safejax(args, method: str, batch: int, use_cache: bool, num_expand: int)
   algorithm = {
       "greedy": functools.partial(decoding.sample, temperature=0.0, **common),
       "beam": functools.partial(decoding.beam_search, beam_size=args.beam_size, **common),
-      "safebeam": functools.partial(decoding.safebeam, beam_size=args.beam_size, num_expand=num_expand, tag_id=TAG,
-                                    **common),
-  }[method]
-  if use_cache:
+      "safebeam": functools.partial(decoding.safebeam, beam_size=args.beam_size, num_expand=part.num_expand,
+                                    tag_id=TAG, **common),
+  }[part.method]
+  if part.use_cache:
     make, init_cache = decoding.cached_tokens_to_logits, functools.partial(KVCache.init, config)
   else:
     make, init_cache = decoding.full_recompute_tokens_to_logits, decoding.TokenHistory.init
   decode = jax.jit(lambda state, tokens, mask: algorithm(make(graphdef, state), init_cache, tokens, mask))
-  result = {}
 
   def run():
-    result["out"] = jax.block_until_ready(decode(state, tokens, mask))
+    result = jax.block_until_ready(decode(state, tokens, mask))
+    if int(np.asarray(result.lengths)[:, 0].min()) != args.new_tokens:
+      raise RuntimeError("a generation ended early: the timing would not be comparable")
 
-  first, best = best_seconds(run, args.repeats)
-  if int(np.asarray(result["out"].lengths)[:, 0].min()) != args.new_tokens:
-    raise RuntimeError("a generation ended early: the timing would not be comparable")
-  return {"seconds": best, "warmup_seconds": first, "runtime_mb": runtime_mb, "params": config.num_params(),
-          "note": f"jax {jax.__version__}"}
+  return run, f"{config.num_params():,} parameters; jax {jax.__version__}"
 
 
-def run_torch(args, method: str, batch: int) -> dict:
-  """transformers' generate at its best thread count: on a loaded machine one thread can beat all."""
+def build_transformers(args, part: Part) -> tuple[Callable[[], None], str]:
   import torch
   import transformers
 
-  runtime_mb = peak_rss_mb()
   config = model_config(args)
   hf_config = transformers.LlamaConfig(
       vocab_size=config.vocab_size, hidden_size=config.embed_dim, intermediate_size=config.mlp_dim,
@@ -146,35 +148,55 @@ def run_torch(args, method: str, batch: int) -> dict:
       rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
       max_position_embeddings=args.prompt_length + args.new_tokens, pad_token_id=0, eos_token_id=EOS)
   model = transformers.LlamaForCausalLM(hf_config).to(getattr(torch, args.dtype)).eval()
-  tokens = torch.from_numpy(prompts(args, batch)).long()
-  generate = functools.partial(model.generate, tokens, attention_mask=torch.ones_like(tokens),
-                               max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                               num_beams=args.beam_size if method == "beam" else 1, pad_token_id=0, eos_token_id=EOS)
-  result = {}
+  tokens = torch.from_numpy(prompts(args, part.batch)).long()
+  generate = functools.partial(
+      model.generate, tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=args.new_tokens,
+      min_new_tokens=args.new_tokens, do_sample=False, num_beams=args.beam_size if part.method == "beam" else 1,
+      pad_token_id=0, eos_token_id=EOS)
 
-  def run():
-    with torch.inference_mode():
-      result["out"] = generate()
-
-  measured = {}
-  for threads in sorted({1, os.cpu_count()}):
+  def run_with(threads: int):
     torch.set_num_threads(threads)
-    measured[threads] = best_seconds(run, args.repeats)
-  threads = min(measured, key=lambda t: measured[t][1])
-  if result["out"].shape[1] != args.prompt_length + args.new_tokens:
-    raise RuntimeError("a generation ended early: the timing would not be comparable")
-  return {"seconds": measured[threads][1], "warmup_seconds": measured[threads][0], "runtime_mb": runtime_mb,
-          "note": f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} thread(s)"}
+    with torch.inference_mode():
+      out = generate()
+    if out.shape[1] != args.prompt_length + args.new_tokens:
+      raise RuntimeError("a generation ended early: the timing would not be comparable")
+
+  run_with(1)  # warm-up
+  threads = min(sorted({1, os.cpu_count()}), key=lambda t: seconds(lambda: run_with(t)))
+  return (functools.partial(run_with, threads),
+          f"{threads} thread(s); torch {torch.__version__}, transformers {transformers.__version__}")
 
 
-def measure(args, name: str) -> dict:
-  _, framework, method, batch, use_cache, num_expand = parts(args)[name]
-  if framework == "safejax":
-    measured = run_safejax(args, method, batch, use_cache, num_expand)
+def build(args, part: Part) -> tuple[Callable[[], None], str]:
+  return (build_safejax if part.framework == "safejax" else build_transformers)(args, part)
+
+
+def time_parts(args, names: list[str]) -> dict[str, dict]:
+  """Builds and warms up every part, then times them round-robin; each part's best round."""
+  from tqdm.auto import tqdm
+
+  table = parts(args)
+  runs, results = {}, {}
+  for name in tqdm(names, desc="build and warm up", unit="part"):
+    run, note = build(args, table[name])
+    results[name] = {"warmup_seconds": seconds(run), "note": note, "seconds": float("inf")}
+    runs[name] = run
+  for _ in tqdm(range(args.rounds), desc="timing rounds", unit="round"):
+    for name, run in runs.items():
+      results[name]["seconds"] = min(results[name]["seconds"], seconds(run))
+  return results
+
+
+def memory(args, name: str) -> dict:
+  """Peak memory of one part, run in this (fresh) process."""
+  if parts(args)[name].framework == "safejax":
+    import jax  # noqa: F401  the runtime counts as runtime, not as the model's
   else:
-    measured = run_torch(args, method, batch)
-  measured.update(tokens_per_s=batch * args.new_tokens / measured["seconds"], peak_mb=peak_rss_mb())
-  return measured
+    import torch  # noqa: F401
+  runtime_mb = rss_mb()
+  run, _ = build(args, parts(args)[name])
+  run()
+  return {"runtime_mb": runtime_mb, "peak_mb": rss_mb()}
 
 
 def main() -> None:
@@ -187,13 +209,13 @@ def main() -> None:
   parser.add_argument("--beam_size", type=int, default=4)
   parser.add_argument("--num_expand", type=lambda v: [int(n) for n in v.split(",")], default=[2, 4],
                       help="SafeBeam's N, one measurement each (comma-separated)")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--parts", help="comma-separated keys of the measurements (default: all)")
-  parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one part in this process
+  parser.add_argument("--memory_of", help=argparse.SUPPRESS)  # internal: measure one part's memory
   args = parser.parse_args()
   table = parts(args)
-  if args.one:
-    print(json.dumps(measure(args, args.one)))
+  if args.memory_of:
+    print(json.dumps(memory(args, args.memory_of)))
     return
 
   from tqdm.auto import tqdm
@@ -203,23 +225,24 @@ def main() -> None:
   if unknown:
     raise SystemExit(f"unknown parts {unknown}; known: {', '.join(table)}")
   flags = [f"--{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
-           for key, value in vars(args).items() if key not in ("parts", "one")]
+           for key, value in vars(args).items() if key not in ("parts", "memory_of")]
   results = {}
-  for name in tqdm(names, desc="measurements", unit="run"):
-    out = subprocess.run([sys.executable, __file__, *flags, "--one", name], check=True, capture_output=True,
+  for name in tqdm(names, desc="memory, one process each", unit="part"):
+    out = subprocess.run([sys.executable, __file__, *flags, "--memory_of", name], check=True, capture_output=True,
                          text=True, env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
     results[name] = json.loads(out.strip().splitlines()[-1])
+  for name, timing in time_parts(args, names).items():
+    results[name].update(timing, tokens_per_s=table[name].batch * args.new_tokens / timing["seconds"])
 
-  params = next((r["params"] for r in results.values() if "params" in r), None)
-  print(f"\nmodel {args.model}, {args.dtype}" + (f", {params:,} parameters" if params else "") +
-        f"; prompt {args.prompt_length} tokens, {args.new_tokens} new tokens per prompt; {os.cpu_count()} CPU cores;"
-        f" best of {args.repeats}\n")
+  print(f"\nmodel {args.model}, {args.dtype}; prompt {args.prompt_length} tokens, {args.new_tokens} new tokens per "
+        f"prompt; {os.cpu_count()} CPU cores; best of {args.rounds} rounds\n")
   print(f"| {'measurement':<36} | batch | tokens/s | ms/step | warm-up s | runtime MB | peak MB | notes")
   print(f"|{'-' * 38}|------:|---------:|--------:|----------:|-----------:|--------:|------")
   for name, r in results.items():
-    label, batch = table[name][0], table[name][3]
-    print(f"| {label:<36} | {batch:5d} | {r['tokens_per_s']:8.1f} | {1000 * r['seconds'] / args.new_tokens:7.2f} | "
-          f"{r['warmup_seconds']:9.2f} | {r['runtime_mb']:10.0f} | {r['peak_mb']:7.0f} | {r['note']}")
+    part = table[name]
+    print(f"| {part.label:<36} | {part.batch:5d} | {r['tokens_per_s']:8.1f} | "
+          f"{1000 * r['seconds'] / args.new_tokens:7.2f} | {r['warmup_seconds']:9.2f} | {r['runtime_mb']:10.0f} | "
+          f"{r['peak_mb']:7.0f} | {r['note']}")
   print(f"\n| {'ratio of tokens/s':<58} | value |")
   print(f"|{'-' * 60}|------:|")
   for numerator, denominator, label in ratios(args):

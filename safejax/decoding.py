@@ -171,9 +171,18 @@ def chain(*processors: LogitsProcessor | None) -> LogitsProcessor | None:
   return process
 
 
+def _kth_largest(x: jax.Array, k: int) -> jax.Array:
+  """[..., 1] the k-th largest value along the last axis.
+
+  Reduced with min, not sliced: XLA on CPU lowers a top-k whose outputs are sliced to a full sort
+  of the array (milliseconds over k*V values), and keeps its fast top-k kernel otherwise.
+  """
+  return jax.lax.top_k(x, k)[0].min(-1, keepdims=True)
+
+
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
   """Keeps the k largest logits of the last axis ([..., V]); the others become -inf (ties kept)."""
-  kth_largest = jax.lax.top_k(logits, k)[0][..., -1:]
+  kth_largest = _kth_largest(logits, k)
   return jnp.where(logits < kth_largest, NEG_INF, logits)
 
 
@@ -476,16 +485,6 @@ def _ended_by(alive: DecodeResult, extension_log_probs: jax.Array, kth_best: jax
                  finished=not tag_stop, tag_stopped=tag_stop)
 
 
-def _kth_best(log_probs: Sequence[jax.Array], k: int) -> jax.Array:
-  """[B, 1] the k-th largest of several [B, ...] arrays that together hold the k largest of a step.
-
-  Taking it from small candidate sets matters: XLA on CPU lowers a top-k over all k*V values
-  whose indices go unused to a full sort, which costs more than the model's step.
-  """
-  flat = jnp.concatenate([x.reshape(x.shape[0], -1) for x in log_probs], axis=1)
-  return jax.lax.top_k(flat, k)[0][:, -1:]
-
-
 def _check_beam_args(beam_size, alpha, max_new_tokens):
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -557,8 +556,7 @@ def beam_search(
     flat_log_probs = extension_log_probs.reshape(batch, beam_size * vocab)
     is_eos = (jnp.arange(beam_size * vocab) % vocab) == eos_id
     alive_log_probs, alive_index = jax.lax.top_k(jnp.where(is_eos, NEG_INF, flat_log_probs), beam_size)
-    # The step's k best extensions are among the k best non-EOS ones and the k EOS ones.
-    kth_best = _kth_best([alive_log_probs, extension_log_probs[:, :, eos_id]], beam_size)
+    kth_best = _kth_largest(flat_log_probs, beam_size)
     ended = _ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id)
     parents, tokens = alive_index // vocab, (alive_index % vocab).astype(jnp.int32)
     alive = _extend(state.alive, parents, alive_log_probs, tokens, step, alpha, pad_id)
@@ -642,20 +640,16 @@ def safebeam(
   def step_fn(state: _BeamState) -> _BeamState:
     step = state.step
     extension_log_probs = _alive_log_probs(state, logits_processor)  # [B, k, V]
-    continuing = extension_log_probs.at[:, :, eos_id].set(NEG_INF).at[:, :, tag_id].set(NEG_INF)
-    best_log_probs, best_tokens = jax.lax.top_k(continuing, max(num_expand, beam_size))  # [B, k, max(N, k)]
-    # The step's k best extensions are among each beam's k best non-terminal ones, EOS and the tag.
-    kth_best = _kth_best([best_log_probs, extension_log_probs[:, :, eos_id], extension_log_probs[:, :, tag_id]],
-                         beam_size)
+    kth_best = _kth_largest(extension_log_probs.reshape(batch, -1), beam_size)
     ended = [_ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id),
              _ended_by(state.alive, extension_log_probs, kth_best, tag_id, step, alpha, pad_id, tag_stop=True)]
+    continuing = extension_log_probs.at[:, :, eos_id].set(NEG_INF).at[:, :, tag_id].set(NEG_INF)
+    beam_log_probs, beam_tokens = jax.lax.top_k(continuing, num_expand)  # [B, k, N]
     # At the first step the prompt (beam 0, the only live one) proposes all k*N candidates.
     first_log_probs, first_tokens = jax.lax.top_k(continuing[:, 0], num_candidates)
     first = step == 0
-    candidate_log_probs = jnp.where(first, first_log_probs,
-                                    best_log_probs[:, :, :num_expand].reshape(batch, num_candidates))
-    candidate_tokens = jnp.where(first, first_tokens,
-                                 best_tokens[:, :, :num_expand].reshape(batch, num_candidates)).astype(jnp.int32)
+    candidate_log_probs = jnp.where(first, first_log_probs, beam_log_probs.reshape(batch, num_candidates))
+    candidate_tokens = jnp.where(first, first_tokens, beam_tokens.reshape(batch, num_candidates)).astype(jnp.int32)
     parents = jnp.where(first, 0, beam_parents)
 
     # The lookahead: one forward pass over every candidate, each from its parent beam's cache row.
