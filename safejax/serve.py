@@ -278,8 +278,10 @@ class SafejaxServer:
     of the MAX_TOP_LOGPROBS most likely), both None for a client-given start token."""
     shown = choice.prompt.ids + choice.ids
     sequence = choice.prompt.model_ids(self.start_id) + choice.ids
+    if first >= len(shown):
+      return []
     if len(sequence) < 2:  # nothing but a client-given start token
-      return [(None, None)] * (len(shown) - first)
+      return [(None, None)]
     scores: TokenScores = await asyncio.wrap_future(self.engine.submit_score(sequence))
     lag = 0 if choice.prompt.starts else 1  # shown index i is sequence index i + lag, scored at i + lag - 1
     result = []
