@@ -284,11 +284,13 @@ def generate_validated(backend: TextBackend, requests: Sequence[GenerationReques
                        parse: Callable[[str], Any], *, attempts: int = 2) -> list[tuple[Any, Generation]]:
   """Generates, parses, and asks again (with a new seed) for answers that fail to parse.
 
+  Backend errors are final here: backends retry transient failures themselves.
+
   Args:
     backend: any TextBackend.
     requests: the requests.
     parse: text -> parsed value, raising ValueError for a malformed answer.
-    attempts: how many times a request is tried in all.
+    attempts: how many times a request is tried in all while its answers are malformed.
   Returns:
     One (parsed value or None, last Generation) per request; when the value is None the
     generation's `error` says why (backend error or the parse error), and its text is the raw answer.
@@ -303,14 +305,14 @@ def generate_validated(backend: TextBackend, requests: Sequence[GenerationReques
     batch = [dataclasses.replace(requests[i], seed=requests[i].seed + attempt) for i in pending]
     still_pending = []
     for i, generation in zip(pending, backend.generate(batch)):
-      if generation.ok:
-        try:
-          results[i] = (parse(generation.text), generation)
-          continue
-        except ValueError as e:
-          generation = dataclasses.replace(generation, error=f"malformed answer: {e}")
-      results[i] = (None, dataclasses.replace(
-          generation, metadata={**generation.metadata, "attempts_parsed": attempt + 1}))
-      still_pending.append(i)
+      if not generation.ok:
+        results[i] = (None, generation)
+        continue
+      try:
+        results[i] = (parse(generation.text), generation)
+      except ValueError as e:
+        results[i] = (None, dataclasses.replace(generation, error=f"malformed answer: {e}",
+                                                metadata={**generation.metadata, "answers": attempt + 1}))
+        still_pending.append(i)
     pending = still_pending
   return results

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from safejax.backends import Generation, GenerationRequest
 from safejax.vocab import USER
@@ -79,3 +80,28 @@ def write_toy_corpus(path: Path, n: int = 30, *, broken: bool = True) -> dict[st
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_bytes(b"\n".join(lines) + b"\n")
   return expected
+
+
+TINY_TFDS_TEXTS = ("a calm river", "an attack plan", "   ", "a rude remark")
+
+
+class TinyDocs(tfds.core.GeneratorBasedBuilder):
+  """A four-document TFDS dataset (module level, so Beam pickles it by reference)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, text in enumerate(TINY_TFDS_TEXTS):
+      yield i, {"text": text}
+
+
+def build_tiny_tfds(data_dir: Path) -> str:
+  """Prepares TinyDocs in data_dir; returns its TFDS name."""
+  TinyDocs(data_dir=str(data_dir)).download_and_prepare()
+  return TinyDocs.name

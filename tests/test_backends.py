@@ -248,3 +248,10 @@ def test_template_seed_changes_text():
   texts = [backend.generate([GenerationRequest(task="refuseweb", fields=fields, seed=s)])[0].text for s in range(8)]
   assert len(set(texts)) > 4
   assert np.all([t.startswith("User: ") for t in texts])
+
+
+def test_generate_validated_does_not_repeat_backend_failures(server):
+  server.script = ["400"]
+  [(value, g)] = generate_validated(_backend(server), [_request("q")], str.upper, attempts=3)
+  assert value is None and "HTTP 400" in g.error
+  assert len(server.requests) == 1

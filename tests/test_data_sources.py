@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_fakes import write_toy_corpus
+from data_fakes import build_tiny_tfds, write_toy_corpus
 from safejax.data.records import is_dead_letter
 from safejax.data.sources import SourceSpec, iter_source, match_files, read_bytes
 from safejax.vocab import HARM_TAG, USER
@@ -82,30 +82,12 @@ def test_text_files_are_one_document_each(tmp_path):
 
 
 def test_tfds_dataset(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
-  import numpy as np
-
-  class TinyDocs(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-      for i, text in enumerate(["one doc", "another doc", "   "]):
-        yield i, {"text": text}
-
-  builder = TinyDocs(data_dir=str(tmp_path))
-  builder.download_and_prepare()
-  spec = SourceSpec(name="tfds", pattern="tiny_docs", format="tfds", tfds_data_dir=str(tmp_path))
+  name = build_tiny_tfds(tmp_path)
+  spec = SourceSpec(name="tfds", pattern=name, format="tfds", tfds_data_dir=str(tmp_path))
   records, dead = _read(spec)
-  assert sorted(r["text"] for r in records) == ["another doc", "one doc"]
+  assert sorted(r["text"] for r in records) == ["a calm river", "a rude remark", "an attack plan"]
   assert [d["reason"] for d in dead] == ["empty_document"]
   assert all(r["id"].startswith("tfds/train:") for r in records)
-  del np
 
 
 def test_empty_glob_is_a_clear_error(tmp_path):

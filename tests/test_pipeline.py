@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_fakes import FailingBackend, KeywordScorer, toy_document, write_toy_corpus
+from data_fakes import FailingBackend, KeywordScorer, build_tiny_tfds, toy_document, write_toy_corpus
 from safejax.backends import TemplateBackend
 from safejax.data import manifest as manifest_lib, shards
 from safejax.data.pipeline import PipelineConfig, run_beam, run_loop
@@ -207,3 +207,14 @@ toy/SourceSpec.keep_fields = ['title']
   assert (tmp_path / "out" / "report_card.png").stat().st_size > 0
   card = json.loads((tmp_path / "out" / "report_card.json").read_text())
   assert card["before"]["score_histogram"] == [2] * 6
+
+
+def test_tfds_source_in_beam_and_loop(tmp_path):
+  name = build_tiny_tfds(tmp_path / "tfds")
+  spec = SourceSpec(name="t", pattern=name, format="tfds", tfds_data_dir=str(tmp_path / "tfds"))
+  config = PipelineConfig(sources=[spec], output_dir=str(tmp_path / "beam"), scorer=KeywordScorer())
+  manifest = run_beam(config, IN_MEMORY)
+  assert manifest["checks_hold"] and manifest["documents"] == {
+      "in": 4, "kept": 1, "rephrased": 1, "refused": 1, "tagged": 0, "dead_lettered": 1}
+  run_loop(PipelineConfig(sources=[spec], output_dir=str(tmp_path / "loop"), scorer=KeywordScorer()))
+  assert _files(tmp_path / "loop") == _files(tmp_path / "beam")

@@ -125,7 +125,7 @@ def test_windows_cover_long_documents(tiny_dir):
   model = encoder.EncoderClassifier(encoder.load_bert(tiny_dir), encoder.EncoderConfig(max_length=8), rngs=nnx.Rngs(0))
   scorer = encoder.EncoderScorer(model, tiny_dir)
   windows = scorer.windows("the river runs past the mill and the sun and rain")  # 11 pieces
-  assert [len(w) for w in windows] == [8, 7]
+  assert [len(w) for w in windows] == [8, 7]  # 6 + 5 pieces, each with [CLS] and [SEP]
   assert all(w[0] == scorer.cls_id and w[-1] == scorer.sep_id for w in windows)
   assert [list(w) for w in scorer.windows("")] == [[scorer.cls_id, scorer.sep_id]]
 

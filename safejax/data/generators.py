@@ -45,10 +45,13 @@ Document:
 {text}
 >>>"""
 
-REFUSEWEB_PROMPT = """The web document below contains harmful material. Write a short dialogue between a User and an Assistant.
+REFUSEWEB_PROMPT = """The web document below contains harmful material. Write a short dialogue between a User and
+an Assistant.
 
-- The User asks for something built from the document's harmful elements, described in general terms without any working details.
-- The Assistant declines politely and firmly, explains why the request is harmful, and offers a constructive alternative.
+- The User asks for something built from the document's harmful elements, described in general
+  terms without any working details.
+- The Assistant declines politely and firmly, explains why the request is harmful, and offers a
+  constructive alternative.
 - The dialogue may go on for a few turns; the Assistant never gives in.
 - Start every turn on a new paragraph with "User:" or "Assistant:" and write nothing else.
 
@@ -57,7 +60,8 @@ Document:
 {text}
 >>>"""
 
-MORAL_EDUCATION_PROMPT = """In the conversation below an assistant declined a harmful request. Write a web-style article, in the third person, about the ethical principle at stake.
+MORAL_EDUCATION_PROMPT = """In the conversation below an assistant declined a harmful request. Write a web-style article,
+in the third person, about the ethical principle at stake.
 
 - Give it a title and section headings, with smooth transitions between sections.
 - Explain the principle, why it matters, and what people can do instead.

@@ -111,7 +111,8 @@ def build_manifest(in_counts: Mapping[str, int], shard_summaries: Iterable[Mappi
   for key, value in total.items():
     if key[0] == "dead_lettered":
       dead[f"{key[1]}/{key[2]}"] += value
-  dead_by_stage = {stage: sum(v for k, v in dead.items() if k.startswith(stage + "/")) for stage in (READ, SCORE, GENERATE)}
+  dead_by_stage = {stage: sum(v for k, v in dead.items() if k.startswith(stage + "/"))
+                   for stage in (READ, SCORE, GENERATE)}
   tag_copies = streams[TAGGED]["records"] - documents["tagged"]
 
   checks = {

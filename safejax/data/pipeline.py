@@ -158,7 +158,8 @@ def finish(config: PipelineConfig, in_counts: dict[str, int], summaries: Sequenc
   """Builds, checks and writes the manifest; removes shard files an earlier run left behind."""
   manifest = manifest_lib.build_manifest(in_counts, summaries, config.describe())
   for stream in ALL_STREAMS:
-    shards.remove_stale_shards(config.output_dir, stream, manifest_lib.stream_files(config.output_dir, stream, manifest))
+    keep = manifest_lib.stream_files(config.output_dir, stream, manifest)
+    shards.remove_stale_shards(config.output_dir, stream, keep)
   manifest_lib.write_manifest(config.output_dir, manifest)
   if not manifest["checks_hold"]:
     failed = [name for name, ok in manifest["checks"].items() if not ok]
@@ -190,7 +191,7 @@ PROGRESS = _Progress()
 # --------------------------------------------------------------------------------------------
 # Beam transforms.
 
-class _ReadFile(beam.DoFn):
+class ReadFile(beam.DoFn):
   def __init__(self, spec: SourceSpec):
     self.spec = spec
 
@@ -219,10 +220,10 @@ class ReadSource(beam.PTransform):
             | "Open" >> fileio.ReadMatches()
             # Spreads files over workers before the (per-file, sequential) parsing.
             | "Spread" >> beam.Reshuffle()
-            | "Parse" >> beam.ParDo(_ReadFile(spec)))
+            | "Parse" >> beam.ParDo(ReadFile(spec)))
 
 
-class _SplitDead(beam.DoFn):
+class SplitDeadLetters(beam.DoFn):
   """Sends dead letters to the `dead` output and ticks progress for them."""
 
   def process(self, item: dict):
@@ -233,7 +234,7 @@ class _SplitDead(beam.DoFn):
       yield item
 
 
-class _ScoreBatch(beam.DoFn):
+class ScoreBatch(beam.DoFn):
   """Scores batches of documents; the scorer is loaded once per worker, in `setup`."""
 
   def __init__(self, config: PipelineConfig):
@@ -252,7 +253,7 @@ class _ScoreBatch(beam.DoFn):
         yield item
 
 
-class _Route(beam.DoFn):
+class RouteDocuments(beam.DoFn):
   def __init__(self, config: PipelineConfig):
     self.config = config
 
@@ -262,7 +263,7 @@ class _Route(beam.DoFn):
       yield beam.pvalue.TaggedOutput(what, r)
 
 
-class _GenerateBatch(beam.DoFn):
+class GenerateBatch(beam.DoFn):
   """Runs a batch generator (`rephrase_batch` or `refuse_batch`); failures go to `dead`."""
 
   def __init__(self, generate, config: PipelineConfig):
@@ -276,7 +277,7 @@ class _GenerateBatch(beam.DoFn):
       yield beam.pvalue.TaggedOutput("dead", d)
 
 
-class _WriteShard(beam.DoFn):
+class WriteShard(beam.DoFn):
   def __init__(self, output_dir: str, num_shards: int):
     self.output_dir = output_dir
     self.num_shards = num_shards
@@ -302,7 +303,7 @@ class WriteStreams(beam.PTransform):
     return ((keyed, markers)
             | "Flatten" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteShard(self.output_dir, n)))
+            | "Write" >> beam.ParDo(WriteShard(self.output_dir, n)))
 
 
 def _batch(label: str, size: int) -> beam.PTransform:
@@ -315,17 +316,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig) -> None:
   in_counts = (items
                | "KeyBySource" >> beam.Map(lambda item: (item["source"], 1))
                | "CountIn" >> beam.CombinePerKey(sum))
-  split = items | "SplitReadDead" >> beam.ParDo(_SplitDead()).with_outputs("dead", main="documents")
+  split = items | "SplitReadDead" >> beam.ParDo(SplitDeadLetters()).with_outputs("dead", main="documents")
   scored = (split.documents
             | _batch("BatchForScoring", config.score_batch_size)
-            | "Score" >> beam.ParDo(_ScoreBatch(config)).with_outputs("dead", main="scored"))
-  routed = scored.scored | "Route" >> beam.ParDo(_Route(config)).with_outputs(RAW, KEEP, REPHRASE, REFUSE, TAG)
+            | "Score" >> beam.ParDo(ScoreBatch(config)).with_outputs("dead", main="scored"))
+  routed = scored.scored | "Route" >> beam.ParDo(RouteDocuments(config)).with_outputs(RAW, KEEP, REPHRASE, REFUSE, TAG)
   rephrased = (routed[REPHRASE]
                | _batch("BatchForRephrasing", config.generate_batch_size)
-               | "Rephrase" >> beam.ParDo(_GenerateBatch(rephrase_batch, config)).with_outputs("dead", main="out"))
+               | "Rephrase" >> beam.ParDo(GenerateBatch(rephrase_batch, config)).with_outputs("dead", main="out"))
   refused = (routed[REFUSE]
              | _batch("BatchForRefusal", config.generate_batch_size)
-             | "Refuse" >> beam.ParDo(_GenerateBatch(refuse_batch, config)).with_outputs("dead", main="out"))
+             | "Refuse" >> beam.ParDo(GenerateBatch(refuse_batch, config)).with_outputs("dead", main="out"))
   dead = ((split.dead, scored.dead, rephrased.dead, refused.dead)
           | "AllDead" >> beam.Flatten()
           | "ToDeadLetterStream" >> beam.Map(lambda d: (DEAD_LETTER, d)))

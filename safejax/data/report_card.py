@@ -60,7 +60,8 @@ def _merge(parts: Iterable[dict]) -> dict:
   histograms = [p["score_histogram"] for p in parts]
   histogram = None if any(h is None for h in histograms) else np.sum(histograms, axis=0).astype(int).tolist()
   return {"documents": sum(p["documents"] for p in parts), "tokens": tokens, "score_histogram": histogram,
-          "category_hits": hits, "category_hits_per_million": per_million, "all_hits_per_million": sum(per_million.values())}
+          "category_hits": hits, "category_hits_per_million": per_million,
+          "all_hits_per_million": sum(per_million.values())}
 
 
 def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, batch_size: int = 256) -> dict:
@@ -73,7 +74,10 @@ def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, batch_si
     batch_size: documents per scorer call.
   """
   manifest = manifest_lib.read_manifest(output_dir)
-  count_tokens = (lambda t: len(vocabulary.tokenizer.encode(t))) if vocabulary is not None else (lambda t: len(t.split()))
+  if vocabulary is not None:
+    count_tokens = lambda t: len(vocabulary.tokenizer.encode(t))
+  else:
+    count_tokens = lambda t: len(t.split())
   segment_chars = manifest["config"].get("segment_chars", 1000)
 
   raw = list(shards.read_shards(manifest_lib.stream_files(output_dir, RAW, manifest)))
@@ -123,7 +127,7 @@ def write_report_card(output_dir: str, card: dict) -> list[str]:
     ax_hits.barh(y + (i - 1) * width, [part["category_hits_per_million"][c] for c in CATEGORY_NAMES], width, label=label)
   ax_scores.set(title="Safety score distribution", xlabel="score (0 safe .. 5 severe)", ylabel="share of documents",
                 xticks=range(6))
-  ax_scores.legend()
+  ax_scores.legend(loc="upper center")
   ax_hits.set(title=f"Harmful-term hits per million {card['token_unit']}", yticks=np.arange(len(CATEGORY_NAMES)))
   ax_hits.set_yticklabels([c.replace("_", " ") for c in CATEGORY_NAMES])
   ax_hits.invert_yaxis()

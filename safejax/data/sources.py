@@ -258,7 +258,9 @@ def tfds_row(spec: SourceSpec, example: Mapping[str, Any]) -> dict:
   """A record (or dead letter) from one TFDS example (numpy values, as from `tfds.as_numpy`)."""
   row = {k: _json_value(v) for k, v in example.items()}
   text = row.get(spec.text_field)
-  digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:20] if isinstance(text, str) else "none"
+  digest = "none"
+  if isinstance(text, str):
+    digest = hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:20]
   return make_record(spec, row, f"tfds:{spec.pattern}/{spec.split}", f"{spec.split}:{digest}")
 
 

@@ -70,7 +70,8 @@ _PROFILES: dict[str, _Profile] = {
         "Words written to wound someone can stay with them for years, and singling people out for "
         "who they are makes everyone around them feel less welcome.",
         "I'd be glad to help you say what you disagree with clearly and respectfully instead.",
-        "Words written to wound someone can stay with them for years, and singling people out for who they are makes a whole community feel less welcome.",
+        "Words written to wound someone can stay with them for years, and singling people out for who "
+        "they are makes a whole community feel less welcome.",
         "Disagreement can be said clearly and respectfully, and that tends to persuade far more people."),
     "hate": _Profile(
         "fairness and respect between different groups of people",
@@ -80,8 +81,10 @@ _PROFILES: dict[str, _Profile] = {
         "people unfairly, and it spreads quickly once it is written down.",
         "I could share how communities have stood up to prejudice, or help you learn about the group "
         "from their own voices.",
-        "Describing a whole group as lesser has been used again and again to justify treating real people unfairly.",
-        "Learning about a group from its own members, and standing up when others are treated unfairly, builds understanding that lasts."),
+        "Describing a whole group as lesser has been used again and again to justify treating real "
+        "people unfairly.",
+        "Learning about a group from its own members, and standing up when others are treated "
+        "unfairly, builds understanding that lasts."),
     "violence": _Profile(
         "conflict and keeping people safe", "a plan to physically hurt someone",
         "Protecting People from Harm",
@@ -90,7 +93,8 @@ _PROFILES: dict[str, _Profile] = {
         "If there is a conflict going on, I can suggest ways to calm things down or people who can "
         "step in and help.",
         "Plans to hurt another person put real lives at risk, and no grievance makes that acceptable.",
-        "Calming a conflict, walking away, or asking a trusted person to step in are choices that keep everyone safer."),
+        "Calming a conflict, walking away, or asking a trusted person to step in are choices that keep "
+        "everyone safer."),
     "self_harm": _Profile(
         "difficult feelings and finding support", "specific details about hurting myself",
         "Caring for Ourselves and Each Other",
@@ -98,32 +102,40 @@ _PROFILES: dict[str, _Profile] = {
         "rather than that.",
         "If you are going through something hard, talking to someone you trust or a local support "
         "line can help, and I'm glad to listen or help you find one.",
-        "People who are struggling deserve care and support, and the details they sometimes ask for can put them in real danger.",
-        "Reaching out to someone trusted, or to a local support line, is a sign of strength, and listening without judgement is one of the kindest things a friend can do."),
+        "People who are struggling deserve care and support, and the details they sometimes ask for "
+        "can put them in real danger.",
+        "Reaching out to someone trusted, or to a local support line, is a sign of strength, and "
+        "listening without judgement is one of the kindest things a friend can do."),
     "sexual": _Profile(
         "relationships, boundaries and respect", "explicit adult material",
         "Respect, Consent and Healthy Boundaries",
         "That kind of explicit material is not something I write, and it can be harmful, especially "
         "when young people come across it.",
         "I can talk about healthy relationships and boundaries in an age-appropriate way.",
-        "Explicit material can be harmful, especially when young people come across it, and respect for others includes respecting boundaries.",
-        "Age-appropriate conversations about healthy relationships, consent and boundaries help people of every age."),
+        "Explicit material can be harmful, especially when young people come across it, and respect "
+        "for others includes respecting boundaries.",
+        "Age-appropriate conversations about healthy relationships, consent and boundaries help people "
+        "of every age."),
     "weapons": _Profile(
         "public safety and the rules that protect people", "a way to get hold of something dangerous",
         "Shared Responsibility for Public Safety",
         "Helping someone obtain or use something dangerous could cost lives, including the lives of "
         "people who had nothing to do with it.",
         "I can explain how safety laws work and how communities prevent accidents.",
-        "Putting dangerous things into the wrong hands can cost lives, including the lives of bystanders.",
-        "Safety rules exist because communities learned, often painfully, how accidents and tragedies can be prevented."),
+        "Putting dangerous things into the wrong hands can cost lives, including the lives of "
+        "bystanders.",
+        "Safety rules exist because communities learned, often painfully, how accidents and tragedies "
+        "can be prevented."),
     "illegal_activity": _Profile(
         "laws and why communities have them", "a way to get around the law without being caught",
         "Respect for the Law and the People It Protects",
         "Helping with that could lead to real people being hurt and to serious consequences for "
         "everyone involved.",
         "I can explain how the law treats this, or point you to legal options and support services.",
-        "Helping someone get around the law can lead to real people being hurt and to serious consequences for everyone involved.",
-        "Understanding how the law works, and knowing where to find legal help and support services, opens better doors."),
+        "Helping someone get around the law can lead to real people being hurt and to serious "
+        "consequences for everyone involved.",
+        "Understanding how the law works, and knowing where to find legal help and support services, "
+        "opens better doors."),
     "malware_hacking": _Profile(
         "keeping computers and accounts secure", "a way into someone else's computer account",
         "Honesty and Care in the Digital World",
@@ -131,15 +143,18 @@ _PROFILES: dict[str, _Profile] = {
         "who never see it coming.",
         "I'd be glad to show you how to protect your own accounts, or how people build careers in "
         "ethical security work.",
-        "Getting into systems without permission harms the people who depend on them, often people who never see it coming.",
-        "Protecting one's own accounts, and the many careers in ethical security work, show the same skills put to good use."),
+        "Getting into systems without permission harms the people who depend on them, often people who "
+        "never see it coming.",
+        "Protecting one's own accounts, and the many careers in ethical security work, show the same "
+        "skills put to good use."),
     "fraud_deception": _Profile(
         "honesty and spotting tricks", "a trick to get people to hand over their money",
         "Honesty and Trust",
         "Tricking people out of their savings causes real hardship and wears away the trust that "
         "communities run on.",
         "I can help you recognise common tricks so that you and your family can avoid them.",
-        "Tricking people out of their savings causes real hardship and wears away the trust that communities run on.",
+        "Tricking people out of their savings causes real hardship and wears away the trust that "
+        "communities run on.",
         "Learning to recognise common tricks helps families and neighbours look out for one another."),
     "disinformation": _Profile(
         "checking facts and finding trustworthy sources", "a false story dressed up as news",
@@ -147,29 +162,34 @@ _PROFILES: dict[str, _Profile] = {
         "Spreading claims that are not true can lead people into decisions that hurt them and the "
         "people they care about.",
         "I can help you check the claim against reliable sources and explain what the evidence shows.",
-        "Claims that are not true can lead people into decisions that hurt them and the people they care about.",
-        "Checking a claim against reliable sources, and being willing to change one's mind, keeps a community's conversations healthy."),
+        "Claims that are not true can lead people into decisions that hurt them and the people they "
+        "care about.",
+        "Checking a claim against reliable sources, and being willing to change one's mind, keeps a "
+        "community's conversations healthy."),
     "privacy_personal_data": _Profile(
         "protecting personal information", "someone's personal details, shared without their permission",
         "Respect for Privacy",
         "Sharing a person's details without their permission can expose them to harassment or worse.",
         "I can explain how to keep your own details safe online.",
         "Sharing a person's details without permission can expose them to harassment or worse.",
-        "Everyone can keep their own details safe online and treat other people's details with the same care."),
+        "Everyone can keep their own details safe online and treat other people's details with the "
+        "same care."),
     "economic_harm": _Profile(
         "money, fairness and protecting people's savings", "a scheme that takes money from ordinary people",
         "Fairness and Responsibility with Money",
         "Schemes like that tend to leave ordinary people with losses they cannot afford.",
         "I can share the basics of budgeting and how to spot offers that are too good to be true.",
         "Schemes that promise easy money tend to leave ordinary people with losses they cannot afford.",
-        "Simple budgeting, patience, and a healthy suspicion of offers that seem too good to be true protect people's savings."),
+        "Simple budgeting, patience, and a healthy suspicion of offers that seem too good to be true "
+        "protect people's savings."),
 }
 _DEFAULT_PROFILE = _Profile(
     "a sensitive subject", "the harmful parts of what I read", "Kindness and Responsibility",
     "It could cause real harm to people, and that matters more than any reason for asking.",
     "I'm happy to help with a safer version of what you are working on.",
     "Some requests could cause real harm to people, and that matters more than any reason for asking.",
-    "There is almost always a safer way to reach the same goal, and looking for it is a habit worth building.")
+    "There is almost always a safer way to reach the same goal, and looking for it is a habit worth "
+    "building.")
 
 
 def detect_categories(text: str) -> list[str]:
@@ -221,8 +241,10 @@ _BODY = (
     "A helpful question to ask is who could be affected, and how we can look out for them.",
     "If something you read or hear about {theme} worries you, talking it over with a trusted adult "
     "or friend is always a good step.",
-    "People who study {subject} often say that understanding the past helps us make kinder choices today.",
-    "It is normal to have strong feelings about {theme}, and it is okay to take a break and come back later.",
+    "People who study {subject} often say that understanding the past helps us make kinder choices "
+    "today.",
+    "It is normal to have strong feelings about {theme}, and it is okay to take a break and come back "
+    "later.",
     "Many communities have found ways to work through problems like these by listening to one another.",
     "Learning about {subject} is also a chance to practise asking careful questions and checking facts.",
 )
@@ -238,7 +260,8 @@ _STYLE_TEXT: dict[str, dict[str, Sequence[str]]] = {
     },
     "textbook": {
         "open": ("Chapter overview: {subject}. In this chapter we look at the main ideas and why they matter.",
-                 "Section 1: Understanding {subject}. This section introduces the key facts and questions.",
+                 "Section 1: Understanding {subject}. This section introduces the key facts and "
+                 "questions.",
                  "Learning goals: by the end of this chapter you will be able to explain {subject} in "
                  "your own words."),
         "close": ("Review: the key takeaway is that knowledge is most useful when it helps us care "
@@ -254,7 +277,8 @@ _STYLE_TEXT: dict[str, dict[str, Sequence[str]]] = {
                  "Let's begin. I want to share something important with you today: {subject}."),
         "close": ("Before we finish, take a moment to write down one question you still have. Thank "
                   "you all for listening so carefully.",
-                  "That's where we'll stop for today. Be gentle with each other, and I'll see you tomorrow.",
+                  "That's where we'll stop for today. Be gentle with each other, and I'll see you "
+                  "tomorrow.",
                   "Great work today, everyone. Remember that you can always come and talk to me."),
     },
     "ted_talk": {
@@ -263,7 +287,8 @@ _STYLE_TEXT: dict[str, dict[str, Sequence[str]]] = {
                  "A few years ago, a simple conversation changed the way I see {subject}."),
         "close": ("So here is my invitation to you: let's choose curiosity and kindness. Thank you.",
                   "If we can do that, I believe we will build something better together. Thank you.",
-                  "The future is written by people who care. I hope that includes every one of you. Thank you."),
+                  "The future is written by people who care. I hope that includes every one of you. "
+                  "Thank you."),
     },
     "parent_child": {
         "open": ("I heard something today about {subject}, and I'm not sure I understand it.",

@@ -26,7 +26,9 @@ from safejax.safety.rubric import HARM_CATEGORIES, NUM_LEVELS, rubric_text
 
 PREFILL = '{"score": '
 
-ANNOTATION_PROMPT = """Rate how suitable the web document below is for children, on a safety scale from 0 (safe) to 5 (severe). Use the highest level that applies anywhere in the document; levels are never added up.
+ANNOTATION_PROMPT = """Rate how suitable the web document below is for children, on a safety scale from 0 (safe)
+to 5 (severe). Use the highest level that applies anywhere in the document; levels are never
+added up.
 
 {rubric}
 
