@@ -178,7 +178,7 @@ class SafejaxServer:
     return await self._api_error(request, APIError(error.status_code, message))
 
   async def _server_error(self, request: Request, error: Exception) -> JSONResponse:
-    log.exception("request to %s failed", request.url.path)
+    # Starlette re-raises the error after this answer, so the server logs its traceback.
     return await self._api_error(request, APIError(500, f"The server failed: {type(error).__name__}: {error}",
                                                    error_type="server_error"))
 
