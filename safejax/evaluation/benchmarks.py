@@ -359,8 +359,13 @@ BENCHMARKS: dict[str, Callable[[Path], Benchmark]] = {
 }
 
 
-def load_benchmark(name: str, data_dir: str | Path) -> Benchmark:
-  """A benchmark of `BENCHMARKS` by name, from the shared data folder."""
+def register_benchmark(name: str, loader: Callable[[Path | None], Benchmark]) -> None:
+  """Adds (or replaces) a named benchmark, e.g. a run's own prompts via `load_table`."""
+  BENCHMARKS[name] = loader
+
+
+def load_benchmark(name: str, data_dir: str | Path | None) -> Benchmark:
+  """A benchmark of `BENCHMARKS` by name (the built-in ones read the shared data folder)."""
   if name not in BENCHMARKS:
     raise KeyError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-  return BENCHMARKS[name](Path(data_dir))
+  return BENCHMARKS[name](Path(data_dir) if data_dir is not None else None)

@@ -87,12 +87,17 @@ def _gold(row: dict[str, Any], n: int, path: Path) -> int:
   return gold
 
 
-def load_task(name: str, data_dir: str | Path) -> list[ChoiceItem] | list[tuple[str, str]]:
+def register_task(name: str, spec: TaskSpec) -> None:
+  """Adds (or replaces) a capability task, e.g. a run's own held-out items at an absolute path."""
+  TASKS[name] = spec
+
+
+def load_task(name: str, data_dir: str | Path | None) -> list[ChoiceItem] | list[tuple[str, str]]:
   """The items of a task: ChoiceItems, or (context, word) pairs for LAMBADA."""
   if name not in TASKS:
     raise KeyError(f"unknown capability task {name!r}; known: {sorted(TASKS)}")
   spec = TASKS[name]
-  path = Path(data_dir) / spec.path
+  path = Path(spec.path) if data_dir is None else Path(data_dir) / spec.path  # absolute paths stay
   rows = _rows(path)
   if spec.kind == "last_word":
     return [(row["context"], " " + row["continuation"].strip()) for row in rows]
@@ -140,7 +145,7 @@ def score_last_word(loglikelihood: LoglikelihoodFn, items: Sequence[tuple[str, s
 
 def evaluate_capability(
     loglikelihood: LoglikelihoodFn,
-    data_dir: str | Path,
+    data_dir: str | Path | None,
     tasks: Sequence[str],
     *,
     n_per_task: int | None = None,

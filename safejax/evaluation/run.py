@@ -131,7 +131,7 @@ def _judge_benchmark(
 def evaluate(
     systems: Sequence[System],
     out_dir: str = gin.REQUIRED,
-    data_dir: str = gin.REQUIRED,
+    data_dir: str | None = None,
     safety_benchmarks: Sequence[str] = ("advbench", "harmbench", "jbb_harmful"),
     over_refusal_benchmarks: Sequence[str] = ("xstest_safe", "jbb_benign"),
     capability_tasks: Sequence[str] = tuple(capability_lib.TASKS),
@@ -162,7 +162,8 @@ def evaluate(
     systems: what to evaluate (labels unique).
     out_dir: the report folder.
     data_dir: the shared data folder (../shared/data layout); relative file options below are
-      resolved against it.
+      resolved against it. None: only registered benchmarks, tasks and files that need no folder
+      (absolute paths), the "keyword:builtin" judge, and no judge validation.
     safety_benchmarks: harmful benchmarks for ASR (names of `benchmarks.BENCHMARKS`).
     over_refusal_benchmarks: benign benchmarks for over-refusal.
     capability_tasks: names of `capability.TASKS`.
@@ -194,7 +195,11 @@ def evaluate(
     raise ValueError(f"system labels must be unique: {labels}")
   if not refusal_judge.startswith("keyword"):
     raise ValueError(f"refusal_judge must rate refusal (a keyword:<list> judge), not {refusal_judge!r}")
-  data = Path(data_dir)
+  data = Path(data_dir) if data_dir is not None else None
+  if data is None and validate_judges:
+    raise ValueError("judge validation reads the human labels in the shared data: give data_dir or "
+                     "set validate_judges=False")
+  resolve = lambda f: Path(f) if data is None else data / f  # absolute f stays absolute either way
   out = Path(out_dir)
 
   scorer = None
@@ -202,7 +207,7 @@ def evaluate(
     from safejax.safety.scorer import load_scorer
     with gin.unlock_config():  # the scorer's module may register configurables on import
       scorer = load_scorer(classifier_path)
-  judge_kwargs = dict(refusal_lists_path=data / judge_validation.REFUSAL_LISTS, scorer=scorer,
+  judge_kwargs = dict(refusal_lists_path=data / judge_validation.REFUSAL_LISTS if data else None, scorer=scorer,
                       classifier_threshold=classifier_threshold, backend=llm_judge_backend)
   asr_judges = [judges_lib.build_judge(spec, **judge_kwargs) for spec in judges]
   refusal = judges_lib.build_judge(refusal_judge, **judge_kwargs)
@@ -224,11 +229,11 @@ def evaluate(
   benign_sets = load(over_refusal_benchmarks) if any(s.generate for s in systems) else {}
   perplexity_texts = tag_texts = tag_labels = None
   if perplexity_file is not None:
-    perplexity_texts = subsample(capability_lib.load_texts(data / perplexity_file, perplexity_field),
+    perplexity_texts = subsample(capability_lib.load_texts(resolve(perplexity_file), perplexity_field),
                                  n_perplexity_docs, seed)
   if tag_detector_file is not None:
     tag_texts, tag_labels, data_counts["tag_detector"] = load_labelled_texts(
-        data / tag_detector_file, text_column=tag_detector_text_column,
+        resolve(tag_detector_file), text_column=tag_detector_text_column,
         label_columns=tag_detector_label_columns, unsafe_threshold=tag_detector_unsafe_threshold)
     keep = subsample(range(len(tag_texts)), n_tag_detector_docs, seed)
     tag_texts, tag_labels = [tag_texts[i] for i in keep], [tag_labels[i] for i in keep]
