@@ -9,7 +9,8 @@ Every subcommand is a `@gin.configurable` function (the table `COMMANDS`). Flags
   --gin.NAME=VALUE       repeatable; a gin binding, e.g. --gin.train.batch_size=16
   --gin_search_paths=A,B
 Positional arguments are the command's inputs (prompts for decode, files for classify score) and
-reach the function as its `inputs` parameter. Bindings are parsed and checked before anything is
+reach the function as its `inputs` parameter; a bare --NAME turns on a boolean parameter of the
+command (`safejax demo --quick`). Bindings are parsed and checked before anything is
 computed: a misspelled or unknown name fails at once with gin's message naming it.
 """
 
@@ -29,6 +30,7 @@ import gin
 COMMANDS: dict[str, str] = {
     "train": "safejax.train:train",
     "finetune": "safejax.train:finetune",
+    "demo": "safejax.demo:demo",
     "decode": "safejax.decoding_cli:decode",
     "classify train": "safejax.safety.cli:train_classifier",
     "classify eval": "safejax.safety.cli:eval_classifier",
@@ -115,18 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"unknown command {' '.join(argv[:2])!r}; commands: {', '.join(names)}")
 
   files, bindings, search_paths, rest = _split_gin_flags(argv)
-  unknown_flags = [a for a in rest if a.startswith("--")]
+  func = _resolve(command)  # importing registers the command's configurables with gin
+  # A bare --NAME switches on a boolean parameter of the command (`safejax demo --quick`).
+  switches = {p.name for p in inspect.signature(func).parameters.values() if isinstance(p.default, bool)}
+  kwargs = {a[2:]: True for a in rest if a.startswith("--") and a[2:] in switches}
+  unknown_flags = [a for a in rest if a.startswith("--") and a[2:] not in switches]
   if unknown_flags:
     parser.error(f"unknown flags {unknown_flags}: configure with --gin.NAME=VALUE")
+  rest = [a for a in rest if not a.startswith("--")]
   # safejax speaks at INFO; libraries (orbax, absl, tf) only when something is wrong.
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("safejax").setLevel(logging.INFO)
-  func = _resolve(command)  # importing registers the command's configurables with gin
   try:
     parse_gin(files, bindings, search_paths)
   except (ValueError, KeyError, IOError) as e:
     raise SystemExit(f"safejax {command}: bad gin configuration: {e}") from None
-  kwargs = {}
   if rest:
     if "inputs" not in inspect.signature(func).parameters:
       parser.error(f"safejax {command} takes no positional inputs, got {rest}")
