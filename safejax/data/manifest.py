@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import tensorflow as tf
+
+from safejax.data import shards
 
 from safejax.data.records import (DEAD_LETTER, GENERATE, KEEP, MORAL_EDUCATION, RAW, READ, REFUSEWEB, REPHRASE,
                                   SCORE, STREAMS, TAGGED)
@@ -168,3 +170,8 @@ def stream_files(output_dir: str, stream: str, manifest: Mapping | None = None) 
   """The shard files of a stream, as the manifest lists them (absolute paths)."""
   manifest = manifest if manifest is not None else read_manifest(output_dir)
   return [f"{output_dir}/{shard['path']}" for shard in manifest["streams"][stream]["shards"]]
+
+
+def read_stream(output_dir: str, stream: str) -> Iterator[dict]:
+  """Every record of one stream of a run (e.g. to train a vocabulary on the prepared text)."""
+  return shards.read_shards(stream_files(output_dir, stream))

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from safejax.data import manifest as manifest_lib, shards
+from safejax.data import manifest as manifest_lib
 from safejax.data.generators import render_dialogue
 from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, TAGGED
 from safejax.data.scoring import score_documents
@@ -80,11 +80,11 @@ def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, batch_si
     count_tokens = lambda t: len(t.split())
   segment_chars = manifest["config"].get("segment_chars", 1000)
 
-  raw = list(shards.read_shards(manifest_lib.stream_files(output_dir, RAW, manifest)))
+  raw = list(manifest_lib.read_stream(output_dir, RAW))
   before = _stats([r["text"] for r in raw], [r["score"] for r in raw], count_tokens)
   streams = {}
   for stream in OUTPUT_STREAMS:
-    texts = [_text(r) for r in shards.read_shards(manifest_lib.stream_files(output_dir, stream, manifest))]
+    texts = [_text(r) for r in manifest_lib.read_stream(output_dir, stream)]
     scores = None
     if scorer is not None:
       scored = []
