@@ -44,3 +44,13 @@ def test_report_card_without_a_scorer_and_files(run_dir):
   json_path, png_path = write_report_card(str(run_dir), card)
   assert json.loads(open(json_path).read())["token_unit"] == "words"
   assert open(png_path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_large_streams_are_sampled_and_scaled(run_dir):
+  full = build_report_card(str(run_dir), KeywordScorer())
+  card = build_report_card(str(run_dir), KeywordScorer(), max_documents=10)
+  raw = card["before"]
+  assert raw["documents"] == 26 and 5 <= raw["sampled_documents"] <= 18
+  assert abs(sum(raw["score_histogram"]) - 26) <= 1
+  assert card["streams"]["keep"] == full["streams"]["keep"]  # 4 documents: not sampled
+  assert 0.5 < raw["tokens"] / full["before"]["tokens"] < 2

@@ -10,8 +10,9 @@ For the input (the `raw` stream: every valid document) and for the full recipe's
 
 "after_untagged" is the training data without the tagged stream, i.e. what the model reads as
 ordinary text; the tagged stream keeps raw unsafe text on purpose (the tags mark it). Tokens are
-whitespace-separated words unless a vocabulary is given. Written as report_card.json and
-report_card.png next to the run's manifest.
+whitespace-separated words unless a vocabulary is given. Large streams are sampled (uniformly, by
+a hash of the document ids) and their statistics scaled to the whole stream. Written as
+report_card.json and report_card.png next to the run's manifest.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from safejax.data import manifest as manifest_lib
 from safejax.data.generators import render_dialogue
 from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, TAGGED
 from safejax.data.scoring import score_documents
+from safejax.data.shards import shard_index
 from safejax.safety.rubric import CATEGORY_NAMES, category_term_hits
 from safejax.vocab import strip_special_tokens
 
 OUTPUT_STREAMS = (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION, TAGGED)
+_HASH_RANGE = 1 << 30
 REPORT_JSON, REPORT_PNG = "report_card.json", "report_card.png"
 
 
@@ -39,38 +42,60 @@ def _text(record: dict) -> str:
   return strip_special_tokens(text)[0]
 
 
-def _stats(texts: Sequence[str], scores: Sequence[int] | None, count_tokens) -> dict:
+def _stats(texts: Sequence[str], scores: Sequence[int] | None, count_tokens, *, documents: int) -> dict:
+  """Statistics of a sample of `documents` documents, scaled up to the whole stream."""
+  scale = documents / len(texts) if texts else 0.0
   hits = collections.Counter()
   tokens = 0
   for text in texts:
     tokens += count_tokens(text)
     hits.update(category_term_hits(text))
-  per_million = {c: (1e6 * hits[c] / tokens if tokens else 0.0) for c in CATEGORY_NAMES}
-  histogram = None if scores is None else np.bincount(np.asarray(scores, np.int64), minlength=6).tolist()
-  return {"documents": len(texts), "tokens": tokens, "score_histogram": histogram,
-          "category_hits": {c: hits[c] for c in CATEGORY_NAMES}, "category_hits_per_million": per_million,
-          "all_hits_per_million": sum(per_million.values())}
+  histogram = None
+  if scores is not None:
+    histogram = (np.bincount(np.asarray(scores, np.int64), minlength=6) * scale).round().astype(int).tolist()
+  return _finish({"documents": documents, "sampled_documents": len(texts), "tokens": round(tokens * scale),
+                  "score_histogram": histogram,
+                  "category_hits": {c: round(hits[c] * scale) for c in CATEGORY_NAMES}})
+
+
+def _finish(part: dict) -> dict:
+  tokens = part["tokens"]
+  part["category_hits_per_million"] = {c: (1e6 * part["category_hits"][c] / tokens if tokens else 0.0)
+                                       for c in CATEGORY_NAMES}
+  part["all_hits_per_million"] = sum(part["category_hits_per_million"].values())
+  return part
 
 
 def _merge(parts: Iterable[dict]) -> dict:
   parts = list(parts)
-  tokens = sum(p["tokens"] for p in parts)
-  hits = {c: sum(p["category_hits"][c] for p in parts) for c in CATEGORY_NAMES}
-  per_million = {c: (1e6 * hits[c] / tokens if tokens else 0.0) for c in CATEGORY_NAMES}
   histograms = [p["score_histogram"] for p in parts]
-  histogram = None if any(h is None for h in histograms) else np.sum(histograms, axis=0).astype(int).tolist()
-  return {"documents": sum(p["documents"] for p in parts), "tokens": tokens, "score_histogram": histogram,
-          "category_hits": hits, "category_hits_per_million": per_million,
-          "all_hits_per_million": sum(per_million.values())}
+  return _finish({
+      "documents": sum(p["documents"] for p in parts),
+      "sampled_documents": sum(p["sampled_documents"] for p in parts),
+      "tokens": sum(p["tokens"] for p in parts),
+      "score_histogram": None if any(h is None for h in histograms) else np.sum(histograms, axis=0).tolist(),
+      "category_hits": {c: sum(p["category_hits"][c] for p in parts) for c in CATEGORY_NAMES},
+  })
 
 
-def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, batch_size: int = 256) -> dict:
+def _sample(output_dir: str, stream: str, records: int, max_documents: int | None) -> list[dict]:
+  """A uniform sample of about `max_documents` records of a stream, chosen by a hash of their ids."""
+  if max_documents is None or records <= max_documents:
+    return list(manifest_lib.read_stream(output_dir, stream))
+  cut = int(max_documents / records * _HASH_RANGE)
+  return [r for r in manifest_lib.read_stream(output_dir, stream) if shard_index(r["id"], _HASH_RANGE) < cut]
+
+
+def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, max_documents: int | None = 5000,
+                      batch_size: int = 256) -> dict:
   """The report card of a pipeline run.
 
   Args:
     output_dir: the run's output directory.
     scorer: re-scores the output streams (None: their histograms are left out).
     vocabulary: a SafejaxVocabulary to count tokens with (None: words).
+    max_documents: per stream, statistics come from a uniform sample of about this many documents
+      (by a hash of their ids) and are scaled to the whole stream; None reads every document.
     batch_size: documents per scorer call.
   """
   manifest = manifest_lib.read_manifest(output_dir)
@@ -80,23 +105,25 @@ def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, batch_si
     count_tokens = lambda t: len(t.split())
   segment_chars = manifest["config"].get("segment_chars", 1000)
 
-  raw = list(manifest_lib.read_stream(output_dir, RAW))
-  before = _stats([r["text"] for r in raw], [r["score"] for r in raw], count_tokens)
-  streams = {}
-  for stream in OUTPUT_STREAMS:
-    texts = [_text(r) for r in manifest_lib.read_stream(output_dir, stream)]
-    scores = None
-    if scorer is not None:
+  def stream_stats(stream: str, *, rescore: bool) -> dict:
+    records = _sample(output_dir, stream, manifest["streams"][stream]["records"], max_documents)
+    texts = [_text(r) for r in records]
+    scores = [r["score"] for r in records] if not rescore else None
+    if rescore and scorer is not None:
       scored = []
       for i in range(0, len(texts), batch_size):
         batch = [{"id": str(j), "source": stream, "text": t} for j, t in enumerate(texts[i:i + batch_size], i)]
         scored += score_documents(batch, scorer, segment_chars=segment_chars)
-      scores = [r["score"] for r in scored if "score" in r]  # set-aside answers are not counted
-    streams[stream] = _stats(texts, scores, count_tokens)
+      scored = [r for r in scored if "score" in r]  # set-aside answers are not counted
+      texts, scores = [r["text"] for r in scored], [r["score"] for r in scored]
+    return _stats(texts, scores, count_tokens, documents=manifest["streams"][stream]["records"])
+
+  streams = {stream: stream_stats(stream, rescore=True) for stream in OUTPUT_STREAMS}
   return {
       "token_unit": "sentencepiece" if vocabulary is not None else "words",
       "scorer": None if scorer is None else getattr(scorer, "name", type(scorer).__name__),
-      "before": before,
+      "max_documents_per_stream": max_documents,
+      "before": stream_stats(RAW, rescore=False),
       "after": _merge(streams.values()),
       "after_untagged": _merge(v for k, v in streams.items() if k != TAGGED),
       "streams": streams,
