@@ -158,6 +158,8 @@ def test_unscorable_documents_and_given_scores(tmp_path):
   manifest = run_loop(PipelineConfig(sources=[given], output_dir=str(tmp_path / "p"))).manifest
   assert manifest["documents"]["refused"] == 1 and manifest["dead_lettered"] == {"read/bad_score": 2}
   assert manifest["checks_hold"]
+  with pytest.raises(ValueError, match="no score_field and no scorer"):
+    PipelineConfig(sources=[spec], output_dir=str(tmp_path / "q"))
 
 
 def test_tag_only_route_counts_as_tagged(corpus, tmp_path):

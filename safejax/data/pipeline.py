@@ -90,6 +90,9 @@ class PipelineConfig:
     names = [s.name for s in self.sources]
     if len(set(names)) != len(names):
       raise ValueError(f"source names must be unique, got {names}")
+    unscored = [s.name for s in self.sources if s.score_field is None]
+    if self.scorer is None and unscored:
+      raise ValueError(f"sources {unscored} carry no score_field and no scorer is configured")
     if self.num_shards < 1 or self.score_batch_size < 1 or self.generate_batch_size < 1:
       raise ValueError("num_shards and batch sizes must be positive")
     object.__setattr__(self, "output_dir", self.output_dir.rstrip("/"))
