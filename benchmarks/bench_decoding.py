@@ -114,7 +114,7 @@ def build_safejax(args, part: Part) -> tuple[Callable[[], None], str]:
   tokens = prompts(args, part.batch)
   mask = np.ones_like(tokens, bool)
   # Neither EOS nor a tag stop may end a search early (SafeBeam still computes every tag risk).
-  never_stop = decoding.chain(decoding.suppress_token(EOS), decoding.suppress_token(TAG))
+  never_stop = decoding.chain(decoding.SuppressToken(EOS), decoding.SuppressToken(TAG))
   common = dict(max_new_tokens=args.new_tokens, eos_id=EOS, logits_processor=never_stop)
   algorithm = {
       "greedy": functools.partial(decoding.sample, temperature=0.0, **common),

@@ -18,19 +18,20 @@ A cache is any pytree with a method `gather_rows(rows [R'] int32) -> cache` (bea
 `safejax.model.KVCache` is one, `TokenHistory` (the no-KV-cache baseline) another.
 
 Hooks (pure, jit-compatible callables; close over Python constants, never over arrays you want to
-vary between calls):
+vary between calls; `generate` caches compilations by them, so prefer frozen dataclasses, equal
+when their settings are, to fresh closures):
 
   logits_processor(step [] int32, logits [R, V] float32, tokens [R, L] int32) -> logits [R, V]
       Sees the raw next-token logits of each row (tokens: what that row generated so far, pad
-      beyond `step`) and returns the logits the search uses. `suppress_token` and
-      `penalize_token` (the harm-tag baselines) are such processors; `chain` composes them.
+      beyond `step`) and returns the logits the search uses. `SuppressToken` and
+      `PenalizeToken` (the harm-tag baselines) are such processors; `chain` composes them.
   candidate_filter(step [] int32, candidates: Candidates) -> keep [B, C] bool
       Beam search and SafeBeam only: sees every candidate continuation of a step (C = k*V for
       beam search, C = k*N for SafeBeam, which also hands over the one-token lookahead) and
       says which may be kept. `harm_tag_filter` is SafeBeam's rule written as such a filter.
 
 The harm tag never reaches returned text: `detokenize` strips every reserved token, and SafeBeam
-never writes the tag (a beam that selects it ends there, flagged `tag_stopped`).
+never writes the tag (a hypothesis it would extend by the tag ends there, flagged `tag_stopped`).
 """
 
 from __future__ import annotations
@@ -137,24 +138,41 @@ def brevity_penalty(alpha: float, length: jax.Array) -> jax.Array:
   return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def suppress_token(token_id: int) -> LogitsProcessor:
-  """A logits processor that forbids `token_id` (e.g. the harm tag: the masking baseline)."""
+# The processors below are frozen dataclasses, equal when their settings are: `generate` keys its
+# compilation cache on them, so the same configuration never compiles twice.
 
-  def process(step, logits, tokens):
+
+@dataclasses.dataclass(frozen=True)
+class SuppressToken:
+  """A logits processor that forbids one token (the harm tag: the masking baseline)."""
+
+  token_id: int
+
+  def __call__(self, step: jax.Array, logits: jax.Array, tokens: jax.Array) -> jax.Array:
     del step, tokens
-    return logits.at[:, token_id].set(NEG_INF)
-
-  return process
+    return logits.at[:, self.token_id].set(NEG_INF)
 
 
-def penalize_token(token_id: int, penalty: float) -> LogitsProcessor:
+@dataclasses.dataclass(frozen=True)
+class PenalizeToken:
   """A logits processor that subtracts `penalty` from one token's logit (the soft baseline)."""
 
-  def process(step, logits, tokens):
-    del step, tokens
-    return logits.at[:, token_id].add(-penalty)
+  token_id: int
+  penalty: float
 
-  return process
+  def __call__(self, step: jax.Array, logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    del step, tokens
+    return logits.at[:, self.token_id].add(-self.penalty)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chain:
+  processors: tuple[LogitsProcessor, ...]
+
+  def __call__(self, step: jax.Array, logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    for processor in self.processors:
+      logits = processor(step, logits, tokens)
+    return logits
 
 
 def chain(*processors: LogitsProcessor | None) -> LogitsProcessor | None:
@@ -162,13 +180,7 @@ def chain(*processors: LogitsProcessor | None) -> LogitsProcessor | None:
   processors = tuple(p for p in processors if p is not None)
   if not processors:
     return None
-
-  def process(step, logits, tokens):
-    for processor in processors:
-      logits = processor(step, logits, tokens)
-    return logits
-
-  return process
+  return processors[0] if len(processors) == 1 else _Chain(processors)
 
 
 def _kth_largest(x: jax.Array, k: int) -> jax.Array:
@@ -770,7 +782,7 @@ def generate(
     pad_id: int = 0,
     seed: int = 0,
     use_kv_cache: bool = True,
-    prompt_multiple: int = 8,
+    prompt_multiple: int = 32,
     **options: Any,
 ) -> DecodeResult:
   """Decodes token-id prompts with a `Decoder`; returns a host (numpy) `DecodeResult`.
@@ -837,8 +849,8 @@ class DecodingConfig:
   def generate_options(self, tag_id: int) -> dict[str, Any]:
     """Keyword arguments of `generate` for this configuration."""
     options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
-    processor = chain(suppress_token(tag_id) if self.suppress_tag else None,
-                      penalize_token(tag_id, self.tag_penalty) if self.tag_penalty else None)
+    processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
+                      PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
     if processor is not None:
       options["logits_processor"] = processor
     if self.method == "sample":

@@ -25,10 +25,15 @@ def generate(model, method="greedy", **options):
   return decoding.generate(model, PROMPTS, method=method, max_new_tokens=MAX_NEW, eos_id=EOS, **options)
 
 
-def greedy_bigram(table, prompts, max_new_tokens, **options):
+def run_bigram(algorithm, table, prompts, rng=None, **options):
+  """Decodes with a bigram model; jitted, which compiles faster than running the ops one by one."""
   tokens_to_logits, init_cache = bigram_model(table)
-  return decoding.sample(tokens_to_logits, init_cache, *prompt_batch(prompts), max_new_tokens=max_new_tokens,
-                         eos_id=EOS, **options)
+  run = functools.partial(algorithm, tokens_to_logits, init_cache, eos_id=EOS, **options)
+  return jax.jit(run)(*prompt_batch(prompts), **({} if rng is None else {"rng": rng}))
+
+
+def greedy_bigram(table, prompts, max_new_tokens, **options):
+  return run_bigram(decoding.sample, table, prompts, max_new_tokens=max_new_tokens, **options)
 
 
 def test_cached_greedy_equals_full_recompute(model):
@@ -135,9 +140,8 @@ def test_beam_search_rows_finish_at_different_steps():
 def test_length_penalty_favours_longer_hypotheses():
   # From 5: EOS at once (probability 0.5) or 6 7 EOS (0.45 * 0.9 * 0.9 = 0.36).
   table = bigram_table(16, {5: {EOS: 0.5, 6: 0.45}, 6: {7: 0.9}, 7: {EOS: 0.9}})
-  tokens_to_logits, init_cache = bigram_model(table)
-  best = lambda alpha: decoding.beam_search(tokens_to_logits, init_cache, *prompt_batch([[5]]), beam_size=2,
-                                            max_new_tokens=4, eos_id=EOS, alpha=alpha).tokens[0, 0]
+  best = lambda alpha: run_bigram(decoding.beam_search, table, [[5]], beam_size=2, max_new_tokens=4,
+                                  alpha=alpha).tokens[0, 0]
   np.testing.assert_array_equal(best(0.0), [EOS, PAD, PAD, PAD])  # log 0.5 > log 0.3645
   np.testing.assert_array_equal(best(2.0), [6, 7, EOS, PAD])  # penalty (8/6)^2 beats (6/6)^2
 
@@ -147,31 +151,27 @@ def test_logits_processor_sees_the_step_and_the_tokens_so_far(model):
     banned = jnp.where(step > 0, tokens[:, jnp.maximum(step - 1, 0)], -1)  # [R]
     return jnp.where(jnp.arange(logits.shape[-1]) == banned[:, None], -jnp.inf, logits)
 
+  repeats = lambda r: (r.tokens[:, 0, 1:] == r.tokens[:, 0, :-1]) & (np.arange(1, MAX_NEW) < r.lengths[:, :1])
+  assert np.any(repeats(generate(model))), "the fixture model repeats itself"
   for method, options in (("greedy", {}), ("beam", {"beam_size": 2})):
-    plain = generate(model, method, **options)
-    processed = generate(model, method, logits_processor=no_repeat, **options)
-    repeats = lambda r: (r.tokens[:, 0, 1:] == r.tokens[:, 0, :-1]) & (np.arange(1, MAX_NEW) < r.lengths[:, :1])
-    assert np.any(repeats(plain)), "the fixture model repeats itself"
-    assert not np.any(repeats(processed))
+    assert not np.any(repeats(generate(model, method, logits_processor=no_repeat, **options)))
 
 
 def test_tag_suppression_and_penalty():
   table = bigram_table(16, {5: {TAG: 0.5, 6: 0.3}, 6: {EOS: 0.9}})
   plain = greedy_bigram(table, [[5]], 2)
   assert plain.tokens[0, 0, 0] == TAG
-  suppressed = greedy_bigram(table, [[5]], 2, logits_processor=decoding.suppress_token(TAG))
+  suppressed = greedy_bigram(table, [[5]], 2, logits_processor=decoding.SuppressToken(TAG))
   np.testing.assert_array_equal(suppressed.tokens[0, 0], [6, EOS])
-  small = greedy_bigram(table, [[5]], 2, logits_processor=decoding.penalize_token(TAG, 0.1))
-  large = greedy_bigram(table, [[5]], 2, logits_processor=decoding.penalize_token(TAG, 1.0))
+  small = greedy_bigram(table, [[5]], 2, logits_processor=decoding.PenalizeToken(TAG, 0.1))
+  large = greedy_bigram(table, [[5]], 2, logits_processor=decoding.PenalizeToken(TAG, 1.0))
   assert small.tokens[0, 0, 0] == TAG and large.tokens[0, 0, 0] == 6  # log(0.5/0.3) = 0.51
 
 
 def test_beam_search_candidate_filter():
   table = bigram_table(16, {5: {6: 0.5, 7: 0.3}, 6: {EOS: 0.9}, 7: {EOS: 0.9}})
-  tokens_to_logits, init_cache = bigram_model(table)
   no_six = lambda step, candidates: candidates.tokens != 6
-  result = decoding.beam_search(tokens_to_logits, init_cache, *prompt_batch([[5]]), beam_size=2, max_new_tokens=3,
-                                eos_id=EOS, candidate_filter=no_six)
+  result = run_bigram(decoding.beam_search, table, [[5]], beam_size=2, max_new_tokens=3, candidate_filter=no_six)
   np.testing.assert_array_equal(result.tokens[0, 0], [7, EOS, PAD])
   assert not np.any(np.asarray(result.tokens) == 6)
 
@@ -180,12 +180,12 @@ def test_tag_probability_rejection_stops_sampling():
   # After 6 the model gives the tag 0.6: the row stops there, before writing anything more.
   table = bigram_table(16, {5: {6: 0.9}, 6: {TAG: 0.6, 7: 0.3}, 9: {10: 0.9}, 10: {10: 0.9}})
   result = greedy_bigram(table, [[5], [9]], 4, tag_id=TAG, tag_stop_threshold=0.5,
-                         logits_processor=decoding.suppress_token(TAG))
+                         logits_processor=decoding.SuppressToken(TAG))
   np.testing.assert_array_equal(result.tokens[:, 0], [[6, PAD, PAD, PAD], [10, 10, 10, 10]])
   np.testing.assert_array_equal(result.tag_stopped[:, 0], [True, False])
   np.testing.assert_array_equal(result.lengths[:, 0], [1, 4])
   looser = greedy_bigram(table, [[5]], 4, tag_id=TAG, tag_stop_threshold=0.7,
-                         logits_processor=decoding.suppress_token(TAG))
+                         logits_processor=decoding.SuppressToken(TAG))
   assert not looser.tag_stopped[0, 0] and looser.tokens[0, 0, 1] == 7
 
 

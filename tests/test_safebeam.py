@@ -150,7 +150,7 @@ def model():
 def test_safebeam_without_dropping_equals_beam_search(model):
   prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20]]
   run = functools.partial(decoding.generate, model, prompts, max_new_tokens=10, eos_id=EOS,
-                          logits_processor=decoding.suppress_token(TAG), beam_size=3)
+                          logits_processor=decoding.SuppressToken(TAG), beam_size=3)
   beam = run(method="beam")
   safe = run(method="safebeam", num_expand=3, drop_fraction=0.0, tag_id=TAG)
   np.testing.assert_array_equal(safe.tokens, beam.tokens)
