@@ -154,7 +154,7 @@ def write_one_shard(output_dir: str, stream: str, index: int, num_shards: int, r
   path = shards.shard_path(output_dir, stream, index, num_shards)
   shards.write_shard(path, records)
   return {"stream": stream, "path": path[len(output_dir) + 1:],
-          "counts": sorted(manifest_lib.summarize_records(stream, records).items())}
+          "counts": list(manifest_lib.summarize_records(stream, records).items())}
 
 
 def finish(config: PipelineConfig, in_counts: dict[str, int], summaries: Sequence[dict]) -> dict:
@@ -175,6 +175,8 @@ def finish(config: PipelineConfig, in_counts: dict[str, int], summaries: Sequenc
 # multi_threading mode) tick this counter and `prepare` shows it; other runners show a summary.
 
 class _Progress:
+  """A thread-safe count of documents routed or dead-lettered in this process."""
+
   def __init__(self):
     self._lock = threading.Lock()
     self.done = 0
@@ -195,6 +197,8 @@ PROGRESS = _Progress()
 # Beam transforms.
 
 class ReadFile(beam.DoFn):
+  """Parses one matched file of a source into items (records and dead letters)."""
+
   def __init__(self, spec: SourceSpec):
     self.spec = spec
 
@@ -257,6 +261,8 @@ class ScoreBatch(beam.DoFn):
 
 
 class RouteDocuments(beam.DoFn):
+  """Tags each scored document with its outputs: `raw` and its routes (see `routed_outputs`)."""
+
   def __init__(self, config: PipelineConfig):
     self.config = config
 
@@ -281,6 +287,8 @@ class GenerateBatch(beam.DoFn):
 
 
 class WriteShard(beam.DoFn):
+  """Writes one (stream, shard index) group and yields its summary."""
+
   def __init__(self, output_dir: str, num_shards: int):
     self.output_dir = output_dir
     self.num_shards = num_shards
