@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import time
 from pathlib import Path
 
@@ -40,16 +41,19 @@ def documents(n: int, size: int = 2048) -> list[str]:
   return pieces
 
 
-def throughput(score, docs: list[str], batch_size: int, repeats: int = 3) -> float:
-  """Best of `repeats` passes (documents/s), after one warm-up batch (compilation)."""
+def throughput(score, docs: list[str], batch_size: int, repeats: int = 3) -> tuple[float, float]:
+  """(documents per wall-clock second, documents per CPU second of this process), best of
+  `repeats` passes after one warm-up batch (compilation). On a machine shared with other jobs the
+  CPU-second rate is the steadier one; on an idle 2-core machine the wall rate is the goal's."""
   score(docs[:batch_size])
-  best = 0.0
+  best_wall = best_cpu = 0.0
   for _ in range(repeats):
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for s in range(0, len(docs), batch_size):
       score(docs[s:s + batch_size])
-    best = max(best, len(docs) / (time.perf_counter() - start))
-  return best
+    best_wall = max(best_wall, len(docs) / (time.perf_counter() - wall))
+    best_cpu = max(best_cpu, len(docs) / (time.process_time() - cpu))
+  return best_wall, best_cpu
 
 
 def main() -> None:
@@ -89,10 +93,12 @@ def main() -> None:
     results["encoder scorer (MiniLM-L6, 128-piece windows)"] = throughput(
         enc.score, docs[:args.encoder_docs], 64, repeats=1)
   reference = results[f"n-gram scorer ({scorer.name})"]
-  print(f"{'scorer':48s} {'docs/s':>10s} {'vs n-gram':>10s}")
-  for name, rate in results.items():
-    print(f"{name:48s} {rate:10.0f} {rate / reference:10.2f}x")
-  print(f"goal: n-gram scorer >= 5,000 docs/s -> {'met' if reference >= 5000 else 'NOT met'}")
+  print(f"{'scorer':48s} {'docs/s':>9s} {'docs/CPU-s':>11s} {'wall vs n-gram':>15s}")
+  for name, (wall, cpu) in results.items():
+    print(f"{name:48s} {wall:9.0f} {cpu:11.0f} {wall / reference[0]:14.2f}x")
+  print(f"goal: n-gram scorer >= 5,000 docs/s (wall, idle 2-core machine) -> "
+        f"{'met' if reference[0] >= 5000 else 'not met at this load'}; load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

