@@ -4,6 +4,7 @@
   scorer     the `Scorer` interface, windowing (max over windows), `MaxEnsemble`, `load_scorer`
   ngram      the fast hashed n-gram scorer (`train_ngram_scorer`)
   encoder    the MiniLM encoder scorer (`train_encoder_scorer`, `minilm_dir`)
+  training   the shared optax training loop (`TrainConfig`, class weights) and safetensors params
   labelled   labelled examples from ../shared/data and the mapping of each source onto the rubric
   metrics    macro-F1, recall/precision at >=1 and >=3, confusion matrix, the profanity baseline
   cli        `safejax classify train|eval|score`
