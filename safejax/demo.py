@@ -222,8 +222,9 @@ def run_pipeline(out: Path, corpus_dir: Path, scorer_dir: str, config: DemoConfi
           "streams": {k: v["records"] for k, v in manifest["streams"].items()}}
 
 
-def train_vocab(out: Path, streams_dir: str, config: DemoConfig) -> dict:
-  """SentencePiece over the text of every stream (what the models will read)."""
+def train_vocab(out: Path, streams_dir: str, config: DemoConfig, chars_per_stream: int = 1_000_000) -> dict:
+  """SentencePiece over what the models will read: up to `chars_per_stream` of every stream (a
+  balanced sample; SentencePiece's unigram trainer slows down with the corpus, not the vocab)."""
   from safejax.data import manifest as manifest_lib, shards
   from safejax.data.records import STREAMS
   from safejax.vocab import train_sentencepiece
@@ -231,8 +232,13 @@ def train_vocab(out: Path, streams_dir: str, config: DemoConfig) -> dict:
   def texts():
     manifest = manifest_lib.read_manifest(streams_dir)
     for stream in STREAMS:
+      taken = 0
       for record in shards.read_shards(manifest_lib.stream_files(streams_dir, stream, manifest)):
-        yield record["text"] if "text" in record else "\n".join(t["text"] for t in record["turns"])
+        text = record["text"] if "text" in record else "\n".join(t["text"] for t in record["turns"])
+        yield text
+        taken += len(text)
+        if taken >= chars_per_stream:
+          break
 
   vocab = train_sentencepiece(texts(), str(out / "vocab.model"), vocab_size=config.vocab_size)
   return {"vocab": str(out / "vocab.model"), "vocab_size": vocab.vocab_size}

@@ -83,11 +83,18 @@ def chat_prompt(record: PromptRecord, *, system: str | None = None) -> str:
   return format_chat(messages)
 
 
-def build_prompts(records: Sequence[PromptRecord], style: PromptStyle, *, system: str | None = None) -> list[str]:
-  """The model inputs for `records` in the given style ("completion" for base models, "chat")."""
+def build_prompts(records: Sequence[PromptRecord], style: PromptStyle, *, system: str | None = None,
+                  completion_template: str | None = None) -> list[str]:
+  """The model inputs for `records` in the given style ("completion" for base models, "chat").
+
+  completion_template: overrides `completion_prompt`'s template for records with a target (e.g.
+  the question/answer layout a model's pretraining text uses).
+  """
   if style == "completion":
     if system:
       raise ValueError("a system message needs the chat style")
+    if completion_template is not None:
+      return [completion_prompt(r, template=completion_template) for r in records]
     return [completion_prompt(r) for r in records]
   if style == "chat":
     return [chat_prompt(r, system=system) for r in records]

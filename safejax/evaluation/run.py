@@ -109,10 +109,12 @@ def _judge_benchmark(
     batch_size: int,
     system_prompt: str | None,
     log_dir: Path,
+    completion_template: str | None = None,
 ) -> tuple[dict[str, list[judges_lib.JudgeVerdict]], float]:
   """Generates replies for a benchmark and judges them; logs everything; returns verdicts and seconds."""
   records = benchmark.records
-  prompts = prompting.build_prompts(records, system.prompt_style, system=system_prompt)
+  prompts = prompting.build_prompts(records, system.prompt_style, system=system_prompt,
+                                    completion_template=completion_template)
   start = time.perf_counter()
   responses = generate_with_progress(system.generate, prompts, batch_size, f"{system.label} {benchmark.name}")
   seconds = time.perf_counter() - start
@@ -145,6 +147,7 @@ def evaluate(
     classifier_threshold: int = 3,
     llm_judge_backend: TextBackend | None = None,
     system_prompt: str | None = None,
+    completion_template: str | None = None,
     generate_batch_size: int = 16,
     perplexity_file: str | None = "pretrain/wikipedia/wikipedia_kilt_val.jsonl.gz",
     perplexity_field: str = "text",
@@ -179,6 +182,8 @@ def evaluate(
     classifier_path, classifier_threshold: the safety scorer for a "classifier" judge.
     llm_judge_backend: the text backend of an "llm" judge (e.g. @OpenAICompatibleBackend()).
     system_prompt: optional system message for chat-style prompts.
+    completion_template: the completion-style layout of prompts with a target opening, e.g.
+      "Question: {prompt}\nAnswer: {target}." (default: `prompting.completion_prompt`'s).
     generate_batch_size: prompts per `generate` call.
     perplexity_file, perplexity_field, n_perplexity_docs: held-out text for perplexity (None: skip).
     tag_detector_file, tag_detector_text_column, tag_detector_label_columns,
@@ -259,7 +264,7 @@ def evaluate(
       primary_reports, benchmarks = [], {}
       for name, benchmark in harmful_sets.items():
         verdicts, seconds = _judge_benchmark(system, benchmark, asr_judges, generate_batch_size,
-                                             system_prompt, log_dir)
+                                             system_prompt, log_dir, completion_template)
         timing["seconds"] += seconds
         timing["responses"] += len(benchmark.records)
         categories = [r.category for r in benchmark.records]
@@ -273,7 +278,7 @@ def evaluate(
       refusal_reports, benchmarks = [], {}
       for name, benchmark in benign_sets.items():
         verdicts, seconds = _judge_benchmark(system, benchmark, [refusal], generate_batch_size,
-                                             system_prompt, log_dir)
+                                             system_prompt, log_dir, completion_template)
         timing["seconds"] += seconds
         timing["responses"] += len(benchmark.records)
         rates = metrics.refusal_rate(verdicts[refusal.name], [r.category for r in benchmark.records])
