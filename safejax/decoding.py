@@ -888,10 +888,8 @@ def generate_texts(
 ) -> list[Generation]:
   """Decodes text prompts in batches of `batch_size` (the last one padded, so one compilation
   serves all); returns one `Generation` per prompt, in order."""
-  encoded = [vocab.encode(prompt) for prompt in prompts]
-  empty = [i for i, ids in enumerate(encoded) if not ids]
-  if empty:
-    raise ValueError(f"prompts {empty} encode to no tokens")
+  # Start like every training document (see SafejaxVocabulary.decoder_start_id).
+  encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
   options = config.generate_options(vocab.harm_tag_id)
   generations = []
   with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:

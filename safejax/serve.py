@@ -142,9 +142,9 @@ class SafejaxServer:
 
   def __init__(self, model: Decoder, vocab: SafejaxVocabulary, model_name: str,
                config: ServerConfig = ServerConfig(), decoding: DecodingConfig = DecodingConfig(), *,
-               start_id: int = 0):
-    self.vocab, self.model_name, self.config, self.decoding, self.start_id = (
-        vocab, model_name, config, decoding, start_id)
+               start_id: int | None = None):
+    self.vocab, self.model_name, self.config, self.decoding = vocab, model_name, config, decoding
+    self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.engine = Engine(model, vocab, max_batch_size=config.max_batch_size,
                          batch_window_s=config.batch_window_ms / 1000)
     self.created = int(time.time())

@@ -132,6 +132,13 @@ class SafejaxVocabulary(seqio.SentencePieceVocabulary):
   def bos_id(self) -> int:
     return self._special_ids[BOS]
 
+  @property
+  def decoder_start_id(self) -> int:
+    """The id every sequence starts with: seqio's DecoderFeatureConverter shifts targets right
+    with 0 (the pad id), so a model trained through it has seen this token at position 0 of
+    every document. Decoding and scoring prepend it too."""
+    return self.pad_id
+
   def decode_without_specials(self, ids: Iterable[int]) -> str:
     """Decodes ids, dropping every reserved token (the harm tag never reaches returned text)."""
     reserved = set(self._special_ids.values())

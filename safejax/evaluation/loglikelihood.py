@@ -6,7 +6,7 @@ tokens), like lm-eval's `LM.loglikelihood`; `capability` scores every task throu
 
 Tokenization follows lm-eval: the pair is encoded as one text and split where the context's own
 encoding stops matching, so the continuation is scored in the tokenization the model would see.
-Every sequence starts with `start_id`: by default 0, the id seqio's DecoderFeatureConverter puts
+Every sequence starts with `start_id`: by default `vocab.decoder_start_id` (0), the id seqio's DecoderFeatureConverter puts
 before each (packed) training document, so the first word is scored as the start of a document.
 
 Long sequences: a row holds at most `max_length` tokens. A sequence that does not fit is scored in
@@ -103,7 +103,7 @@ class ModelScorer:
       *,
       max_length: int = 1024,
       batch_size: int = 16,
-      start_id: int = 0,
+      start_id: int | None = None,
       show_progress: bool = True,
   ):
     """
@@ -112,13 +112,15 @@ class ModelScorer:
       vocab: its vocabulary.
       max_length: longest row in tokens (at most the length the model was trained on).
       batch_size: rows per forward pass.
-      start_id: the token every sequence starts with (0: seqio's shifted-input start).
+      start_id: the token every sequence starts with (default: vocab.decoder_start_id, seqio's
+        shifted-input start).
       show_progress: a tqdm bar over batches.
     """
     if max_length < 2:
       raise ValueError("max_length must be at least 2")
     self.model, self.vocab = model, vocab
-    self.max_length, self.batch_size, self.start_id = max_length, batch_size, start_id
+    self.max_length, self.batch_size = max_length, batch_size
+    self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.show_progress = show_progress
     self._score_rows = _compiled_scorer(nnx.graphdef(model))
 

@@ -1,0 +1,75 @@
+"""`safejax demo` end to end at toy size: every stage runs, the table comes out, a rerun resumes."""
+
+import json
+
+import pytest
+
+from safejax import demo as demo_lib
+from safejax.model import ModelConfig
+
+TOY = demo_lib.DemoConfig(
+    num_docs=300, classifier_docs=300, heldout_docs=20, tag_detector_docs=40, n_harmful=8, n_benign=8,
+    vocab_size=600, rungs=("raw", "tags"), seeds=(0,),
+    model=ModelConfig(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64),
+    train_steps=3, batch_size=8, sequence_length=64, warmup_steps=1, beam_size=2, num_expand=2, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("demo")
+  assert demo_lib.demo(output_dir=str(out), config=TOY) == 0
+  return out
+
+
+def test_every_stage_leaves_its_outputs(toy_run):
+  for stage in ("corpus", "classifier", "pipeline", "vocab", "pretrain", "evaluate"):
+    assert (toy_run / stage / demo_lib.DONE).is_file(), stage
+  manifest = json.loads((toy_run / "pipeline" / "streams" / "manifest.json").read_text())
+  assert manifest["documents"]["in"] == TOY.num_docs
+  for label in ("raw-s0", "tags-s0"):
+    assert (toy_run / "pretrain" / label / "checkpoints" / "3").is_dir()
+    assert (toy_run / "evaluate" / label / "results.json").is_file()
+  assert (toy_run / "classifier" / "confusion.png").is_file()
+
+
+def test_ladder_table_has_every_rung_and_decoding(toy_run):
+  table = json.loads((toy_run / "report" / "ladder.json").read_text())
+  assert [(r["rung"], r["decoding"]) for r in table["rows"]] == [
+      ("raw", "beam"), ("raw", "SafeBeam"), ("tags", "beam"), ("tags", "SafeBeam")]
+  for row in table["rows"]:
+    low, high = row["asr_ci"]
+    assert 0 <= low <= row["asr"] <= high <= 1
+    assert len(row["asr_seeds"]) == 1 and 0 <= row["over_refusal"] <= 1
+    assert row["word_perplexity"] > 1 and 0 <= row["cloze_acc"] <= 1
+  markdown = (toy_run / "report" / "ladder.md").read_text()
+  assert markdown.count("\n") == 2 + len(table["rows"])
+  assert (toy_run / "report" / "ladder.png").stat().st_size > 1000
+
+
+def test_rerun_resumes_finished_stages(toy_run, monkeypatch):
+  def fail(*args, **kwargs):
+    raise AssertionError("a finished stage ran again")
+
+  for stage in ("build_corpus", "train_classifier", "run_pipeline", "train_vocab", "pretrain_ladder", "evaluate_models"):
+    monkeypatch.setattr(demo_lib, stage, fail)
+  before = (toy_run / "report" / "ladder.json").read_text()
+  assert demo_lib.demo(output_dir=str(toy_run), config=TOY) == 0
+  assert (toy_run / "report" / "ladder.json").read_text() == before
+
+
+def test_changed_settings_redo_the_stages_they_touch(toy_run):
+  import dataclasses
+
+  stage = demo_lib._Stage(toy_run, "evaluate", "a-different-key")
+  assert stage.done() is None  # a new key is not mistaken for the finished one
+  assert demo_lib._fingerprint(TOY) != demo_lib._fingerprint(dataclasses.replace(TOY, tag_p=0.1))
+
+
+def test_cloze_items_are_well_formed():
+  docs = [{"text": "One two three four. Five six seven eight. Nine ten eleven twelve. Alpha beta gamma delta."},
+          {"text": "Red green blue white. Cats dogs birds fish. Sun moon stars sky. Rain snow hail wind."}]
+  items = demo_lib.cloze_items(docs, seed=0, num_choices=2)
+  assert len(items) == 2
+  for item, doc in zip(items, docs):
+    assert item["choices"][item["gold"]] in doc["text"]
+    assert all(c not in doc["text"] for i, c in enumerate(item["choices"]) if i != item["gold"])
