@@ -40,7 +40,7 @@ def test_ladder_table_has_every_rung_and_decoding(toy_run):
     low, high = row["asr_ci"]
     assert 0 <= low <= row["asr"] <= high <= 1
     assert len(row["asr_seeds"]) == 1 and 0 <= row["over_refusal"] <= 1
-    assert row["word_perplexity"] > 1 and 0 <= row["cloze_acc"] <= 1
+    assert row["word_perplexity"] > 1 and 0 <= row["capability_acc"] <= 1 and row["capability_chance"] == 0.25
   markdown = (toy_run / "report" / "ladder.md").read_text()
   assert markdown.count("\n") == 2 + len(table["rows"])
   assert (toy_run / "report" / "ladder.png").stat().st_size > 1000
