@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "safejax.train:finetune",
     "demo": "safejax.demo:demo",
     "decode": "safejax.decoding_cli:decode",
+    "eval": "safejax.evaluation.checkpoints:eval_checkpoints",
     "classify train": "safejax.safety.cli:train_classifier",
     "classify eval": "safejax.safety.cli:eval_classifier",
     "classify score": "safejax.safety.cli:score_files",

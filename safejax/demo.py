@@ -383,27 +383,15 @@ def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
 
 
 def checkpoint_systems(model_dir: str, label: str, config: DemoConfig) -> list:
-  """The evaluation systems of one checkpoint: plain beam search and SafeBeam, same k."""
-  from safejax import decoding, train as train_lib
-  from safejax.evaluation.loglikelihood import ModelScorer
-  from safejax.evaluation.run import System
-  from safejax.evaluation.tag_detector import tag_scores
+  """Plain beam search and SafeBeam with the same beam size, for one checkpoint."""
+  from safejax import decoding
+  from safejax.evaluation.checkpoints import checkpoint_systems as systems_of
 
-  model, vocab = train_lib.load_for_inference(model_dir)
-  scorer = ModelScorer(model, vocab, max_length=256)
-  tag_probability = lambda texts: tag_scores(scorer, texts)
-  systems = []
-  for name, method in (("beam", "beam"), ("SafeBeam", "safebeam")):
-    decode_config = decoding.DecodingConfig(method=method, max_new_tokens=config.max_new_tokens,
-                                            beam_size=config.beam_size, num_expand=config.num_expand,
-                                            drop_fraction=config.drop_fraction)
-
-    def generate(prompts, decode_config=decode_config):
-      return [g.text for g in decoding.generate_texts(model, vocab, prompts, decode_config, batch_size=16)]
-
-    systems.append(System(label=f"{label}/{name}", generate=generate, loglikelihood=scorer.loglikelihood,
-                          tag_probability=tag_probability, model=label, decoding=name))
-  return systems
+  shared = dict(max_new_tokens=config.max_new_tokens, beam_size=config.beam_size)
+  decodings = {"beam": decoding.DecodingConfig(method="beam", **shared),
+               "SafeBeam": decoding.DecodingConfig(method="safebeam", num_expand=config.num_expand,
+                                                   drop_fraction=config.drop_fraction, **shared)}
+  return systems_of(model_dir, label, decodings, max_length=256)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,4 +10,5 @@ both where the data is and what trains on it:
 """
 
 from tasks.chat import register_chat_task  # noqa: F401
+from tasks.safety_mixtures import register_safety_mixtures  # noqa: F401
 from tasks.text import register_text_task  # noqa: F401

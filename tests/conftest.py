@@ -61,3 +61,19 @@ def tiny_vocab(tmp_path_factory):
 
   path = tmp_path_factory.mktemp("vocab") / "tiny.model"
   return train_sentencepiece(tiny_documents(400), str(path), vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_corpus, tiny_vocab) -> str:
+  """A model dir holding a 3-step tiny decoder (checkpoint, vocabulary, config)."""
+  import tasks
+  from safejax import train
+  from safejax.model import ModelConfig
+
+  tasks.register_text_task("conftest_tiny_text", str(tiny_corpus), tiny_vocab.sentencepiece_model_file)
+  model_dir = tmp_path_factory.mktemp("tiny_checkpoint")
+  train.train(model_dir=str(model_dir), mixture_or_task_name="conftest_tiny_text", train_steps=3, batch_size=8,
+              sequence_length=32, progress=False, log_every=1, checkpoint_every=3,
+              model_config=ModelConfig(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16,
+                                       mlp_dim=64))
+  return str(model_dir)
