@@ -885,9 +885,13 @@ def generate_texts(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    stop_id: int | None = None,
 ) -> list[Generation]:
   """Decodes text prompts in batches of `batch_size` (the last one padded, so one compilation
-  serves all); returns one `Generation` per prompt, in order."""
+  serves all); returns one `Generation` per prompt, in order.
+
+  stop_id: the token that ends a generation (default EOS; chat replies end at END_OF_TURN).
+  """
   # Start like every training document (see SafejaxVocabulary.decoder_start_id).
   encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
   options = config.generate_options(vocab.harm_tag_id)
@@ -896,7 +900,8 @@ def generate_texts(
     for start in range(0, len(prompts), batch_size):
       batch = encoded[start:start + batch_size]
       filled = batch + [batch[0]] * (batch_size - len(batch))
-      result = generate(model, filled, eos_id=vocab.eos_id, pad_id=vocab.pad_id, **options)
+      result = generate(model, filled, eos_id=vocab.eos_id if stop_id is None else stop_id, pad_id=vocab.pad_id,
+                        **options)
       texts = detokenize(vocab, result)
       for row in range(len(batch)):
         generations.append(Generation(
