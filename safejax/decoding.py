@@ -10,12 +10,16 @@ N SafeBeam expansions per beam, R rows handed to the model (B, B*k or B*k*N).
 
 The contract with the model (see `cached_tokens_to_logits` for the Flax decoder):
 
-  tokens_to_logits(tokens [R, T] int32, positions [R, T] int32, cache, input_mask [R, T] bool)
-      -> (logits [R, T, V] float32, cache)
+  tokens_to_logits(tokens [R, T] int32, positions [R, T] int32, cache, input_mask [R, T] bool,
+                   siblings: bool = False) -> (logits [R, T, V] float32, cache)
+      siblings=True (SafeBeam): the T tokens of a row are alternatives for one position, each
+      seeing the row's cache and itself only; the cache then keeps one of them (`keep_sibling`).
   init_cache(rows: int, length: int) -> an empty cache of `length` slots for `rows` sequences.
 
-A cache is any pytree with a method `gather_rows(rows [R'] int32) -> cache` (beam reordering);
-`safejax.model.KVCache` is one, `TokenHistory` (the no-KV-cache baseline) another.
+A cache is any pytree with the methods `gather_rows(rows [R'] int32) -> cache` (beam reordering)
+and `keep_sibling(choice [R] int32, num_siblings: int) -> cache` (keeps each row's chosen sibling
+of the last call); `safejax.model.KVCache` is one, `TokenHistory` (the no-KV-cache baseline)
+another.
 
 Hooks (pure, jit-compatible callables; close over Python constants, never over arrays you want to
 vary between calls; `generate` caches compilations by them, so prefer frozen dataclasses, equal
@@ -49,7 +53,7 @@ from flax import nnx
 from flax import struct
 from tqdm.auto import tqdm
 
-from safejax.model.llama import Decoder, KVCache, ModelConfig
+from safejax.model.llama import Decoder, KVCache, ModelConfig, keep_sibling_slots
 
 if TYPE_CHECKING:  # importing the vocabulary pulls in seqio; decoding only needs its methods.
   from safejax.vocab import SafejaxVocabulary
@@ -245,11 +249,14 @@ def _positions_and_lengths(prompt_mask: jax.Array) -> tuple[jax.Array, jax.Array
   return jnp.maximum(counts - 1, 0), counts[:, -1]
 
 
-def _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens):
-  """Runs the prompts in one call. Returns next-token logits [B, V], cache, prompt lengths [B]."""
+def _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, new_slots):
+  """Runs the prompts in one call, in a cache with `new_slots` slots to spare after them.
+
+  Returns next-token logits [B, V], cache, prompt lengths [B].
+  """
   batch, prompt_length = prompts.shape
   positions, prompt_lengths = _positions_and_lengths(prompt_mask)
-  cache = init_cache(batch, prompt_length + max_new_tokens)
+  cache = init_cache(batch, prompt_length + new_slots)
   logits, cache = tokens_to_logits(prompts, positions, cache, prompt_mask)
   return logits[:, -1], cache, prompt_lengths
 
@@ -389,8 +396,8 @@ class _BeamState:
 
   alive: the k best unfinished hypotheses (scores: log_probs penalised at their length);
   finished: the k best ended ones (EOS, or SafeBeam tag stops); -inf scores mark empty slots.
-  logits: [B, k, V] raw next-token logits of each alive beam. cache_rows: [B, k] the row of
-  `cache` that holds each alive beam's keys and values.
+  logits: [B, k, V] raw next-token logits of each alive beam. cache: B*k rows, row b*k + j
+  holding alive beam j of prompt b.
   """
 
   step: jax.Array
@@ -399,7 +406,6 @@ class _BeamState:
   done: jax.Array  # [B]
   logits: jax.Array
   cache: Any
-  cache_rows: jax.Array
 
 
 def _empty_hypotheses(batch: int, n: int, max_new_tokens: int, pad_id: int) -> DecodeResult:
@@ -458,20 +464,22 @@ def _freeze(done: jax.Array, old: DecodeResult, new: DecodeResult) -> DecodeResu
   return jax.tree.map(lambda o, n: jnp.where(done.reshape(done.shape + (1,) * (o.ndim - 1)), o, n), old, new)
 
 
-def _initial_beams(prefill_logits, cache, batch, beam_size, cache_rows_per_prompt, max_new_tokens, alpha, pad_id):
+def _initial_beams(prefill_logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id):
   """k copies of each prompt; only beam 0 is live (the others would repeat its candidates)."""
   alive = _empty_hypotheses(batch, beam_size, max_new_tokens, pad_id)
   live = jnp.arange(beam_size) == 0
   alive = alive.replace(log_probs=jnp.where(live, 0.0, NEG_INF)[None].repeat(batch, 0))
   alive = alive.replace(scores=alive.log_probs / brevity_penalty(alpha, 0))
-  # Every prompt's cache row is copied to all of that prompt's rows of the search.
-  cache = cache.gather_rows(jnp.repeat(jnp.arange(batch), cache_rows_per_prompt))
-  cache_rows = (jnp.arange(batch)[:, None] * cache_rows_per_prompt
-                + jnp.arange(beam_size)[None] * (cache_rows_per_prompt // beam_size))
   return _BeamState(
       step=jnp.zeros((), jnp.int32), alive=alive, finished=_empty_hypotheses(batch, beam_size, max_new_tokens, pad_id),
-      done=jnp.zeros(batch, bool), logits=jnp.repeat(prefill_logits[:, None], beam_size, axis=1), cache=cache,
-      cache_rows=cache_rows)
+      done=jnp.zeros(batch, bool), logits=jnp.repeat(prefill_logits[:, None], beam_size, axis=1),
+      cache=cache.gather_rows(jnp.repeat(jnp.arange(batch), beam_size)))
+
+
+def _beam_rows(parents: jax.Array) -> jax.Array:
+  """[B*k] the cache rows of the beams `parents` [B, k] (indices among each prompt's k beams)."""
+  batch, beam_size = parents.shape
+  return (jnp.arange(batch)[:, None] * beam_size + parents).reshape(-1)
 
 
 def _alive_log_probs(state: _BeamState, logits_processor) -> jax.Array:
@@ -552,7 +560,7 @@ def beam_search(
   _check_beam_args(beam_size, alpha, max_new_tokens)
   batch = prompts.shape[0]
   logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
-  state = _initial_beams(logits, cache, batch, beam_size, beam_size, max_new_tokens, alpha, pad_id)
+  state = _initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
   vocab = logits.shape[-1]
 
   def choose(state: _BeamState) -> tuple[_BeamState, jax.Array, jax.Array]:
@@ -576,9 +584,9 @@ def beam_search(
 
   def choose_and_step(state: _BeamState) -> _BeamState:
     state, tokens, parents = choose(state)
-    rows = jnp.take_along_axis(state.cache_rows, parents, axis=1).reshape(-1)
     positions = jnp.repeat(prompt_lengths, beam_size) + state.step - 1
-    logits, cache = _step_logits(tokens_to_logits, tokens.reshape(-1), positions, state.cache.gather_rows(rows))
+    logits, cache = _step_logits(tokens_to_logits, tokens.reshape(-1), positions,
+                                 state.cache.gather_rows(_beam_rows(parents)))
     return state.replace(logits=logits.reshape(batch, beam_size, vocab), cache=cache)
 
   # The last token needs no forward pass after it: the loop stops one short and `choose` ends.
@@ -623,9 +631,11 @@ def safebeam(
   5. The k best survivors by log-probability are the new alive beams. A prompt with no survivor
      stops its alive beams where they are, flagged `tag_stopped` (every continuation was risky).
 
-  The lookahead is the next step's forward pass: the survivors' logits and cache rows come from
-  it (the cache holds k*N rows; a step gathers each alive beam's row N times and runs the model
-  once), so a step costs one model call over k*N rows against beam search's k rows.
+  The lookahead is the next step's forward pass: the survivors' logits and keys and values come
+  from it, nothing is recomputed. Each alive beam's cache row runs its N candidates in one call
+  as siblings (alternatives for one position, each seeing the beam's cache and itself only); the
+  cache keeps each survivor's sibling. A step thus runs the model on k rows of N tokens against
+  beam search's k rows of one, over the same k-row cache.
   With drop_fraction 0, N >= k and the tag suppressed by the processor, it equals `beam_search`.
 
   Args: as `beam_search`, plus tag_id, num_expand (N), drop_fraction, tag_threshold. The
@@ -640,11 +650,13 @@ def safebeam(
     raise ValueError("tag_id and eos_id must differ")
   batch = prompts.shape[0]
   num_candidates = beam_size * num_expand
-  logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
+  # The N siblings of the last step take N slots before all but the kept one are freed.
+  logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask,
+                                           max_new_tokens + num_expand - 1)
   vocab = logits.shape[-1]
   if num_candidates > vocab - 2:
     raise ValueError(f"beam_size * num_expand = {num_candidates} exceeds the vocabulary ({vocab}) less EOS and tag")
-  state = _initial_beams(logits, cache, batch, beam_size, num_candidates, max_new_tokens, alpha, pad_id)
+  state = _initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
   harm_filter = harm_tag_filter(tag_id, drop_fraction, tag_threshold)
   beam_parents = jnp.broadcast_to(jnp.repeat(jnp.arange(beam_size, dtype=jnp.int32), num_expand),
                                   (batch, num_candidates))
@@ -664,11 +676,13 @@ def safebeam(
     candidate_tokens = jnp.where(first, first_tokens, beam_tokens.reshape(batch, num_candidates)).astype(jnp.int32)
     parents = jnp.where(first, 0, beam_parents)
 
-    # The lookahead: one forward pass over every candidate, each from its parent beam's cache row.
-    rows = jnp.take_along_axis(state.cache_rows, parents, axis=1).reshape(-1)
-    positions = jnp.repeat(prompt_lengths, num_candidates) + step
-    lookahead_logits, cache = _step_logits(tokens_to_logits, candidate_tokens.reshape(-1), positions,
-                                           state.cache.gather_rows(rows))
+    # The lookahead: one forward pass over every candidate, cache row j running candidates
+    # j*N .. j*N+N-1 as siblings: its beam's own, or at the first step (every row a copy of the
+    # prompt) its share of the prompt's.
+    siblings = candidate_tokens.reshape(batch * beam_size, num_expand)
+    positions = jnp.broadcast_to(jnp.repeat(prompt_lengths, beam_size)[:, None] + step, siblings.shape)
+    lookahead_logits, cache = tokens_to_logits(siblings, positions, state.cache, jnp.ones(siblings.shape, bool),
+                                               siblings=True)
     lookahead_logits = lookahead_logits.reshape(batch, num_candidates, vocab)
     candidates = Candidates(candidate_tokens, parents, candidate_log_probs, jax.nn.log_softmax(lookahead_logits))
     keep = harm_filter(step, candidates)
@@ -682,9 +696,10 @@ def safebeam(
     blocked = ~jnp.isfinite(candidate_log_probs).any(-1, keepdims=True)
     stopped = state.alive.replace(scores=jnp.where(blocked, state.alive.scores, NEG_INF),
                                   tag_stopped=jnp.isfinite(state.alive.log_probs))
+    cache = cache.gather_rows(_beam_rows(alive_index // num_expand)).keep_sibling(
+        (alive_index % num_expand).reshape(-1), num_expand)
     return _settle(state, alive, [*ended, stopped], alpha, max_new_tokens, cache=cache,
-                   logits=jnp.take_along_axis(lookahead_logits, alive_index[..., None], axis=1),
-                   cache_rows=jnp.arange(batch)[:, None] * num_candidates + alive_index)
+                   logits=jnp.take_along_axis(lookahead_logits, alive_index[..., None], axis=1))
 
   state = jax.lax.while_loop(lambda s: (s.step < max_new_tokens) & ~jnp.all(s.done), step_fn, state)
   return _final(state, beam_size)
@@ -701,8 +716,8 @@ def cached_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensT
   the compiled program rather than constants baked into it.
   """
 
-  def tokens_to_logits(tokens, positions, cache, input_mask):
-    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask)
+  def tokens_to_logits(tokens, positions, cache, input_mask, siblings=False):
+    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings)
 
   return tokens_to_logits
 
@@ -729,20 +744,35 @@ class TokenHistory:
     take = lambda x: jnp.take(x, rows, axis=0)
     return TokenHistory(take(self.tokens), take(self.positions), take(self.valid), self.index)
 
+  def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "TokenHistory":
+    (tokens, positions), valid, index = keep_sibling_slots(
+        (self.tokens, self.positions), self.valid, self.index, choice, num_siblings)
+    return TokenHistory(tokens, positions, valid, index)
+
 
 def full_recompute_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensToLogits:
   """`tokens_to_logits` without a KV cache (pair it with `TokenHistory.init`): each call re-runs
-  the model over the whole history, masking padding with segment ids. The reference the cached
-  path must match, and the baseline of the decoding benchmark."""
+  the model over the whole history, masking padding with segment ids; siblings run each in a
+  copy of the history of its own. The reference the cached path must match, and the baseline of
+  the decoding benchmark."""
 
-  def tokens_to_logits(tokens, positions, history: TokenHistory, input_mask):
-    new = tokens.shape[1]
+  def tokens_to_logits(tokens, positions, history: TokenHistory, input_mask, siblings=False):
+    rows, new = tokens.shape
     write = lambda buffer, values: jax.lax.dynamic_update_slice_in_dim(buffer, values, history.index, axis=1)
     history = TokenHistory(write(history.tokens, tokens), write(history.positions, positions),
                            write(history.valid, input_mask), history.index + new)
-    logits, _ = nnx.merge(graphdef, state)(
-        history.tokens, history.positions, segment_ids=history.valid.astype(jnp.int32))
-    return jax.lax.dynamic_slice_in_dim(logits, history.index - new, new, axis=1), history
+    model = nnx.merge(graphdef, state)
+    if not siblings:
+      logits, _ = model(history.tokens, history.positions, segment_ids=history.valid.astype(jnp.int32))
+      return jax.lax.dynamic_slice_in_dim(logits, history.index - new, new, axis=1), history
+    # Copy j of a row hides the siblings other than j.
+    slot = history.index - new + jnp.arange(new)  # [T]
+    key_slot = jnp.arange(history.tokens.shape[1])
+    other_sibling = (key_slot >= slot[0]) & (key_slot <= slot[-1]) & (key_slot != slot[:, None])  # [T, S]
+    valid = (history.valid[:, None] & ~other_sibling).reshape(rows * new, -1)
+    copies = lambda x: jnp.repeat(x, new, axis=0)
+    logits, _ = model(copies(history.tokens), copies(history.positions), segment_ids=valid.astype(jnp.int32))
+    return logits.reshape(rows, new, *logits.shape[1:])[:, jnp.arange(new), slot], history
 
   return tokens_to_logits
 

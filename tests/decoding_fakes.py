@@ -18,12 +18,16 @@ PAD, EOS, TAG = 0, 1, 4  # the layout of safejax vocabularies: pad 0, eos 1, the
 
 @struct.dataclass
 class StatelessCache:
-  """A bigram model needs no memory; the decoders only ask a cache to reorder its rows."""
+  """A bigram model needs no memory; the decoders only ask a cache to reorder rows and keep siblings."""
 
   index: jax.Array
 
   def gather_rows(self, rows: jax.Array) -> "StatelessCache":
     del rows
+    return self
+
+  def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "StatelessCache":
+    del choice, num_siblings
     return self
 
 
@@ -45,13 +49,13 @@ def bigram_table(vocab_size: int, rows: dict[int, dict[int, float]]) -> np.ndarr
 
 
 def bigram_model(log_probs: np.ndarray, calls: list | None = None):
-  """(tokens_to_logits, init_cache) of a bigram model; `calls` records each traced input shape."""
+  """(tokens_to_logits, init_cache) of a bigram model; `calls` records each trace's (tokens shape, siblings)."""
   table = jnp.asarray(log_probs, jnp.float32)
 
-  def tokens_to_logits(tokens, positions, cache, input_mask):
-    del positions, input_mask
+  def tokens_to_logits(tokens, positions, cache, input_mask, siblings=False):
+    del positions, input_mask  # siblings or a sequence: a bigram's answer is the same
     if calls is not None:
-      calls.append(tokens.shape)
+      calls.append((tokens.shape, siblings))
     return table[tokens], cache
 
   def init_cache(rows, length):

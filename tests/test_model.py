@@ -1,6 +1,7 @@
 """The decoder: shapes, masking, the KV cache, RoPE, dtypes and rematerialisation."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -83,6 +84,59 @@ def test_cache_gather_rows_reorders_batch(model):
   reordered = cache.gather_rows(jnp.array([2, 0, 0]))
   np.testing.assert_array_equal(reordered.keys[0][0], cache.keys[0][2])
   np.testing.assert_array_equal(reordered.values[1][2], cache.values[1][0])
+
+
+@functools.partial(nnx.jit, static_argnames="siblings")
+def decode(model, x, positions, cache, input_mask=None, siblings=False):
+  """The model with a cache, jitted: compiling beats running the ops one by one."""
+  return model(x, positions, cache=cache, input_mask=input_mask, siblings=siblings)
+
+
+def _prefilled(model, length):
+  """A cache of `length` slots holding two prompts, the first left-padded by two."""
+  x = tokens(2, 5, seed=3)
+  mask = jnp.array([[False, False, True, True, True], [True] * 5])
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  _, cache = decode(model, x, positions, KVCache.init(CFG, 2, length), mask)
+  return cache, positions[:, -1] + 1  # the cache and each row's next position [2]
+
+
+def test_sibling_logits_equal_separate_single_token_steps(model):
+  cache, next_position = _prefilled(model, 10)
+  candidates = tokens(2, 3, seed=4)
+  positions = jnp.broadcast_to(next_position[:, None], (2, 3))
+  logits, after = decode(model, candidates, positions, cache, siblings=True)
+  for j in range(3):
+    alone, _ = decode(model, candidates[:, j:j + 1], positions[:, j:j + 1], cache)
+    np.testing.assert_allclose(logits[:, j], alone[:, 0], atol=1e-5)
+  assert int(after.index) == 5 + 3
+  # As a sequence instead, the later tokens see the earlier ones.
+  sequence, _ = decode(model, candidates, positions, cache)
+  np.testing.assert_allclose(sequence[:, 0], logits[:, 0], atol=1e-5)
+  assert not np.allclose(sequence[:, 1:], logits[:, 1:], atol=1e-3)
+  with pytest.raises(ValueError, match="siblings need a cache"):
+    model(candidates, siblings=True)
+
+
+def test_keep_sibling_leaves_the_cache_of_a_single_step(model):
+  cache, next_position = _prefilled(model, 10)
+  candidates = tokens(2, 3, seed=5)
+  positions = jnp.broadcast_to(next_position[:, None], (2, 3))
+  _, after = decode(model, candidates, positions, cache, siblings=True)
+  choice = jnp.array([2, 0])
+  kept = after.keep_sibling(choice, 3)
+  chosen = jnp.take_along_axis(candidates, choice[:, None], axis=1)
+  _, single = decode(model, chosen, positions[:, :1], cache)
+  assert int(kept.index) == int(single.index) == 6
+  np.testing.assert_array_equal(kept.key_valid, single.key_valid)
+  for kept_keys, single_keys in zip(kept.keys + kept.values, single.keys + single.values):
+    np.testing.assert_allclose(kept_keys[:, :6], single_keys[:, :6], atol=1e-6)
+  # Decoding goes on as if only the chosen tokens had ever been written.
+  following = tokens(2, 2, seed=6)
+  following_positions = next_position[:, None] + jnp.arange(1, 3)
+  after_kept, _ = decode(model, following, following_positions, kept)
+  after_single, _ = decode(model, following, following_positions, single)
+  np.testing.assert_allclose(after_kept, after_single, atol=1e-5)
 
 
 def test_rope_scores_depend_only_on_relative_position():

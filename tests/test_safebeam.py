@@ -133,13 +133,13 @@ def test_width_one():
 
 
 def test_one_lookahead_pass_per_step():
-  # The model is traced twice: the prompt (B rows) and the loop's single pass over k*N candidates,
-  # whose logits and cache rows the survivors reuse; nothing is recomputed for them.
+  # The model is traced twice: the prompt (B rows) and the loop's single pass over the k*N
+  # candidates, k rows of N siblings per prompt, whose logits and cache the survivors reuse.
   calls = []
   tokens_to_logits, init_cache = bigram_model(RISKY_SECOND_STEP, calls)
   decoding.safebeam(tokens_to_logits, init_cache, *prompt_batch([[5], [3, 6]]), tag_id=TAG, eos_id=EOS,
                     beam_size=2, num_expand=3, max_new_tokens=3)
-  assert calls == [(2, 2), (2 * 2 * 3, 1)]
+  assert calls == [((2, 2), False), ((2 * 2, 3), True)]
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +160,19 @@ def test_safebeam_without_dropping_equals_beam_search(model):
   assert not np.array_equal(dropped.tokens, beam.tokens)
   # The prompt proposes all k*N first candidates, so even N = 2 fills the beam (halving k*N).
   assert np.isfinite(dropped.scores).all()
+
+
+def test_sibling_lookahead_equals_one_history_per_candidate():
+  # The KV-cache path runs each beam's N candidates as siblings in one cache row; the full
+  # recompute runs every candidate in a copy of its beam's history of its own (SafeBeam's k*N
+  # rows before siblings). Same search, same results, tag stops and EOS endings included: a
+  # 12-token vocabulary with large weights makes both frequent.
+  model = build_model(ModelConfig(vocab_size=12, init_std=0.2), seed=1)
+  run = functools.partial(decoding.generate, model, [[5, 6, 7, 8, 9], [7, 8], [9, 5, 6, 7, 8, 9, 5, 6, 7], [3]],
+                          method="safebeam", max_new_tokens=8, eos_id=EOS, tag_id=TAG, beam_size=3, num_expand=2,
+                          prompt_multiple=1)
+  siblings, separate = run(use_kv_cache=True), run(use_kv_cache=False)
+  for field in ("tokens", "lengths", "finished", "tag_stopped"):
+    np.testing.assert_array_equal(getattr(siblings, field), getattr(separate, field))
+  np.testing.assert_allclose(siblings.scores, separate.scores, rtol=1e-5)
+  assert siblings.tag_stopped.any() and siblings.finished.any()

@@ -96,6 +96,35 @@ class KVCache:
     take = lambda x: jnp.take(x, rows, axis=0)
     return KVCache(tuple(map(take, self.keys)), tuple(map(take, self.values)), take(self.key_valid), self.index)
 
+  def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "KVCache":
+    """Keeps one of the sibling tokens just written (`Decoder.__call__(..., siblings=True)`).
+
+    choice: [B] int32 in [0, num_siblings), the sibling each row keeps. Its keys and values move
+    to the first sibling slot, the other slots become invalid, and the next write goes after it.
+    """
+    (keys, values), key_valid, index = keep_sibling_slots(
+        (self.keys, self.values), self.key_valid, self.index, choice, num_siblings)
+    return KVCache(keys, values, key_valid, index)
+
+
+def keep_sibling_slots(buffers, valid: jax.Array, index: jax.Array, choice: jax.Array, num_siblings: int):
+  """`KVCache.keep_sibling` over any pytree of per-slot buffers [B, S, ...] and their valid [B, S].
+
+  The siblings occupy slots index - num_siblings .. index - 1. Returns (buffers, valid, index),
+  each row's chosen sibling moved to the first of those slots, the rest marked invalid.
+  """
+  first = index - num_siblings
+
+  def keep(x):
+    window = jax.lax.dynamic_slice_in_dim(x, first, num_siblings, axis=1)
+    chosen = jnp.take_along_axis(window, choice.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(x, chosen, first, axis=1)
+
+  window = jax.lax.dynamic_slice_in_dim(valid, first, num_siblings, axis=1)
+  kept = (jnp.arange(num_siblings) == 0) & jnp.take_along_axis(window, choice[:, None], axis=1)
+  valid = jax.lax.dynamic_update_slice_in_dim(valid, kept, first, axis=1)
+  return jax.tree.map(keep, buffers), valid, first + 1
+
 
 def _dense(cfg: ModelConfig, rngs: nnx.Rngs, d_in: int, d_out: int, axes: tuple[str, str]) -> nnx.Linear:
   init = nnx.with_partitioning(nnx.initializers.normal(cfg.init_std), axes)
@@ -201,6 +230,7 @@ class Decoder(nnx.Module):
       segment_ids: jax.Array | None = None,
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
+      siblings: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits for every position.
 
@@ -212,10 +242,15 @@ class Decoder(nnx.Module):
       cache: decoding state; the T new tokens are written at slots index..index+T-1.
       input_mask: [B, T] bool, with a cache: False for tokens that are padding (e.g. left-padded
         prompts); they are written but never attended to.
+      siblings: with a cache: the T new tokens are alternatives for one and the same position
+        (give them equal positions), not a sequence: each attends to the cache and itself only,
+        so T candidates share one cache row; `KVCache.keep_sibling` then keeps one of them.
     Returns:
       logits [B, T, V] float32, and the updated cache (None without one).
     """
     b, t = tokens.shape
+    if siblings and cache is None:
+      raise ValueError("siblings need a cache")
     if cache is None:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -233,7 +268,11 @@ class Decoder(nnx.Module):
       key_valid = jax.lax.dynamic_update_slice_in_dim(cache.key_valid, input_mask, write_slots, axis=1)
       query_slot = write_slots + jnp.arange(t)
       key_slot = jnp.arange(cache.length)
-      mask = (key_slot[None, :] <= query_slot[:, None])[None] & key_valid[:, None, :]
+      if siblings:
+        causal = (key_slot[None, :] < write_slots) | (key_slot[None, :] == query_slot[:, None])
+      else:
+        causal = key_slot[None, :] <= query_slot[:, None]
+      mask = causal[None] & key_valid[:, None, :]
       mask = mask[:, None]  # [B, 1, T, S]
 
     x = self.embed(tokens)
