@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "decode": "safejax.decoding_cli:decode",
     "eval": "safejax.evaluation.checkpoints:eval_checkpoints",
     "classify train": "safejax.safety.cli:train_classifier",
+    "classify calibrate": "safejax.safety.cli:calibrate_classifier",
     "classify eval": "safejax.safety.cli:eval_classifier",
     "classify score": "safejax.safety.cli:score_files",
     "prepare": "safejax.data.pipeline:prepare",

@@ -17,7 +17,7 @@ import safetensors.numpy
 from flax import nnx
 
 from safejax.safety import encoder
-from safejax.safety.scorer import load_scorer
+from safejax.safety.scorer import DecisionRule, load_scorer
 from safejax.safety.training import TrainConfig
 
 TINY = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -150,6 +150,9 @@ def test_train_save_load_and_cache(tiny_dir, tmp_path):
   np.testing.assert_allclose(trained.score_probs(probe), loaded.score_probs(probe), atol=1e-5)
   fresh = load_scorer(tmp_path / "enc")
   np.testing.assert_array_equal(fresh.score_probs(probe), loaded.score_probs(probe))
+  loaded.decision_rule = DecisionRule((0.2, 0.5, 0.5, 0.9, 0.9))
+  loaded.save(tmp_path / "enc")
+  assert load_scorer(tmp_path / "enc").decision_rule == loaded.decision_rule
 
 
 def test_fine_tuning_top_layer_changes_only_that_layer(tiny_dir):

@@ -133,3 +133,16 @@ def test_heldout_sets(real, shared_data):
   assert len(wiki) == 135 and all(e.score == 0 for e in wiki)
   train_titles = {e.group for e in real.splits["train"] if e.source == "wikipedia"}
   assert not {e.group.replace("wikipedia_val:", "wikipedia:") for e in wiki} & train_titles
+
+
+def test_clean_documents_are_whole_and_outside_training(real, shared_data):
+  documents = labelled.clean_documents(shared_data, "validation")
+  assert {d.source for d in documents} == {"wikipedia", "openstax"} and all(d.score == 0 for d in documents)
+  groups = {d.group for d in documents}
+  assert len(groups) == len(documents)  # one whole document per group
+  assert not groups & {e.group for e in real.splits["train"]}
+  passage_groups = {e.group for e in real.splits["validation"] if e.source in ("wikipedia", "openstax")}
+  assert passage_groups <= groups  # the validation passages come from these documents
+  assert max(len(d.text) for d in documents) > 10 * 2000  # whole articles, not passages
+  with pytest.raises(ValueError, match="split must be one of"):
+    labelled.clean_documents(shared_data, "dev")

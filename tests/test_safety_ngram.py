@@ -1,12 +1,14 @@
 """The hashed n-gram scorer: features, windows, learning a separable task, save/load."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 from flax import nnx
 
 from safejax.safety import ngram
+from safejax.safety import scorer as scorer_lib
 from safejax.safety.scorer import MaxEnsemble, load_scorer
 from safejax.safety.training import TrainConfig
 
@@ -109,6 +111,21 @@ def test_save_load_roundtrip_gives_identical_scores(trained, tmp_path):
   MaxEnsemble([trained, loaded]).save(tmp_path / "ensemble")
   ensemble = load_scorer(tmp_path / "ensemble")
   assert isinstance(ensemble, MaxEnsemble) and np.array_equal(ensemble.score(texts), trained.score(texts))
+
+
+def test_decision_rule_is_saved_and_reloaded(trained, tmp_path):
+  rule = scorer_lib.DecisionRule((0.01, 0.5, 0.5, 0.6, 0.9))
+  scorer = ngram.NgramScorer(trained.model, decision_rule=rule)
+  scorer.save(tmp_path / "ngram")
+  loaded = load_scorer(tmp_path / "ngram")
+  texts = toy_task(n=40, seed=3)[0]
+  assert loaded.decision_rule == rule
+  assert np.array_equal(loaded.score(texts), rule.decide(scorer.score_probs(texts)))
+  # A scorer.json written before decision rules existed loads with argmax.
+  meta = json.loads((tmp_path / "ngram" / "scorer.json").read_text())
+  del meta["decision_rule"]
+  (tmp_path / "ngram" / "scorer.json").write_text(json.dumps(meta))
+  assert load_scorer(tmp_path / "ngram").decision_rule == scorer_lib.ARGMAX
 
 
 def test_load_rejects_mismatched_params(trained, tmp_path):

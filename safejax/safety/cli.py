@@ -1,11 +1,16 @@
-"""`safejax classify train|eval|score`: the safety classifiers from the command line (gin-configured).
+"""`safejax classify train|calibrate|eval|score`: the safety classifiers from the command line.
 
-  safejax classify train --gin_file=classify/ngram.gin --gin.train_classifier.output_dir="'/tmp/clf'"
-  safejax classify eval  --gin_file=classify/eval.gin --gin.eval_classifier.model_dir="'/tmp/clf'"
+  safejax classify train     --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR="'/tmp/clf'"
+  safejax classify calibrate --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR="'/tmp/clf'"
+  safejax classify eval      --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR="'/tmp/clf'"
   safejax classify score --gin.score_files.model_dir="'/tmp/clf'" docs.jsonl notes.txt
 
-Training and evaluation data come either from the real data sets (`data_dir`, built by
-`safejax.safety.labelled`) or from a jsonl file of {"text": ..., "score": 0..5} records.
+Training, calibration and evaluation data come either from the real data sets (`data_dir`, built
+by `safejax.safety.labelled`: train on the train split, choose the decision thresholds on the
+validation split and its whole clean documents, evaluate on the test split and the held-out sets)
+or from jsonl files of {"text": ..., "score": 0..5} records. `train` calibrates as it finishes
+(`calibrate` redoes it for a saved scorer, e.g. with other targets); the rule is saved with the
+scorer, so `load_scorer` and every later command decide the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from pathlib import Path
 import gin
 import numpy as np
 
-from safejax.safety import encoder, labelled, metrics, ngram  # imported: registers their gin configurables
-from safejax.safety.scorer import MaxEnsemble, Scorer, decide, load_scorer
+from safejax.safety import calibration, encoder, labelled, metrics, ngram  # registers their gin configurables
+from safejax.safety.scorer import MaxEnsemble, Scorer, load_scorer, scores_and_probs
 from safejax.safety.training import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -50,27 +55,60 @@ def read_labelled_jsonl(path: str | Path) -> list[labelled.Example]:
   return examples
 
 
+def _validation_sets(data_dir: str | None, validation_file: str | None,
+                     labelled_config: labelled.LabelledConfig) -> tuple[list[labelled.Example], list[labelled.Example]]:
+  """(labelled validation examples, whole clean validation documents) for calibration."""
+  if (data_dir is None) == (validation_file is None):
+    raise ValueError("give exactly one of data_dir (the real data sets) and validation_file (jsonl)")
+  if validation_file is not None:
+    return read_labelled_jsonl(validation_file), []
+  data = labelled.build_labelled(data_dir, labelled_config)
+  return data.splits["validation"], labelled.clean_documents(data_dir, "validation", labelled_config.fractions)
+
+
+def _calibrate_and_save(scorer: Scorer, model_dir: str, examples: list[labelled.Example],
+                        clean_documents: list[labelled.Example], config: calibration.CalibrationConfig) -> dict:
+  """Calibrates `scorer`'s decision rules, saves it to model_dir and writes model_dir/calibration/
+  report.json, table.md and curves.png."""
+  report, curves = calibration.calibrate(scorer, examples, clean_documents, config)
+  scorer.save(model_dir)
+  out = Path(model_dir) / "calibration"
+  metrics.write_json(report, out / "report.json")
+  calibration.plot_calibration(report, curves, out / "curves.png")
+  table = calibration.report_table(report)
+  (out / "table.md").write_text(table + "\n")
+  print(table)
+  return report
+
+
 @gin.configurable
 def train_classifier(output_dir: str = gin.REQUIRED, kind: str = "ngram", data_dir: str | None = None,
-                     train_file: str | None = None,
+                     train_file: str | None = None, validation_file: str | None = None,
                      labelled_config: labelled.LabelledConfig = labelled.LabelledConfig(),
                      ngram_config=None, ngram_train: TrainConfig | None = None,
                      encoder_config=None, encoder_train: TrainConfig | None = None,
                      encoder_max_per_source_score: int = 1500,
-                     embedding_cache_dir: str | None = None) -> Scorer:
-  """Trains a scorer and saves it to `output_dir` (any kind loads with `load_scorer`).
+                     embedding_cache_dir: str | None = None,
+                     calibrate: bool = True,
+                     calibration_config: calibration.CalibrationConfig = calibration.CalibrationConfig()) -> Scorer:
+  """Trains a scorer, calibrates its decision rule and saves it to `output_dir` (any kind loads
+  with `load_scorer`).
 
   Args:
     output_dir: where the scorer is saved.
     kind: "ngram", "encoder" or "ensemble" (both, combined with MaxEnsemble).
-    data_dir: ../shared/data: train on the train split of `safejax.safety.labelled`.
+    data_dir: ../shared/data: train on the train split of `safejax.safety.labelled`, calibrate on
+      its validation split and the clean validation documents.
     train_file: or a jsonl(.gz) of {"text", "score"} records (exactly one of the two).
+    validation_file: with train_file, a jsonl(.gz) to calibrate on (without it: argmax).
     labelled_config: sources, caps and split fractions when training from data_dir.
     ngram_config, ngram_train: n-gram model shapes and optimisation (gin: ngram/TrainConfig).
     encoder_config, encoder_train: encoder head shapes and optimisation (gin: encoder/TrainConfig).
     encoder_max_per_source_score: the encoder trains on at most this many examples per (source,
       score) of the train split: its frozen embeddings cost a MiniLM pass each on CPU.
     embedding_cache_dir: keeps frozen MiniLM embeddings between runs.
+    calibrate: choose the decision thresholds on validation data (else argmax).
+    calibration_config: the targets they are chosen for (`safejax.safety.calibration`).
   """
   if kind not in ("ngram", "encoder", "ensemble"):
     raise ValueError(f"kind must be ngram, encoder or ensemble, not {kind!r}")
@@ -95,10 +133,33 @@ def train_classifier(output_dir: str = gin.REQUIRED, kind: str = "ngram", data_d
         texts, scores, encoder_config or encoder.EncoderConfig(), encoder_train or TrainConfig(),
         embedding_cache_dir=Path(embedding_cache_dir).expanduser() if embedding_cache_dir else None))
   result = scorers[0] if len(scorers) == 1 else MaxEnsemble(scorers)
-  result.save(output_dir)
-  log.info("trained %s on %d examples in %.0f s; saved to %s", result.name, len(examples),
-           time.time() - start, output_dir)
+  log.info("trained %s on %d examples in %.0f s", result.name, len(examples), time.time() - start)
+  if calibrate and (data_dir is not None or validation_file is not None):
+    _calibrate_and_save(result, output_dir, *_validation_sets(data_dir, validation_file, labelled_config),
+                        calibration_config)
+  else:
+    result.save(output_dir)
+  log.info("saved %s to %s", result.name, output_dir)
   return result
+
+
+@gin.configurable
+def calibrate_classifier(model_dir: str = gin.REQUIRED, data_dir: str | None = None,
+                         validation_file: str | None = None,
+                         labelled_config: labelled.LabelledConfig = labelled.LabelledConfig(),
+                         calibration_config: calibration.CalibrationConfig = calibration.CalibrationConfig(),
+                         embedding_cache_dir: str | None = None) -> dict:
+  """Chooses the decision thresholds of a saved scorer on validation data and saves them with it.
+
+  With `data_dir`: the validation split of `safejax.safety.labelled` and the whole clean
+  documents of that split; or a `validation_file` (jsonl of {"text", "score"}). Writes
+  model_dir/calibration/{report.json, table.md, curves.png}; returns the report.
+  """
+  scorer = load_scorer(model_dir)
+  if embedding_cache_dir:
+    _attach_embedding_cache(scorer, str(Path(embedding_cache_dir).expanduser()))
+  return _calibrate_and_save(scorer, model_dir, *_validation_sets(data_dir, validation_file, labelled_config),
+                             calibration_config)
 
 
 def _evaluation_sets(data_dir: str | None, eval_file: str | None,
@@ -217,8 +278,9 @@ def score_files(inputs: Sequence[str] = (), model_dir: str = gin.REQUIRED, outpu
     for s in tqdm(range(0, len(documents), batch_size), desc="score", unit="batch", file=sys.stderr):
       batch = documents[s:s + batch_size]
       ok = [d for d in batch if d[2] is None]
-      probs = scorer.score_probs([d[1] for d in ok]) if ok else np.zeros((0, 6), np.float32)
-      rows = iter(zip(decide(probs), probs))
+      scores, probs = (scores_and_probs(scorer, [d[1] for d in ok]) if ok
+                       else (np.zeros(0, np.int32), np.zeros((0, 6), np.float32)))
+      rows = iter(zip(scores, probs))
       for location, _, error in batch:
         if error is not None:
           counts["errors"] += 1

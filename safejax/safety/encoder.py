@@ -17,9 +17,9 @@ fewest consecutive windows of at most max_length - 2 pieces, all of about the sa
 frozen encoder once (window embeddings can be cached on disk, keyed by the checkpoint's hash and
 the window's ids) and trains only the head, which takes seconds; `trainable_top_layers` > 0 also fine-tunes the top encoder layers (slow on CPU).
 
-Saved as `scorer.json` + `head.safetensors` (+ `encoder.safetensors` when encoder layers were
-tuned) beside a copy of the checkpoint's config.json, model.safetensors and tokenizer.json, so a
-saved scorer is self-contained for Beam workers.
+Saved as `scorer.json` (config and decision rule) + `head.safetensors` (+ `encoder.safetensors`
+when encoder layers were tuned) beside a copy of the checkpoint's config.json, model.safetensors
+and tokenizer.json, so a saved scorer is self-contained for Beam workers.
 """
 
 from __future__ import annotations
@@ -326,10 +326,12 @@ class EncoderScorer(scorer_lib.WindowedScorer):
   """The encoder scorer: `score(texts)` / `score_probs(texts)` with max over word-piece windows."""
 
   def __init__(self, model: EncoderClassifier, checkpoint_dir: str | Path, batch_size: int = 64,
-               embedding_cache_dir: str | Path | None = None):
+               embedding_cache_dir: str | Path | None = None,
+               decision_rule: scorer_lib.DecisionRule = scorer_lib.ARGMAX):
     """`embedding_cache_dir` keeps frozen window embeddings on disk (ignored when encoder layers
     were fine-tuned): re-scoring the same windows with another head then costs no encoder pass."""
     self.model, self.config = model, model.config
+    self.decision_rule = decision_rule
     self.checkpoint_dir = Path(checkpoint_dir)
     self.cache: EmbeddingCache | None = None
     if embedding_cache_dir:
@@ -366,11 +368,11 @@ class EncoderScorer(scorer_lib.WindowedScorer):
   def window_probs(self, windows: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(self._head_probs_fn(self._state, jnp.asarray(self.embed_windows(windows))))
 
-  def score_probs(self, texts: Sequence[str]) -> np.ndarray:
-    probs = super().score_probs(texts)
+  def all_window_probs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    result = super().all_window_probs(texts)
     if self.cache:
       self.cache.flush()
-    return probs
+    return result
 
   def embed_windows(self, windows: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
     """float32 [len(windows), D] pooled embeddings, from the cache where possible."""
@@ -400,7 +402,7 @@ class EncoderScorer(scorer_lib.WindowedScorer):
     for name in CHECKPOINT_FILES:
       if self.checkpoint_dir.resolve() != (path / "checkpoint").resolve():
         shutil.copyfile(self.checkpoint_dir / name, path / "checkpoint" / name)
-    scorer_lib.write_scorer_json(path, "encoder", dataclasses.asdict(self.config))
+    scorer_lib.write_scorer_json(path, "encoder", dataclasses.asdict(self.config), self.decision_rule)
     training.save_params(self.model.head, path / "head.safetensors")
     if self.config.trainable_top_layers:
       training.save_params(self.model.encoder, path / "encoder.safetensors")
@@ -414,7 +416,8 @@ class EncoderScorer(scorer_lib.WindowedScorer):
       training.load_params(encoder, path / "encoder.safetensors")
     model = EncoderClassifier(encoder, config, rngs=nnx.Rngs(config.seed))
     training.load_params(model.head, path / "head.safetensors")
-    return cls(model, path / "checkpoint", embedding_cache_dir=embedding_cache_dir)
+    return cls(model, path / "checkpoint", embedding_cache_dir=embedding_cache_dir,
+               decision_rule=scorer_lib.read_decision_rule(path))
 
 
 def train_encoder_scorer(texts: Sequence[str], labels: Sequence[int], config: EncoderConfig = EncoderConfig(),

@@ -34,6 +34,8 @@ origin: a Wikipedia article, an hh-rlhf dialogue) and goes to train / validation
 of that key, so retweets, duplicated statements and passages of one article never straddle splits.
 Held-out sets for the goals: the test split of openai_moderation (unsafe = any category), and the
 separate Wikipedia validation shard (wikipedia_kilt_val), whole articles, never trained on.
+Decision thresholds are chosen on the validation split and on the whole clean documents
+(Wikipedia articles, OpenStax sections) whose passages went to it (`clean_documents`).
 """
 
 from __future__ import annotations
@@ -353,6 +355,25 @@ def heldout_wikipedia(data_dir: str | Path) -> list[Example]:
   """Whole articles of the held-out Wikipedia shard (wikipedia_kilt_val), all score 0."""
   path = Path(data_dir) / "pretrain/wikipedia/wikipedia_kilt_val.jsonl.gz"
   return [Example(d["text"], 0, "wikipedia_val", "clean", f"wikipedia_val:{d['id']}") for d in _jsonl(path)]
+
+
+def clean_documents(data_dir: str | Path, split: str,
+                    fractions: tuple[float, float, float] = LabelledConfig.fractions) -> list[Example]:
+  """Whole documents (not passages) of the clean sources, Wikipedia articles and OpenStax
+  sections, whose group falls in `split`: the long clean text that decision thresholds are
+  calibrated on (a document's score is the max over its windows). All score 0."""
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+  data_dir = Path(data_dir)
+  files = {"wikipedia": data_dir / "pretrain/wikipedia/wikipedia_kilt_subset.jsonl.gz",
+           "openstax": data_dir / "pretrain/openstax/openstax_ccby_books.jsonl.gz"}
+  documents = []
+  for source, path in files.items():
+    for doc in _jsonl(path):
+      group = f"{source}:{doc.get('id') or doc.get('module_id')}"  # as in read_clean_passages
+      if split_of(group, fractions) == split and doc["text"].strip():
+        documents.append(Example(doc["text"], 0, source, "clean", group))
+  return documents
 
 
 def texts_and_scores(examples: Iterable[Example]) -> tuple[list[str], list[int]]:

@@ -18,7 +18,7 @@ concatenated [B, K * embed_dim], LayerNorm, Linear -> GELU -> Linear -> logits [
 
 Windows: at most `window_words` whitespace-separated words (about 2 KB of English at the default
 384), equal-sized.
-Saved as `scorer.json` (config) + `params.safetensors`.
+Saved as `scorer.json` (config and decision rule) + `params.safetensors`.
 """
 
 from __future__ import annotations
@@ -229,11 +229,13 @@ def split_words(text: str, window_words: int) -> list[str]:
 class NgramScorer(scorer_lib.WindowedScorer):
   """The fast scorer: `score(texts)` / `score_probs(texts)` with max over word windows."""
 
-  def __init__(self, model: NgramModel, batch_size: int = 256):
+  def __init__(self, model: NgramModel, batch_size: int = 256,
+               decision_rule: scorer_lib.DecisionRule = scorer_lib.ARGMAX):
     self.model = model
     self.config = model.config
     self.name = "ngram"
     self.batch_size = batch_size
+    self.decision_rule = decision_rule
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -256,7 +258,7 @@ class NgramScorer(scorer_lib.WindowedScorer):
 
   def save(self, path: str | Path) -> None:
     path = Path(path)
-    scorer_lib.write_scorer_json(path, "ngram", dataclasses.asdict(self.config))
+    scorer_lib.write_scorer_json(path, "ngram", dataclasses.asdict(self.config), self.decision_rule)
     training.save_params(self.model, path / "params.safetensors")
 
   @classmethod
@@ -265,7 +267,7 @@ class NgramScorer(scorer_lib.WindowedScorer):
     config = NgramConfig(**{**config, "char_ngrams": tuple(config["char_ngrams"])})
     model = NgramModel(config, rngs=nnx.Rngs(config.seed))
     training.load_params(model, Path(path) / "params.safetensors")
-    return cls(model)
+    return cls(model, decision_rule=scorer_lib.read_decision_rule(path))
 
 
 class _FeatureTable:
