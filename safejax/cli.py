@@ -30,6 +30,7 @@ import gin
 COMMANDS: dict[str, str] = {
     "train": "safejax.train:train",
     "finetune": "safejax.train:finetune",
+    "sft-data": "safejax.data.sft:build_sft_data",
     "demo": "safejax.demo:demo",
     "decode": "safejax.decoding_cli:decode",
     "eval": "safejax.evaluation.checkpoints:eval_checkpoints",
