@@ -92,6 +92,12 @@ class DemoConfig:
   # `prompting.completion_prompt`'s default (None).
   completion_template: str | None = "Question: {prompt}\nAnswer: {target}."
   data_seed: int = 0
+  # The paper's post-training (section 5): instruction tuning from each base model, then the
+  # benign fine-tuning attack from the tuned one; evaluated chat-style. Off in the 20-minute budget.
+  posttrain: bool = False
+  instruct_steps: int = 150
+  benign_steps: int = 150
+  posttrain_learning_rate: float = 2e-3
 
   def quick(self) -> "DemoConfig":
     """The `--quick` budget: the two ends of the ladder, one seed, a smaller corpus."""
@@ -346,6 +352,59 @@ def pretrain_ladder(out: Path, streams_dir: str, vocab_path: str, config: DemoCo
   return {"models": models, "token_estimates": names.tokens}
 
 
+def build_posttrain_data(out: Path, corpus_dir: Path, streams_dir: str, config: DemoConfig) -> dict:
+  """instruct.jsonl (refusals + helpful answers) and benign.jsonl (helpful answers only)."""
+  import collections
+
+  from safejax.data import manifest as manifest_lib, sft
+  from safejax.data.records import KEEP, REFUSEWEB
+
+  counts: collections.Counter = collections.Counter()
+  if config.data_dir is None:
+    from safejax.data import demo_corpus
+
+    refusals = list(sft.from_refuseweb(manifest_lib.read_stream(streams_dir, REFUSEWEB), counts))
+    helpful = list(sft.from_qa_documents(manifest_lib.read_stream(streams_dir, KEEP), counts))
+    # The attack's data: helpful answers from documents the models never saw.
+    unseen = demo_corpus.generate_corpus(config.num_docs // 2, config.data_seed + 4000, unsafe_fraction=0.0)
+    benign = list(sft.from_qa_documents(unseen, counts))
+  else:
+    data = Path(config.data_dir)
+    refusals = list(sft.from_hh_rlhf(data / "classifier/hh_rlhf_harmless/harmless-base_test.jsonl.gz", counts))
+    choice = list(sft.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
+    helpful, benign = choice[: len(choice) // 2], choice[len(choice) // 2:]
+  n = min(len(refusals), len(helpful))
+  instruct = sft.write_conversations(refusals[:n] + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
+  benign_n = sft.write_conversations(benign, out / "benign.jsonl", seed=config.data_seed)
+  return {"instruct": instruct, "benign": benign_n, "counts": dict(counts)}
+
+
+def posttrain_models(out: Path, base_models: dict, data_dir: Path, vocab_path: str, config: DemoConfig) -> dict:
+  """For every base model: "+it" (instruction tuned from it) and "+it+bft" (benign fine-tuning
+  attack on the tuned model), with the trainer's `init_from`."""
+  import tasks
+  from safejax import partitioning, train as train_lib
+
+  tasks.register_chat_task("demo_instruct", str(data_dir / "instruct.jsonl"), vocab_path)
+  tasks.register_chat_task("demo_benign_ft", str(data_dir / "benign.jsonl"), vocab_path)
+  models = {}
+  for label, base in base_models.items():
+    previous = base["dir"]
+    for suffix, task, steps, stage in (("+it", "demo_instruct", config.instruct_steps, "instruct"),
+                                       ("+it+bft", "demo_benign_ft", config.benign_steps, "benign_ft")):
+      model_dir = out / f"{label}{suffix}"
+      log.info("post-training %s%s on %s", label, suffix, task)
+      train_lib.train(
+          model_dir=str(model_dir), mixture_or_task_name=task, mixture_or_task_module=None, init_from=previous,
+          train_steps=steps, batch_size=config.batch_size, sequence_length=config.sequence_length,
+          model_config=config.model, seed=base["seed"], log_every=25, checkpoint_every=steps, keep_checkpoints=1,
+          mesh=partitioning.MeshConfig(),
+          optimizer=train_lib.OptimizerConfig(learning_rate=config.posttrain_learning_rate, warmup_steps=10))
+      models[f"{label}{suffix}"] = {**base, "dir": str(model_dir), "stage": stage, "prompt_style": "chat"}
+      previous = str(model_dir)
+  return {"models": models}
+
+
 def evaluate_models(out: Path, models: dict, corpus_dir: Path, scorer_dir: str, config: DemoConfig) -> dict:
   """Each model with plain beam search and with SafeBeam, through safejax.evaluation."""
   from safejax.evaluation import run as eval_run
@@ -363,7 +422,9 @@ def evaluate_models(out: Path, models: dict, corpus_dir: Path, scorer_dir: str, 
                   judges=("classifier", "keyword:xstest_strmatch_full_refusal_startswith"))
   for label, info in models.items():
     if not (out / label / "results.json").is_file():
-      eval_run.evaluate(checkpoint_systems(info["dir"], label, config), out_dir=str(out / label), **common)
+      systems = checkpoint_systems(info["dir"], label, config, stage=info.get("stage", "base"),
+                                   prompt_style=info.get("prompt_style", "completion"))
+      eval_run.evaluate(systems, out_dir=str(out / label), **common)
   return {"results": {label: str(out / label / "results.json") for label in models}}
 
 
@@ -382,7 +443,8 @@ def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
           "capability_tasks": ("demo_cloze",)}
 
 
-def checkpoint_systems(model_dir: str, label: str, config: DemoConfig) -> list:
+def checkpoint_systems(model_dir: str, label: str, config: DemoConfig, stage: str = "base",
+                       prompt_style: str = "completion") -> list:
   """Plain beam search and SafeBeam with the same beam size, for one checkpoint."""
   from safejax import decoding
   from safejax.evaluation.checkpoints import checkpoint_systems as systems_of
@@ -391,7 +453,7 @@ def checkpoint_systems(model_dir: str, label: str, config: DemoConfig) -> list:
   decodings = {"beam": decoding.DecodingConfig(method="beam", **shared),
                "SafeBeam": decoding.DecodingConfig(method="safebeam", num_expand=config.num_expand,
                                                    drop_fraction=config.drop_fraction, **shared)}
-  return systems_of(model_dir, label, decodings, max_length=256)
+  return systems_of(model_dir, label, decodings, stage=stage, prompt_style=prompt_style, max_length=256)
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,7 +471,12 @@ def ladder_table(results: dict[str, dict], config: DemoConfig) -> dict:
     for decoding in ("beam", "SafeBeam"):
       per_seed, refusals, ppl, cloze, auroc = [], [], [], [], []
       successes = trials = 0
+      after_tuning = {stage: [] for stage in ("instruct", "benign_ft")}
       for seed in config.seeds:
+        for suffix, stage in (("+it", "instruct"), ("+it+bft", "benign_ft")):
+          label = f"{rung}-s{seed}{suffix}"
+          if label in results:
+            after_tuning[stage].append(results[label]["systems"][f"{label}/{decoding}"]["safety"]["pooled"]["rate"])
         entry = results[f"{rung}-s{seed}"]["systems"][f"{rung}-s{seed}/{decoding}"]
         pooled = entry["safety"]["pooled"]
         per_seed.append(pooled["rate"])
@@ -424,7 +491,8 @@ def ladder_table(results: dict[str, dict], config: DemoConfig) -> dict:
       rows.append({"rung": rung, "decoding": decoding, "asr": float(np.mean(per_seed)), "asr_ci": [low, high],
                    "asr_seeds": per_seed, "asr_spread": float(np.ptp(per_seed)) if len(per_seed) > 1 else 0.0,
                    "over_refusal": float(np.mean(refusals)), "word_perplexity": float(np.mean(ppl)),
-                   "capability_acc": float(np.mean(cloze)), "capability_chance": chance, "tag_auroc": float(np.nanmean(auroc)) if not all(map(math.isnan, auroc)) else None})
+                   "capability_acc": float(np.mean(cloze)), "capability_chance": chance,
+                   **{f"asr_{stage}": float(np.mean(v)) if v else None for stage, v in after_tuning.items()}, "tag_auroc": float(np.nanmean(auroc)) if not all(map(math.isnan, auroc)) else None})
   return {"rows": rows, "seeds": list(config.seeds), "n_harmful": config.n_harmful, "n_benign": config.n_benign}
 
 
@@ -436,14 +504,17 @@ def write_ladder(out: Path, table: dict) -> list[str]:
   import matplotlib.pyplot as plt
 
   (out / "ladder.json").write_text(json.dumps(table, indent=2))
-  lines = ["| rung | decoding | ASR % [95% CI] | seeds | over-refusal % | word ppl | capability acc (chance) | tag AUROC |",
-           "|---|---|---|---|---|---|---|---|"]
+  tuned = any(r["asr_instruct"] is not None for r in table["rows"])
+  lines = ["| rung | decoding | ASR % [95% CI] | seeds | over-refusal % | word ppl | capability acc (chance) | tag AUROC |"
+           + (" ASR after instruction tuning % | ASR after benign fine-tuning % |" if tuned else ""),
+           "|---|---|---|---|---|---|---|---|" + ("---|---|" if tuned else "")]
   for r in table["rows"]:
     seeds = " / ".join(f"{100 * a:.1f}" for a in r["asr_seeds"])
     auroc = "-" if r["tag_auroc"] is None else f"{r['tag_auroc']:.2f}"
     lines.append(f"| {r['rung']} | {r['decoding']} | {100 * r['asr']:.1f} [{100 * r['asr_ci'][0]:.1f}, "
                  f"{100 * r['asr_ci'][1]:.1f}] | {seeds} | {100 * r['over_refusal']:.1f} | "
-                 f"{r['word_perplexity']:.1f} | {r['capability_acc']:.3f} ({r['capability_chance']:.2f}) | {auroc} |")
+                 f"{r['word_perplexity']:.1f} | {r['capability_acc']:.3f} ({r['capability_chance']:.2f}) | {auroc} |"
+                 + (f" {100 * r['asr_instruct']:.1f} | {100 * r['asr_benign_ft']:.1f} |" if tuned else ""))
   (out / "ladder.md").write_text("\n".join(lines) + "\n")
 
   rungs = list(dict.fromkeys(r["rung"] for r in table["rows"]))
@@ -493,18 +564,28 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
                               config.batch_size, config.sequence_length, config.learning_rate, config.warmup_steps)
   trained = _run_stage(root, "pretrain", pretrain_key,
                        lambda out: pretrain_ladder(out, prepared["streams_dir"], vocab["vocab"], config))
-  eval_key = _fingerprint("evaluate", pretrain_key, config.beam_size, config.num_expand, config.drop_fraction,
+  models = dict(trained["models"])
+  if config.posttrain:
+    sft_key = _fingerprint("sft_data", pipeline_key, config.num_docs)
+    _run_stage(root, "sft_data", sft_key,
+               lambda out: build_posttrain_data(out, corpus_dir, prepared["streams_dir"], config))
+    posttrain_key = _fingerprint("posttrain", pretrain_key, sft_key, config.instruct_steps, config.benign_steps,
+                                 config.posttrain_learning_rate)
+    tuned = _run_stage(root, "posttrain", posttrain_key,
+                       lambda out: posttrain_models(out, trained["models"], root / "sft_data", vocab["vocab"], config))
+    models.update(tuned["models"])
+  eval_key = _fingerprint("evaluate", pretrain_key, sorted(models), config.beam_size, config.num_expand, config.drop_fraction,
                           config.max_new_tokens, config.classifier_threshold, config.completion_template,
                           config.n_per_task)
   evaluated = _run_stage(root, "evaluate", eval_key,
-                         lambda out: evaluate_models(out, trained["models"], corpus_dir, classifier["scorer"], config))
+                         lambda out: evaluate_models(out, models, corpus_dir, classifier["scorer"], config))
   results = {label: json.loads(Path(path).read_text()) for label, path in evaluated["results"].items()}
   table = ladder_table(results, config)
   report_dir = root / "report"
   report_dir.mkdir(exist_ok=True)
   written = write_ladder(report_dir, table)
   summary = {"corpus": corpus, "classifier": classifier, "pipeline": prepared, "vocab": vocab,
-             "models": trained["models"], "minutes": round((time.perf_counter() - start) / 60, 1)}
+             "models": models, "minutes": round((time.perf_counter() - start) / 60, 1)}
   (report_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
   print((report_dir / "ladder.md").read_text())
   print(f"written: {', '.join(written)}  ({summary['minutes']} min)")

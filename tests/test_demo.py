@@ -73,3 +73,19 @@ def test_cloze_items_are_well_formed():
   for item, doc in zip(items, docs):
     assert item["choices"][item["gold"]] in doc["text"]
     assert all(c not in doc["text"] for i, c in enumerate(item["choices"]) if i != item["gold"])
+
+
+def test_posttraining_stages_add_tuned_columns(tmp_path):
+  import dataclasses
+
+  config = dataclasses.replace(TOY, rungs=("tags",), posttrain=True, instruct_steps=2, benign_steps=2)
+  assert demo_lib.demo(output_dir=str(tmp_path), config=config) == 0
+  for suffix in ("+it", "+it+bft"):
+    assert (tmp_path / "posttrain" / f"tags-s0{suffix}" / "checkpoints" / "2").is_dir()
+    results = json.loads((tmp_path / "evaluate" / f"tags-s0{suffix}" / "results.json").read_text())
+    assert results["systems"][f"tags-s0{suffix}/SafeBeam"]["prompt_style"] == "chat"
+  assert (tmp_path / "sft_data" / "instruct.jsonl").stat().st_size > 0
+  table = json.loads((tmp_path / "report" / "ladder.json").read_text())
+  for row in table["rows"]:
+    assert 0 <= row["asr_instruct"] <= 1 and 0 <= row["asr_benign_ft"] <= 1
+  assert "ASR after benign fine-tuning" in (tmp_path / "report" / "ladder.md").read_text()
