@@ -166,6 +166,23 @@ def test_fine_tuning_top_layer_changes_only_that_layer(tiny_dir):
   assert not same(trained.model.encoder.layers[1].query.kernel, original.layers[1].query.kernel)
 
 
+def test_fine_tuned_encoders_cache_embeddings_under_their_own_weights(tiny_dir, tmp_path):
+  texts, labels = ["the river runs", "you are a worthless idiot"] * 4, [0, 5] * 4
+  config = encoder.EncoderConfig(max_length=16, head_hidden=8, trainable_top_layers=1)
+  tuned = [encoder.train_encoder_scorer(texts, labels, config, TrainConfig(epochs=epochs, batch_size=4),
+                                        checkpoint_dir=tiny_dir, embedding_cache_dir=tmp_path)
+           for epochs in (1, 2)]
+  frozen_id = encoder._checkpoint_id(tiny_dir)
+  ids = [encoder._encoder_id(tiny_dir, t.model) for t in tuned]
+  assert len({frozen_id, *ids}) == 3
+  probs = tuned[0].score_probs(texts[:2])
+  tuned[0].save(tmp_path / "enc")
+  reloaded = encoder.EncoderScorer.load(tmp_path / "enc", embedding_cache_dir=tmp_path)
+  assert encoder._encoder_id(tmp_path / "enc" / "checkpoint", reloaded.model) == ids[0]
+  assert all(reloaded.cache.key(w) in reloaded.cache.table for t in texts[:2] for w in reloaded.windows(t))
+  np.testing.assert_allclose(reloaded.score_probs(texts[:2]), probs, atol=1e-6)
+
+
 def test_minilm_dir_reports_offline_clearly(tmp_path, monkeypatch):
   import subprocess
 

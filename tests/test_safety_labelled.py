@@ -92,6 +92,9 @@ def test_cap_keeps_at_most_cap_per_source_and_score():
   kept = labelled.cap_per_source_score(examples, 3, counts)
   assert collections.Counter(e.score for e in kept) == {0: 3, 1: 3}
   assert counts["s: dropped, over the cap (score 0)"] == 2
+  whole = examples + [labelled.Example(f"m{i}", 0, "m", "l", f"h{i}") for i in range(6)]
+  kept = labelled.cap_per_source_score(whole, 3, uncapped=("m",))
+  assert collections.Counter(e.source for e in kept) == {"s": 6, "m": 6}
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,20 @@
 """Safety scoring on the paper's 0..5 rubric.
 
-  rubric     the levels and harm categories as data; `category_term_hits(text)`
-  scorer     the `Scorer` interface, windowing (max over windows), `MaxEnsemble`, `load_scorer`
-  ngram      the fast hashed n-gram scorer (`train_ngram_scorer`)
-  encoder    the MiniLM encoder scorer (`train_encoder_scorer`, `minilm_dir`)
-  training   the shared optax training loop (`TrainConfig`, class weights) and safetensors params
-  labelled   labelled examples from ../shared/data and the mapping of each source onto the rubric
-  metrics    macro-F1, recall/precision at >=1 and >=3, confusion matrix, the profanity baseline
-  cli        `safejax classify train|eval|score`
+  rubric       the levels and harm categories as data; `category_term_hits(text)`
+  scorer       the `Scorer` interface, `DecisionRule`, windowing (max over windows), `MaxEnsemble`,
+               `load_scorer`
+  calibration  decision thresholds chosen on validation data for recall / precision / FPR targets
+  ngram        the fast hashed n-gram scorer (`train_ngram_scorer`)
+  encoder      the MiniLM encoder scorer (`train_encoder_scorer`, `minilm_dir`)
+  training     the shared optax training loop (`TrainConfig`, class weights) and safetensors params
+  labelled     labelled examples from ../shared/data and the mapping of each source onto the rubric
+  metrics      macro-F1, recall/precision at >=1 and >=3, confusion matrix, the profanity baseline
+  cli          `safejax classify train|calibrate|eval|score`
 
 Heavy modules (JAX models, tokenizers) load only when used: `from safejax.safety import
 load_scorer` stays cheap for Beam workers until a scorer is actually loaded.
 """
 
-from safejax.safety.scorer import MaxEnsemble, Scorer, load_scorer
+from safejax.safety.scorer import DecisionRule, MaxEnsemble, Scorer, load_scorer
 
-__all__ = ["MaxEnsemble", "Scorer", "load_scorer"]
+__all__ = ["DecisionRule", "MaxEnsemble", "Scorer", "load_scorer"]

@@ -88,6 +88,7 @@ def train_classifier(output_dir: str = gin.REQUIRED, kind: str = "ngram", data_d
                      ngram_config=None, ngram_train: TrainConfig | None = None,
                      encoder_config=None, encoder_train: TrainConfig | None = None,
                      encoder_max_per_source_score: int = 1500,
+                     encoder_uncapped_sources: Sequence[str] = (),
                      embedding_cache_dir: str | None = None,
                      calibrate: bool = True,
                      calibration_config: calibration.CalibrationConfig = calibration.CalibrationConfig()) -> Scorer:
@@ -105,7 +106,8 @@ def train_classifier(output_dir: str = gin.REQUIRED, kind: str = "ngram", data_d
     ngram_config, ngram_train: n-gram model shapes and optimisation (gin: ngram/TrainConfig).
     encoder_config, encoder_train: encoder head shapes and optimisation (gin: encoder/TrainConfig).
     encoder_max_per_source_score: the encoder trains on at most this many examples per (source,
-      score) of the train split: its frozen embeddings cost a MiniLM pass each on CPU.
+      score) of the train split: each costs a MiniLM pass (per epoch when fine-tuning) on CPU.
+    encoder_uncapped_sources: sources the encoder trains on whole.
     embedding_cache_dir: keeps frozen MiniLM embeddings between runs.
     calibrate: choose the decision thresholds on validation data (else argmax).
     calibration_config: the targets they are chosen for (`safejax.safety.calibration`).
@@ -127,7 +129,8 @@ def train_classifier(output_dir: str = gin.REQUIRED, kind: str = "ngram", data_d
     scorers.append(ngram.train_ngram_scorer(texts, scores, ngram_config or ngram.NgramConfig(),
                                             ngram_train or TrainConfig()))
   if kind in ("encoder", "ensemble"):
-    subset = labelled.cap_per_source_score(examples, encoder_max_per_source_score)
+    subset = labelled.cap_per_source_score(examples, encoder_max_per_source_score,
+                                           uncapped=encoder_uncapped_sources)
     texts, scores = labelled.texts_and_scores(subset)
     scorers.append(encoder.train_encoder_scorer(
         texts, scores, encoder_config or encoder.EncoderConfig(), encoder_train or TrainConfig(),

@@ -13,9 +13,12 @@ It matches transformers' BertModel mean-pooled output to max |diff| < 1e-4 in fl
 (tests/test_safety_encoder.py).
 
 Windows: `max_length` word pieces including [CLS] and [SEP]; a longer document is cut into the
-fewest consecutive windows of at most max_length - 2 pieces, all of about the same size. Training embeds each example's first window with the
-frozen encoder once (window embeddings can be cached on disk, keyed by the checkpoint's hash and
-the window's ids) and trains only the head, which takes seconds; `trainable_top_layers` > 0 also fine-tunes the top encoder layers (slow on CPU).
+fewest consecutive windows of at most max_length - 2 pieces, all of about the same size. Training
+sees each example's first window. With a frozen encoder it embeds each once and trains only the
+head, which takes seconds; `trainable_top_layers` > 0 also fine-tunes the top encoder layers
+(batches of similar lengths; tens of minutes on CPU for a few thousand examples). Window
+embeddings can be cached on disk, keyed by the encoder's weights (the checkpoint's hash, and the
+tuned layers' for a fine-tuned encoder) and the window's ids.
 
 Saved as `scorer.json` (config and decision rule) + `head.safetensors` (+ `encoder.safetensors`
 when encoder layers were tuned) beside a copy of the checkpoint's config.json, model.safetensors
@@ -322,14 +325,25 @@ def _checkpoint_id(checkpoint_dir: Path) -> str:
   return digest.hexdigest()
 
 
+def _encoder_id(checkpoint_dir: Path, model: EncoderClassifier) -> str:
+  """The embedding cache's namespace: the checkpoint's id, and for a fine-tuned encoder the sha1
+  of its tuned weights too (each fine-tuned encoder embeds differently)."""
+  if not model.config.trainable_top_layers:
+    return _checkpoint_id(checkpoint_dir)
+  digest = hashlib.sha1(_checkpoint_id(checkpoint_dir).encode())
+  for path, variable in sorted(nnx.state(model.encoder, nnx.Param).flat_state(), key=lambda kv: str(kv[0])):
+    digest.update(str(path).encode() + np.asarray(variable.get_value(), np.float32).tobytes())
+  return digest.hexdigest()
+
+
 class EncoderScorer(scorer_lib.WindowedScorer):
   """The encoder scorer: `score(texts)` / `score_probs(texts)` with max over word-piece windows."""
 
   def __init__(self, model: EncoderClassifier, checkpoint_dir: str | Path, batch_size: int = 64,
                embedding_cache_dir: str | Path | None = None,
                decision_rule: scorer_lib.DecisionRule = scorer_lib.ARGMAX):
-    """`embedding_cache_dir` keeps frozen window embeddings on disk (ignored when encoder layers
-    were fine-tuned): re-scoring the same windows with another head then costs no encoder pass."""
+    """`embedding_cache_dir` keeps window embeddings on disk: re-scoring the same windows (with
+    another head, or in another run) then costs no encoder pass."""
     self.model, self.config = model, model.config
     self.decision_rule = decision_rule
     self.checkpoint_dir = Path(checkpoint_dir)
@@ -354,9 +368,8 @@ class EncoderScorer(scorer_lib.WindowedScorer):
     self._state, self._embed_fn, self._head_probs_fn = state, embed_fn, head_probs_fn
 
   def use_embedding_cache(self, embedding_cache_dir: str | Path) -> None:
-    """Keeps window embeddings in `embedding_cache_dir` (no-op when encoder layers were tuned)."""
-    if not self.config.trainable_top_layers:
-      self.cache = EmbeddingCache(embedding_cache_dir, _checkpoint_id(self.checkpoint_dir))
+    """Keeps window embeddings in `embedding_cache_dir`, under this encoder's id."""
+    self.cache = EmbeddingCache(embedding_cache_dir, _encoder_id(self.checkpoint_dir, self.model))
 
   def windows(self, text: str) -> list[np.ndarray]:
     pieces = np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
@@ -445,5 +458,6 @@ def train_encoder_scorer(texts: Sequence[str], labels: Sequence[int], config: En
     trainable = lambda path, value: isinstance(value, nnx.Param) and (
         path[0] == "head" or (path[0] == "encoder" and path[1] == "layers" and int(path[2]) >= first))
     training.fit(model, lambda idx: tuple(map(jnp.asarray, pad_windows([windows[i] for i in idx], untrained.pad_id))),
-                 labels, train_config, wrt=trainable, desc="fine-tune encoder")
+                 labels, train_config, wrt=trainable, desc="fine-tune encoder",
+                 lengths=np.array([len(w) for w in windows]))
   return EncoderScorer(model, checkpoint_dir, embedding_cache_dir=embedding_cache_dir)

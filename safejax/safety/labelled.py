@@ -49,7 +49,7 @@ import html
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import gin
@@ -252,18 +252,20 @@ def read_clean_passages(path: Path, source: str, counts: collections.Counter) ->
 # The labelled set
 
 
-def cap_per_source_score(examples: Iterable[Example], cap: int,
-                         counts: collections.Counter | None = None) -> list[Example]:
-  """At most `cap` examples of each (source, score), chosen by a hash of the text (stable)."""
+def cap_per_source_score(examples: Iterable[Example], cap: int, counts: collections.Counter | None = None,
+                         uncapped: Collection[str] = ()) -> list[Example]:
+  """At most `cap` examples of each (source, score), chosen by a hash of the text (stable); the
+  sources in `uncapped` are kept whole."""
   groups: dict[tuple[str, int], list[Example]] = collections.defaultdict(list)
   for example in examples:
     groups[(example.source, example.score)].append(example)
   kept = []
   for (source, score), group in sorted(groups.items()):
     group.sort(key=lambda e: _unit_hash(e.text, "cap:"))
-    if len(group) > cap and counts is not None:
-      counts[f"{source}: dropped, over the cap (score {score})"] += len(group) - cap
-    kept.extend(group[:cap])
+    limit = len(group) if source in uncapped else cap
+    if len(group) > limit and counts is not None:
+      counts[f"{source}: dropped, over the cap (score {score})"] += len(group) - limit
+    kept.extend(group[:limit])
   return kept
 
 

@@ -49,8 +49,27 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Ar
   return jnp.sum(weights * ce) / jnp.maximum(jnp.sum(weights), 1e-9)
 
 
+def batch_order(rng: np.random.Generator, n: int, batch_size: int, lengths: np.ndarray | None = None,
+                batches_per_bucket: int = 16) -> np.ndarray:
+  """A random order of examples 0..n-1 for one epoch, int [n].
+
+  With `lengths` (int [n]), examples of similar length share batches: a random permutation is
+  cut into buckets of `batches_per_bucket` batches, each bucket sorted by length, and the batches
+  shuffled; padded inputs then waste little compute, and batches stay random.
+  """
+  order = rng.permutation(n)
+  if lengths is None:
+    return order
+  bucket = batch_size * batches_per_bucket
+  order = np.concatenate([part[np.argsort(lengths[part], kind="stable")]
+                          for part in np.split(order, range(bucket, n, bucket))])
+  batches = np.split(order, range(batch_size, n, batch_size))
+  return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
+
+
 def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np.ndarray,
-        config: TrainConfig, *, wrt: nnx.filterlib.Filter = nnx.Param, desc: str = "train") -> list[float]:
+        config: TrainConfig, *, wrt: nnx.filterlib.Filter = nnx.Param, desc: str = "train",
+        lengths: np.ndarray | None = None) -> list[float]:
   """Trains `model` in place on examples 0..n-1 and returns the loss of every step.
 
   Args:
@@ -61,6 +80,7 @@ def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np
     config: optimisation settings.
     wrt: which parameters train (an nnx filter); the others stay fixed.
     desc: tqdm label.
+    lengths: int [n] input lengths, to batch similar lengths together (`batch_order`).
   """
   labels = np.asarray(labels, np.int32)
   n = len(labels)
@@ -86,7 +106,7 @@ def fit(model: nnx.Module, make_batch: Callable[[np.ndarray], tuple], labels: np
   losses = []
   with tqdm(total=total, desc=desc, unit="step") as bar:
     for _ in range(config.epochs):
-      order = rng.permutation(n)
+      order = batch_order(rng, n, config.batch_size, lengths)
       for s in range(0, n, config.batch_size):
         idx = order[s:s + config.batch_size]
         pad = config.batch_size - len(idx)  # the last batch is padded and masked: one shape
