@@ -17,6 +17,7 @@ computed: a misspelled or unknown name fails at once with gin's message naming i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -100,6 +101,33 @@ def _resolve(command: str):
   return getattr(importlib.import_module(module_name), func_name)
 
 
+def _default_config_params(func) -> dict[str, type]:
+  """Parameters of `func` whose default is a config dataclass built with no arguments (`x: C = C()`),
+  found before any binding is parsed."""
+  found = {}
+  for p in inspect.signature(func).parameters.values():
+    cls = type(p.default)
+    if dataclasses.is_dataclass(p.default) and p.default == cls():
+      found[p.name] = cls
+  return found
+
+
+def _configs_built_now(func, config_params: dict[str, type]) -> dict[str, object]:
+  """Builds each such default anew, after parsing, unless gin binds the parameter itself.
+
+  Python evaluates `config: DemoConfig = DemoConfig()` once, at import, before any binding exists,
+  so `--gin.DemoConfig.seeds=(0,)` alone would be accepted and silently ignored. Built now, the
+  configurable class takes its bindings, as if `demo.config = @DemoConfig()` had been written.
+  """
+  built = {}
+  for name, cls in config_params.items():
+    try:
+      gin.query_parameter(f"{func.__name__}.{name}")
+    except ValueError:  # not bound: build it with whatever bindings its class has
+      built[name] = cls()
+  return built
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   names = sorted(COMMANDS)
@@ -131,10 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   # safejax speaks at INFO; libraries (orbax, absl, tf) only when something is wrong.
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("safejax").setLevel(logging.INFO)
+  gin.clear_config()
+  config_params = _default_config_params(func)
   try:
     parse_gin(files, bindings, search_paths)
   except (ValueError, KeyError, IOError) as e:
     raise SystemExit(f"safejax {command}: bad gin configuration: {e}") from None
+  kwargs.update(_configs_built_now(func, config_params))
   if rest:
     if "inputs" not in inspect.signature(func).parameters:
       parser.error(f"safejax {command} takes no positional inputs, got {rest}")

@@ -262,17 +262,35 @@ def generated_safe_examples(documents: Sequence[dict], seed: int) -> list[dict]:
   return [{"text": t, "score": 0} for t in texts]
 
 
+def degenerate_examples(documents: Sequence[dict], seed: int, fraction: float = 0.3) -> list[dict]:
+  """Garbled versions of a sample of the documents, labelled 0: the letters of each word shuffled
+  and some of them stuttered ("cuurrtt"), the text small undertrained models emit. Garbled text
+  carries no harmful content (rubric level 0), yet a character n-gram scorer that has never seen
+  any scores it at random; as the ASR judge it would then count a model's noise as attacks."""
+  rng = random.Random(seed)
+
+  def garble(word: str) -> str:
+    letters = list(word)
+    rng.shuffle(letters)
+    return "".join(c * rng.choice((1, 1, 2, 3)) for c in letters)
+
+  sample = rng.sample(list(documents), int(fraction * len(documents)))
+  return [{"text": " ".join(garble(w) for w in d["text"].split()), "score": 0} for d in sample]
+
+
 def train_classifier(out: Path, corpus_dir: Path, seed: int = 0) -> dict:
   """The n-gram safety scorer on the classifier's labelled split (plus the generators' safe
-  outputs for its unsafe documents); metrics on its held-out split and on held-out generations."""
+  outputs for its unsafe documents and garbled text, all labelled 0); metrics on its held-out split,
+  on held-out generations and on garbled held-out text."""
   from safejax.safety import metrics as safety_metrics
   from safejax.safety import ngram
   from safejax.safety.training import TrainConfig
 
   train = _read_jsonl(corpus_dir / "classifier_train.jsonl")
   test = _read_jsonl(corpus_dir / "classifier_test.jsonl")
-  train_generated = generated_safe_examples(train, seed)
+  train_generated = generated_safe_examples(train, seed) + degenerate_examples(train, seed)
   test_generated = generated_safe_examples(test, seed + 1)
+  test_degenerate = degenerate_examples(test, seed + 1, fraction=1.0)
   examples = train + train_generated
   scorer = ngram.train_ngram_scorer([d["text"] for d in examples], [d["score"] for d in examples],
                                     ngram.NgramConfig(), TrainConfig(epochs=6))
@@ -282,10 +300,11 @@ def train_classifier(out: Path, corpus_dir: Path, seed: int = 0) -> dict:
   safety_metrics.write_json(report, out / "metrics.json")
   safety_metrics.plot_confusion(np.asarray(report["confusion_matrix"]), out / "confusion.png",
                                 "demo classifier, held-out split")
-  generated_flagged = float(np.mean(scorer.score([d["text"] for d in test_generated]) >= 1))
+  flagged = lambda docs: float(np.mean(scorer.score([d["text"] for d in docs]) >= 1))
   return {"scorer": str(out / "scorer"), "test_docs": len(test), "train_examples": len(examples),
           "macro_f1": report["macro_f1"], "at_1": report["at_1"], "at_3": report["at_3"],
-          "heldout_generated_flagged_at_1": generated_flagged}
+          "heldout_generated_flagged_at_1": flagged(test_generated),
+          "heldout_garbled_flagged_at_1": flagged(test_degenerate)}
 
 
 def run_pipeline(out: Path, corpus_dir: Path, scorer_dir: str, config: DemoConfig) -> dict:
@@ -553,7 +572,7 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
                             config.tag_detector_docs, config.n_harmful, config.n_benign, config.data_seed)
   corpus = _run_stage(root, "corpus", corpus_key, lambda out: build_corpus(out, config))
   corpus_dir = root / "corpus"
-  classifier_key = _fingerprint("classifier", corpus_key)
+  classifier_key = _fingerprint("classifier", corpus_key, "garbled negatives")
   classifier = _run_stage(root, "classifier", classifier_key, lambda out: train_classifier(out, corpus_dir, config.data_seed))
   pipeline_key = _fingerprint("pipeline", classifier_key, config.tag_p)
   prepared = _run_stage(root, "pipeline", pipeline_key,

@@ -3,9 +3,11 @@
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from safejax import cli
+from safejax import demo as demo_config
 
 
 def test_split_gin_flags():
@@ -20,6 +22,23 @@ def test_help_lists_commands(capsys):
   assert cli.main(["--help"]) == 0
   out = capsys.readouterr().out
   assert "train" in out and "decode" in out and "--gin_file" in out
+
+
+def test_class_bindings_reach_a_default_config_parameter(monkeypatch):
+  """`--gin.DemoConfig.x=...` alone configures demo's `config` (a default built at import would
+  ignore it); a binding of the parameter itself still wins."""
+  from safejax import demo as demo_lib
+
+  monkeypatch.setattr(cli, "_resolve", lambda command: _record_demo)
+  assert cli.main(["demo", "--gin.DemoConfig.seeds=(7,)", "--gin.DemoConfig.learning_rate=0.003"]) == 0
+  assert _RECORDED[-1].seeds == (7,) and _RECORDED[-1].learning_rate == 0.003
+  assert cli.main(["demo", "--gin._record_demo.config=@DemoConfig()", "--gin.DemoConfig.seeds=(3,)"]) == 0
+  assert _RECORDED[-1].seeds == (3,)
+  assert cli.main(["demo"]) == 0
+  assert _RECORDED[-1] == demo_lib.DemoConfig()
+
+
+_RECORDED = []
 
 
 def run_cli(*args):
@@ -50,3 +69,9 @@ def test_train_from_the_command_line(tmp_path, tiny_corpus, tiny_vocab):
   assert result.returncode == 0, result.stderr[-3000:]
   assert (model_dir / "checkpoints" / "3").is_dir()
   assert (model_dir / "vocab.model").is_file() and (model_dir / "model_config.json").is_file()
+
+
+@gin.configurable
+def _record_demo(config: demo_config.DemoConfig = demo_config.DemoConfig()) -> int:
+  _RECORDED.append(config)
+  return 0

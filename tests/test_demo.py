@@ -75,6 +75,25 @@ def test_cloze_items_are_well_formed():
     assert all(c not in doc["text"] for i, c in enumerate(item["choices"]) if i != item["gold"])
 
 
+def test_degenerate_examples_garble_every_word_and_are_labelled_safe():
+  docs = [{"text": f"document {i} describes the harbour festival and its lantern parade", "score": i % 6}
+          for i in range(20)]
+  garbled = demo_lib.degenerate_examples(docs, seed=0, fraction=0.5)
+  assert len(garbled) == 10 and all(d["score"] == 0 for d in garbled)
+  for example in garbled:
+    words = example["text"].split()
+    assert len(words) == 10
+    assert "festival" not in words and "lantern" not in words  # shuffled (and stuttered) letters
+    assert sorted(set(words[5])) == sorted(set("festival"))  # the same letters, nothing else
+  assert garbled == demo_lib.degenerate_examples(docs, seed=0, fraction=0.5)
+  assert garbled != demo_lib.degenerate_examples(docs, seed=1, fraction=0.5)
+
+
+def test_toy_classifier_reports_garbled_text_flagged(toy_run):
+  summary = json.loads((toy_run / "classifier" / "DONE.json").read_text())["summary"]
+  assert 0.0 <= summary["heldout_garbled_flagged_at_1"] <= 1.0
+
+
 def test_posttraining_stages_add_tuned_columns(tmp_path):
   import dataclasses
 
