@@ -80,7 +80,7 @@ class DemoConfig:
   train_steps: int = 250
   batch_size: int = 16
   sequence_length: int = 128
-  learning_rate: float = 1e-2
+  learning_rate: float = 5e-3         # 1e-2 left some seeds on a unigram plateau (final loss 5.3 vs 2.9)
   warmup_steps: int = 30
   tag_p: float = 0.05
   beam_size: int = 4
