@@ -98,7 +98,6 @@ def small_scorer(shared_data, tmp_path_factory) -> str:
   return str(path)
 
 
-@pytest.mark.slow
 def test_real_scorer_routes_real_data(real_sources, small_scorer, tmp_path):
   manifest = run_beam(PipelineConfig(sources=real_sources, output_dir=str(tmp_path), scorer=small_scorer,
                                      num_shards=2), IN_MEMORY)

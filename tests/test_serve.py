@@ -429,7 +429,6 @@ def _write_lm_eval_tasks(folder, docs_file, cache_dir):
       "metric_list:\n  - metric: exact_match\n")
 
 
-@pytest.mark.slow
 def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp_path):
   """lm-eval's OpenAI-compatible completions client scores and generates through the server and gets
   what safejax computes directly: ModelScorer's log-likelihoods, and the server's greedy text."""
