@@ -27,15 +27,14 @@ def test_help_lists_commands(capsys):
 def test_class_bindings_reach_a_default_config_parameter(monkeypatch):
   """`--gin.DemoConfig.x=...` alone configures demo's `config` (a default built at import would
   ignore it); a binding of the parameter itself still wins."""
-  from safejax import demo as demo_lib
-
   monkeypatch.setattr(cli, "_resolve", lambda command: _record_demo)
   assert cli.main(["demo", "--gin.DemoConfig.seeds=(7,)", "--gin.DemoConfig.learning_rate=0.003"]) == 0
   assert _RECORDED[-1].seeds == (7,) and _RECORDED[-1].learning_rate == 0.003
-  assert cli.main(["demo", "--gin._record_demo.config=@DemoConfig()", "--gin.DemoConfig.seeds=(3,)"]) == 0
+  # A scoped reference: rebuilding an unscoped DemoConfig() instead would lose seeds=(3,).
+  assert cli.main(["demo", "--gin._record_demo.config=@small/DemoConfig()", "--gin.small/DemoConfig.seeds=(3,)"]) == 0
   assert _RECORDED[-1].seeds == (3,)
   assert cli.main(["demo"]) == 0
-  assert _RECORDED[-1] == demo_lib.DemoConfig()
+  assert _RECORDED[-1] == demo_config.DemoConfig()
 
 
 _RECORDED = []
