@@ -84,7 +84,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
   """Parses gin files and bindings; raises ValueError naming an unknown configurable or parameter."""
   import importlib.util  # noqa: F401  gin-config 0.5 needs it imported before parsing.
 
-  gin.clear_config()  # earlier in-process bindings must not change what counts as a default
+  gin.clear_config()
   for path in [*search_paths, REPO_GIN_DIR]:
     gin.add_config_file_search_path(path)
   # gin logs an ERROR for every search-path miss before it finds a file; failures raise anyway.
