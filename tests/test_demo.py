@@ -90,8 +90,16 @@ def test_degenerate_examples_garble_every_word_and_are_labelled_safe():
 
 
 def test_toy_classifier_reports_garbled_text_flagged(toy_run):
+  """The summary's share is the saved scorer's verdict on the garbled held-out split."""
+  import numpy as np
+
+  from safejax.safety import load_scorer
+
   summary = json.loads((toy_run / "classifier" / "DONE.json").read_text())["summary"]
-  assert 0.0 <= summary["heldout_garbled_flagged_at_1"] <= 1.0
+  test = demo_lib._read_jsonl(toy_run / "corpus" / "classifier_test.jsonl")
+  garbled = demo_lib.degenerate_examples(test, seed=TOY.data_seed + 1, fraction=1.0)
+  scores = load_scorer(summary["scorer"]).score([d["text"] for d in garbled])
+  assert summary["heldout_garbled_flagged_at_1"] == pytest.approx(float(np.mean(np.asarray(scores) >= 1)))
 
 
 def test_posttraining_stages_add_tuned_columns(tmp_path):
