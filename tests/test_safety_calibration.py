@@ -210,3 +210,42 @@ def test_calibrate_refuses_members_without_rules():
   examples, clean = labelled_toy()
   with pytest.raises(TypeError, match="'fixed' has no decision rule"):
     calibration.calibrate(MaxEnsemble([TailScorer(), Fixed()]), examples, clean)
+
+
+def test_level_options_start_with_the_best_and_keep_its_outcome():
+  truth, tails = toy_level_data()
+  target = LevelTarget(3, 0.8, 0.6)
+  options = calibration.level_options([tails], [np.zeros((0, 6))], truth, target, candidates=1000, count=10)
+  assert options[0] == choose_level([tails], [np.zeros((0, 6))], truth, target, candidates=1000)
+  assert len(options) == 10 and [o.rank for o in options] == sorted({o.rank for o in options})
+  assert all(o.outcome == "targets met" and o.recall >= 0.8 and o.precision >= 0.6 for o in options)
+  f1 = [2 * o.recall * o.precision / (o.recall + o.precision) for o in options]
+  assert f1 == sorted(f1, reverse=True) and f1[0] > f1[-1]
+
+
+def lookahead_toy():
+  """Level 3's F1-best threshold (0.5) also flags the ten 'chat' negatives at 0.5, which caps the
+  'chat' precision at level 1 at 0.5; the next threshold (0.7) still meets level 3's targets."""
+  values = [("forum", 0, 0.1)] * 100 + [("forum", 3, 0.9)] * 90 + [("forum", 3, 0.5)] * 10 \
+      + [("chat", 0, 0.5)] * 10 + [("chat", 3, 0.9)] * 10
+  return [Example(f"{v},{v}", score, source, str(score), f"g{i}") for i, (source, score, v) in enumerate(values)]
+
+
+def test_a_level_gives_way_so_that_the_level_below_meets_its_targets():
+  examples = lookahead_toy()
+  targets = (LevelTarget(3, 0.8, 0.6), LevelTarget(1, 0.8, 0.7, sources=("chat",)))
+  greedy, _ = calibration.calibrate(TailScorer(), examples, [], CalibrationConfig(targets, lookahead=1))
+  assert greedy["levels"][0]["thresholds"][0] <= 0.5 and greedy["levels"][0]["rank"] == 0
+  assert greedy["levels"][1]["outcome"] == "recall target kept, precision short"
+  assert greedy["levels"][1]["precision"] == pytest.approx(0.5)
+  scorer = TailScorer()
+  ahead, _ = calibration.calibrate(scorer, examples, [], CalibrationConfig(targets))
+  level_3, level_1 = ahead["levels"]
+  assert level_3["outcome"] == level_1["outcome"] == "targets met" and level_3["rank"] > 0
+  assert 0.5 < level_3["thresholds"][0] <= 0.9 and level_3["recall"] == pytest.approx(100 / 110)
+  assert level_1["recall"] == level_1["precision"] == 1.0
+  chat = [e for e in examples if e.source == "chat"]
+  assert list(scorer.score([e.text for e in chat])) == [0] * 10 + [3] * 10
+  assert f"| targets met | {level_3['rank']} |" in calibration.report_table(ahead)
+  with pytest.raises(ValueError, match="lookahead must be >= 1"):
+    CalibrationConfig(targets, lookahead=0)

@@ -30,9 +30,17 @@ when the recall target is out of reach, the highest recall. Ties (a plateau of t
 the validation data alike) go to the middle of the plateau. The report says which case applied.
 
 Levels are calibrated from the highest down, each counting the documents that the levels above
-already flag. The rule's other thresholds follow: a level between calibrated ones needs at least
-the median (0.5) and at least the threshold of the calibrated level below it, so a higher level
-never needs less evidence (e.g. t_2 = max(0.5, t_1), t_4 = t_5 = max(0.5, t_3)); with
+already flag. A higher level's flags are a lower level's too, so the greedy choice can spend a lower
+level's precision: on our data the n-gram scorer's F1-best ">= 3" threshold flags more clean
+OpenAI-moderation prompts than the whole ">= 1" precision budget allows. So a level's choice looks
+ahead: among its choices that meet its own targets as well as its best does (`level_options`),
+calibration takes the best-ranked one under which the lower levels meet theirs too (each chosen the
+same way), and the greedy choice when none does. The report gives each level's `rank` in its own
+ranking (0: its own best).
+
+The rule's other thresholds follow: a level between calibrated ones needs at least the median
+(0.5) and at least the threshold of the calibrated level below it, so a higher level never needs
+less evidence (e.g. t_2 = max(0.5, t_1), t_4 = t_5 = max(0.5, t_3)); with
 non-decreasing thresholds "score >= k" is exactly "P(score >= k) >= t_k".
 """
 
@@ -89,12 +97,15 @@ class CalibrationConfig:
       LevelTarget(level=1, min_recall=0.80, min_precision=0.70, sources=("openai_moderation",)),
   )
   candidates: int = 128  # quantiles per member and level, per set (target examples, clean documents)
+  lookahead: int = 64  # choices of a level tried for the sake of the levels below it (module docstring)
 
   def __post_init__(self):
     levels = [t.level for t in self.targets]
     if len(set(levels)) != len(levels):
       raise ValueError(f"one target per level, got levels {levels}")
     object.__setattr__(self, "targets", tuple(sorted(self.targets, key=lambda t: -t.level)))
+    if self.lookahead < 1:
+      raise ValueError(f"lookahead must be >= 1, got {self.lookahead}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +145,7 @@ class LevelResult:
   precision: float
   clean_fpr: float
   outcome: str  # "targets met", "recall target kept, precision short", "recall short"
+  rank: int = 0  # place in the level's own ranking of its choices (0: its best; see the docstring)
 
 
 def _candidates(values: Sequence[np.ndarray], count: int) -> np.ndarray:
@@ -151,7 +163,21 @@ def choose_level(tails: Sequence[np.ndarray], clean_tails: Sequence[np.ndarray],
                  target: LevelTarget, in_target: np.ndarray | None = None,
                  flagged_above: np.ndarray | None = None, clean_flagged_above: np.ndarray | None = None,
                  candidates: int = 128) -> LevelResult:
-  """Thresholds of one level for the members of a max-ensemble (or one scorer).
+  """The best thresholds of one level for the members of a max-ensemble (or one scorer), by the
+  preference of the module docstring: `level_options(...)[0]`. Arguments as `level_options`."""
+  return level_options(tails, clean_tails, truth, target, in_target, flagged_above, clean_flagged_above,
+                       candidates)[0]
+
+
+def level_options(tails: Sequence[np.ndarray], clean_tails: Sequence[np.ndarray], truth: np.ndarray,
+                  target: LevelTarget, in_target: np.ndarray | None = None,
+                  flagged_above: np.ndarray | None = None, clean_flagged_above: np.ndarray | None = None,
+                  candidates: int = 128, count: int = 1) -> list[LevelResult]:
+  """Up to `count` threshold choices of one level, best first.
+
+  The first is the level's best choice (module docstring). The others meet the level's targets as
+  well as the best does (the same outcome) and are spread evenly over that outcome's ranking, from
+  the best down to the last such choice, so they range from the F1-best to the most cautious.
 
   Args:
     tails: per member, float [n, 6] `document_tails` of the labelled validation documents.
@@ -162,8 +188,9 @@ def choose_level(tails: Sequence[np.ndarray], clean_tails: Sequence[np.ndarray],
     flagged_above: bool [n], documents already scored higher by calibrated higher levels.
     clean_flagged_above: bool [c], the same for the clean documents.
     candidates: quantiles per member and set.
+    count: how many choices to return.
   Returns:
-    the chosen thresholds (one per member) and their numbers.
+    the choices: thresholds (one per member), their numbers and their rank.
   """
   k, n = target.level, len(truth)
   in_target = np.ones(n, bool) if in_target is None else np.asarray(in_target, bool)
@@ -203,14 +230,24 @@ def choose_level(tails: Sequence[np.ndarray], clean_tails: Sequence[np.ndarray],
   case = np.where(met_r & met_p, 2, np.where(met_r, 1, 0))
   first = np.select([case == 2, case == 1], [f1, precision], recall)
   second = np.select([case == 2, case == 1], [recall, recall], precision)
-  best = np.flatnonzero((case == case.max()) & (first == first[case == case.max()].max()))
-  best = best[second[best] == second[best].max()]
-  # Ties form a plateau of thresholds that classify the validation data alike: take its middle,
-  # not an edge that the nearest validation example sits on.
-  i = best[len(best) // 2]
-  thresholds = tuple(float(grids[j][t]) for j, t in enumerate(heads[i])) + (float(grids[-1][g[i]]),)
-  outcome = ("targets met", "recall target kept, precision short", "recall short")[2 - case[i]]
-  return LevelResult(k, thresholds, float(recall[i]), float(precision[i]), float(fpr[i]), outcome)
+  same_case = np.flatnonzero(case == case.max())
+  # Best first; a run of equal keys is a plateau of thresholds that classify the validation data
+  # alike, represented by its middle (not an edge that the nearest validation example sits on).
+  ranked = same_case[np.lexsort((-second[same_case], -first[same_case]))]
+  key = np.stack([first[ranked], second[ranked]], 1)
+  starts = np.flatnonzero(np.r_[True, np.any(key[1:] != key[:-1], axis=1)])
+  ends = np.r_[starts[1:], len(ranked)]
+  plateaus = [np.sort(ranked[s:e]) for s, e in zip(starts, ends)]  # in (head, threshold) order
+  picks = np.unique(np.linspace(0, len(plateaus) - 1, max(1, min(count, len(plateaus)))).round().astype(int))
+  outcome = ("targets met", "recall target kept, precision short", "recall short")[2 - case.max()]
+  options = []
+  for rank in picks:
+    plateau = plateaus[rank]
+    i = plateau[len(plateau) // 2]
+    thresholds = tuple(float(grids[j][t]) for j, t in enumerate(heads[i])) + (float(grids[-1][g[i]]),)
+    options.append(LevelResult(k, thresholds, float(recall[i]), float(precision[i]), float(fpr[i]), outcome,
+                               int(rank)))
+  return options
 
 
 def derive_rule(calibrated: dict[int, float]) -> DecisionRule:
@@ -266,17 +303,36 @@ def calibrate(scorer: Scorer, examples: Sequence[Example], clean_documents: Sequ
   windows = [DocumentWindows.of(m, [e.text for e in examples]) for m in members]
   clean_windows = [DocumentWindows.of(m, [e.text for e in clean_documents]) for m in members]
   tails, clean_tails = [w.tails() for w in windows], [w.tails() for w in clean_windows]
-  calibrated: list[dict[int, float]] = [{} for _ in members]
-  levels, flagged, clean_flagged = [], np.zeros(len(truth), bool), np.zeros(len(clean_documents), bool)
-  for target in config.targets:
-    in_target = np.isin(sources, target.sources) if target.sources else np.ones(len(truth), bool)
-    result = choose_level(tails, clean_tails, truth, target, in_target, flagged, clean_flagged,
-                          config.candidates)
+
+  def flags_after(result: LevelResult, flagged: np.ndarray, clean_flagged: np.ndarray):
+    """The documents flagged once `result`'s level is decided too."""
+    flagged, clean_flagged = flagged.copy(), clean_flagged.copy()
     for j, t in enumerate(result.thresholds):
-      calibrated[j][target.level] = t
-      flagged |= tails[j][:, target.level] >= t
-      clean_flagged |= clean_tails[j][:, target.level] >= t
-    levels.append({**dataclasses.asdict(target), **dataclasses.asdict(result)})
+      flagged |= tails[j][:, result.level] >= t
+      clean_flagged |= clean_tails[j][:, result.level] >= t
+    return flagged, clean_flagged
+
+  def plan(targets: Sequence[LevelTarget], flagged: np.ndarray, clean_flagged: np.ndarray) -> list[LevelResult]:
+    """The choices for `targets` (highest level first), each looking ahead (module docstring)."""
+    target, below = targets[0], targets[1:]
+    in_target = np.isin(sources, target.sources) if target.sources else np.ones(len(truth), bool)
+    options = level_options(tails, clean_tails, truth, target, in_target, flagged, clean_flagged,
+                            config.candidates, count=config.lookahead if below else 1)
+    greedy = None
+    for option in options:
+      results = [option] + (plan(below, *flags_after(option, flagged, clean_flagged)) if below else [])
+      if all(r.outcome == "targets met" for r in results):
+        return results
+      greedy = greedy or results
+    return greedy
+
+  results = plan(config.targets, np.zeros(len(truth), bool), np.zeros(len(clean_documents), bool))
+  calibrated: list[dict[int, float]] = [{} for _ in members]
+  for result in results:
+    for j, t in enumerate(result.thresholds):
+      calibrated[j][result.level] = t
+  levels = [{**dataclasses.asdict(target), **dataclasses.asdict(result)}
+            for target, result in zip(config.targets, results)]
   rules = [derive_rule(c) for c in calibrated]
 
   def validation_report(member_rules: Sequence[DecisionRule]) -> dict:
@@ -343,14 +399,15 @@ def report_table(report: dict) -> str:
   members = list(report["rules"])
   lines = ["## decision thresholds (chosen on validation)", "",
            "| level | measured on | targets: recall, precision, clean FPR | "
-           + " | ".join(f"t ({m})" for m in members) + " | recall | precision | clean FPR | outcome |",
-           "|---|---|---|" + "---|" * len(members) + "---|---|---|---|"]
+           + " | ".join(f"t ({m})" for m in members) + " | recall | precision | clean FPR | outcome | rank |",
+           "|---|---|---|" + "---|" * len(members) + "---|---|---|---|---|"]
   for level in report["levels"]:
     lines.append(
         f"| >= {level['level']} | {', '.join(level['sources']) or 'all'} | {level['min_recall']:.2f}, "
         f"{level['min_precision']:.2f}, {level['max_clean_fpr']:.2f} | "
         + " | ".join(f"{t:.4g}" for t in level["thresholds"])
-        + f" | {level['recall']:.3f} | {level['precision']:.3f} | {level['clean_fpr']:.3f} | {level['outcome']} |")
+        + f" | {level['recall']:.3f} | {level['precision']:.3f} | {level['clean_fpr']:.3f} | {level['outcome']} "
+        f"| {level.get('rank', 0)} |")
   sources = [k for k in report["validation"]["calibrated"] if k not in ("all", "clean_fpr")]
   lines += ["", "## validation", "",
             "| rule | macro-F1 | recall >=1 | precision >=1 | recall >=3 | precision >=3 | "
