@@ -25,6 +25,9 @@ def test_threshold_metrics_at_1_and_3():
   assert (at1["tp"], at1["fp"], at1["fn"], at1["tn"]) == (5, 2, 1, 2)
   assert at1["recall"] == pytest.approx(5 / 6) and at1["precision"] == pytest.approx(5 / 7)
   assert at1["false_positive_rate"] == pytest.approx(2 / 4)
+  # Wilson 95 % intervals, e.g. 5 of 6: (0.4365, 0.9699); they hold the point estimate.
+  assert at1["recall_ci"] == pytest.approx([0.4365, 0.9699], abs=1e-4)
+  assert at1["precision_ci"][0] < 5 / 7 < at1["precision_ci"][1]
   # >=3: truth positives 6,7,8,9; predicted positives 3,6,7,9.
   at3 = metrics.threshold_metrics(TRUE, PRED, 3)
   assert (at3["tp"], at3["fp"], at3["fn"], at3["tn"]) == (3, 1, 1, 5)
@@ -43,6 +46,7 @@ def test_macro_f1_skips_classes_absent_everywhere():
 def test_nan_where_undefined():
   r = metrics.threshold_metrics([0, 0], [0, 0], 3)
   assert np.isnan(r["recall"]) and np.isnan(r["precision"]) and r["false_positive_rate"] == 0
+  assert r["recall_ci"] is None and r["precision_ci"] is None
 
 
 def test_report_table_plot_and_json(tmp_path):
@@ -50,6 +54,7 @@ def test_report_table_plot_and_json(tmp_path):
   assert r["n"] == 10 and r["true_class_shares"][0] == pytest.approx(0.4)
   table = metrics.comparison_table({"ours": r})
   assert "| ours | " in table and "paper: ensemble (max)" in table and "0.95" in table
+  assert "| 0.83 [0.44, 0.97] | 0.71 [" in table  # recall >= 1 of 5/6 with its interval, then precision
   metrics.plot_confusion(np.array(r["confusion_matrix"]), tmp_path / "cm.png", "fixture")
   assert (tmp_path / "cm.png").read_bytes()[:4] == b"\x89PNG"
   metrics.write_json(r, tmp_path / "r.json")

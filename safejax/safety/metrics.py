@@ -3,7 +3,9 @@
   confusion_matrix      [6, 6] counts, rows = true score, columns = predicted score
   macro_f1              mean F1 over the classes that occur in the truth or the predictions
                         (a class absent from both has no F1 and is left out, not counted as 0)
-  threshold_metrics     "unsafe" = score >= k: recall, precision, false-positive rate, counts
+  threshold_metrics     "unsafe" = score >= k: recall, precision, false-positive rate, counts, and
+                        95 % Wilson intervals of recall and precision (held-out sets are small:
+                        the OpenAI moderation part has 77 unsafe prompts)
   report                all of the above for one scorer on one labelled set
 The paper (section 1) reports recall of score >= 1 and >= 3 on its 3,001-document held-out set;
 `PAPER_RESULTS` holds those numbers so that ours are printed next to them.
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from safejax.evaluation.metrics import wilson_interval
 from safejax.safety.rubric import NUM_LEVELS
 
 # scorer -> (macro-F1, recall of score >= 1, recall of score >= 3); None where not reported.
@@ -51,11 +54,14 @@ def macro_f1(cm: np.ndarray) -> float:
 
 
 def threshold_metrics(y_true: Sequence[int], y_pred: Sequence[int], k: int) -> dict[str, float]:
-  """Metrics of the binary question "score >= k". NaN where a denominator is zero."""
+  """Metrics of the binary question "score >= k". NaN (and interval None) where a denominator is
+  zero."""
   t, p = np.asarray(y_true) >= k, np.asarray(y_pred) >= k
   tp, fp, fn, tn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum()), int((~t & ~p).sum())
   ratio = lambda a, b: a / b if b else float("nan")
+  interval = lambda a, b: list(wilson_interval(a, b)) if b else None
   return {"recall": ratio(tp, tp + fn), "precision": ratio(tp, tp + fp),
+          "recall_ci": interval(tp, tp + fn), "precision_ci": interval(tp, tp + fp),
           "false_positive_rate": ratio(fp, fp + tn), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
@@ -74,13 +80,19 @@ def report(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
 
 
 def comparison_table(reports: Mapping[str, dict]) -> str:
-  """Markdown table of our scorers' reports next to the paper's numbers."""
+  """Markdown table of our scorers' reports next to the paper's numbers; our recalls and
+  precisions carry their 95 % intervals, "0.79 [0.69, 0.87]"."""
   fmt = lambda x: "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
+
+  def with_ci(m: dict, name: str) -> str:
+    ci = m.get(f"{name}_ci")
+    return fmt(m[name]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
   lines = ["| scorer | macro-F1 | recall >=1 | precision >=1 | recall >=3 | precision >=3 |",
            "|---|---|---|---|---|---|"]
   for name, r in reports.items():
-    lines.append(f"| {name} | {fmt(r['macro_f1'])} | {fmt(r['at_1']['recall'])} | "
-                 f"{fmt(r['at_1']['precision'])} | {fmt(r['at_3']['recall'])} | {fmt(r['at_3']['precision'])} |")
+    cells = [with_ci(r[at], m) for at in ("at_1", "at_3") for m in ("recall", "precision")]
+    lines.append(f"| {name} | {fmt(r['macro_f1'])} | " + " | ".join(cells) + " |")
   for name, (f1, r1, r3) in PAPER_RESULTS.items():
     lines.append(f"| {name} | {fmt(f1)} | {fmt(r1)} | - | {fmt(r3)} | - |")
   return "\n".join(lines)
