@@ -31,8 +31,8 @@ the validation data alike) go to the middle of the plateau. The report says whic
 
 Levels are calibrated from the highest down, each counting the documents that the levels above
 already flag. A higher level's flags are a lower level's too, so the greedy choice can spend a lower
-level's precision: on our data the n-gram scorer's F1-best ">= 3" threshold flags more clean
-OpenAI-moderation prompts than the whole ">= 1" precision budget allows. So a level's choice looks
+level's precision: on our data the n-gram scorer's F1-best ">= 3" threshold flags more of the
+safe OpenAI-moderation prompts than the whole ">= 1" precision budget allows. So a level's choice looks
 ahead: among its choices that meet its own targets as well as its best does (`level_options`),
 calibration takes the best-ranked one under which the lower levels meet theirs too (each chosen the
 same way), and the greedy choice when none does. The report gives each level's `rank` in its own
@@ -318,6 +318,8 @@ def calibrate(scorer: Scorer, examples: Sequence[Example], clean_documents: Sequ
     in_target = np.isin(sources, target.sources) if target.sources else np.ones(len(truth), bool)
     options = level_options(tails, clean_tails, truth, target, in_target, flagged, clean_flagged,
                             config.candidates, count=config.lookahead if below else 1)
+    if options[0].outcome != "targets met":  # then no plan meets every target: stay greedy
+      options = options[:1]
     greedy = None
     for option in options:
       results = [option] + (plan(below, *flags_after(option, flagged, clean_flagged)) if below else [])
