@@ -19,13 +19,19 @@ import seqio
 import tensorflow as tf
 
 from safejax.evaluation.prompting import format_chat
-from safejax.vocab import END_OF_TURN, SafejaxVocabulary
+from safejax.vocab import END_OF_TURN, SafejaxVocabulary, sanitize_text
 
 
 def split_conversation(messages: list[dict]) -> tuple[str, str]:
-  """(prompt, reply) of a conversation whose last message is the assistant's reply."""
+  """(prompt, reply) of a conversation whose last message is the assistant's reply.
+
+  Every message's content is untrusted text: `sanitize_text` removes reserved-token strings from
+  it (until none is left), so a conversation file cannot teach the model to emit a harm tag or
+  a role marker of its own.
+  """
   if not messages or messages[-1].get("role") != "assistant":
     raise ValueError("a training conversation must end with an assistant message")
+  messages = [{**m, "content": sanitize_text(m["content"])[0]} for m in messages]
   return format_chat(messages[:-1], add_generation_prompt=True), messages[-1]["content"].strip() + END_OF_TURN
 
 
