@@ -327,7 +327,8 @@ class _FrameReader(io.RawIOBase):
 def _zstd_decompressor():
   import zstandard
 
-  return zstandard.ZstdDecompressor().decompressobj()
+  # Beam's window limit, so files compressed with --long read here as they do there.
+  return zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
 
 
 def decompressed(path: str, raw: IO[bytes]) -> IO[bytes]:
