@@ -31,9 +31,9 @@ import gin
 COMMANDS: dict[str, str] = {
     "train": "safejax.train:train",
     "finetune": "safejax.train:finetune",
-    "sft-data": "safejax.data.sft:build_sft_data",
-    "demo": "safejax.demo:demo",
-    "decode": "safejax.decoding_cli:decode",
+    "sft-data": "safejax.posttrain:build_sft_data",
+    "demo": "safejax.demo.recipe:demo",
+    "decode": "safejax.decoding.generate:decode",
     "eval": "safejax.evaluation.checkpoints:eval_checkpoints",
     "classify train": "safejax.safety.cli:train_classifier",
     "classify calibrate": "safejax.safety.cli:calibrate_classifier",
@@ -43,7 +43,7 @@ COMMANDS: dict[str, str] = {
     "judges validate": "safejax.evaluation.judge_validation:validate_judges_main",
     "import-hf": "safejax.hf_interop:import_hf",
     "export-hf": "safejax.hf_interop:export_hf",
-    "serve": "safejax.serve:serve",
+    "serve": "safejax.serve.app:serve",
 }
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")

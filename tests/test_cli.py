@@ -7,7 +7,7 @@ import gin
 import pytest
 
 from safejax import cli
-from safejax import demo as demo_config
+from safejax.demo import recipe as demo_config
 
 
 def test_split_gin_flags():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from safejax import demo as demo_lib
+from safejax.demo import recipe as demo_lib
 from safejax.model import ModelConfig
 
 TOY = demo_lib.DemoConfig(

@@ -1,10 +1,10 @@
-"""`safejax decode`: generations from a checkpoint for prompts on the command line or in a file.
+"""Text in, text out: `DecodingConfig` (how to decode, bound in gin), `generate_texts` (what the
+evaluation harness and the backends call) and `safejax decode`.
 
   safejax decode --gin.decode.checkpoint_dir="'/tmp/demo'" "Once upon a time" "The river"
   safejax decode --gin.decode.checkpoint_dir="'/tmp/demo'" --gin.decode.prompts_file="'prompts.txt'" \\
       --gin.DecodingConfig.method="'safebeam'" --gin.decode.output_file="'out.jsonl'"
 
-How to decode is `safejax.decoding.DecodingConfig` (bind its fields with --gin.DecodingConfig.X).
 A prompts file holds one prompt per line (.txt) or JSON objects with a "prompt" field (.jsonl).
 Each generation is printed; with `output_file` every generation is also written as a JSON line
 (prompt, text, num_tokens, score, finished, tag_stopped).
@@ -17,12 +17,123 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import gin
+from tqdm.auto import tqdm
 
-from safejax.decoding import DecodingConfig, Generation, generate_texts
+from safejax.decoding.runner import METHODS, detokenize, generate
+from safejax.decoding.search import PenalizeToken, SuppressToken, chain
+from safejax.model.llama import Decoder
+
+if TYPE_CHECKING:
+  from safejax.vocab import SafejaxVocabulary
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text in, text out: what `safejax decode` and the evaluation harness call.
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+  """How to decode, in one gin-configurable place (`safejax decode`, `safejax eval`).
+
+  method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
+  beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
+  The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
+  tag_penalty (subtract from it), tag_stop_threshold (sampling: stop a row when the model gives
+  the tag more than this probability).
+  """
+
+  method: str = "greedy"
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  beam_size: int = 4
+  alpha: float = 0.6
+  num_expand: int = 4
+  drop_fraction: float = 0.5
+  tag_threshold: float | None = None
+  suppress_tag: bool = False
+  tag_penalty: float = 0.0
+  tag_stop_threshold: float | None = None
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
+      raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
+
+  def generate_options(self, tag_id: int) -> dict[str, Any]:
+    """Keyword arguments of `generate` for this configuration."""
+    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
+    processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
+                      PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
+    if processor is not None:
+      options["logits_processor"] = processor
+    if self.method == "sample":
+      options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+    if self.method in ("greedy", "sample") and self.tag_stop_threshold is not None:
+      options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
+    if self.method in ("beam", "safebeam"):
+      options.update(beam_size=self.beam_size, alpha=self.alpha)
+    if self.method == "safebeam":
+      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
+                     tag_threshold=self.tag_threshold)
+    return options
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedText:
+  """One prompt's best generation. text: reserved tokens (the harm tag) removed."""
+
+  prompt: str
+  text: str
+  num_tokens: int
+  score: float
+  finished: bool
+  tag_stopped: bool
+
+
+def generate_texts(
+    model: Decoder,
+    vocab: SafejaxVocabulary,
+    prompts: Sequence[str],
+    config: DecodingConfig,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    stop_id: int | None = None,
+) -> list[DecodedText]:
+  """Decodes text prompts in batches of `batch_size` (the last one padded, so one compilation
+  serves all); returns one `DecodedText` per prompt, in order.
+
+  stop_id: the token that ends a generation (default EOS; chat replies end at END_OF_TURN).
+  """
+  # Start like every training document (see SafejaxVocabulary.decoder_start_id).
+  encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
+  options = config.generate_options(vocab.harm_tag_id)
+  generations = []
+  with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:
+    for start in range(0, len(prompts), batch_size):
+      batch = encoded[start:start + batch_size]
+      filled = batch + [batch[0]] * (batch_size - len(batch))
+      result = generate(model, filled, eos_id=vocab.eos_id if stop_id is None else stop_id, pad_id=vocab.pad_id,
+                        **options)
+      texts = detokenize(vocab, result)
+      for row in range(len(batch)):
+        generations.append(DecodedText(
+            prompt=prompts[start + row], text=texts[row][0], num_tokens=int(result.lengths[row, 0]),
+            score=float(result.scores[row, 0]), finished=bool(result.finished[row, 0]),
+            tag_stopped=bool(result.tag_stopped[row, 0])))
+      bar.update(len(batch))
+  return generations
+
 
 
 def read_prompts(path: str) -> list[str]:
@@ -54,7 +165,7 @@ def decode(
     step: int | None = None,
     batch_size: int = 8,
     decoding: DecodingConfig | None = None,
-) -> list[Generation]:
+) -> list[DecodedText]:
   """Loads the checkpoint (newest, or `step`) and its vocabulary, and decodes every prompt.
 
   Args:
@@ -68,7 +179,7 @@ def decode(
   Returns:
     One generation per prompt, command-line prompts first.
   """
-  from safejax.train import load_for_inference  # the trainer's imports are heavy; only needed here
+  from safejax.checkpoints import load_for_inference
 
   prompts = list(inputs) + (read_prompts(prompts_file) if prompts_file else [])
   if not prompts:

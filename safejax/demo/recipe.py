@@ -8,7 +8,7 @@
 Stages (each writes under `output_dir/<stage>/` and a DONE.json; a rerun skips finished stages
 whose settings did not change, and training resumes from checkpoints):
 
-  corpus      the built-in corpus (safejax.data.demo_corpus): pretraining documents, a separate
+  corpus      the built-in corpus (safejax.demo.corpus): pretraining documents, a separate
               labelled set for the classifier, held-out prompts and texts for evaluation
   classifier  the hashed n-gram safety scorer, trained and evaluated on its own labelled split
   pipeline    Beam (DirectRunner): score -> route -> rephrase / RefuseWeb / moral education -> tag,
@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -170,8 +169,8 @@ def build_corpus(out: Path, config: DemoConfig) -> dict:
 
 
 def build_builtin_corpus(out: Path, config: DemoConfig) -> dict:
-  """The built-in corpus and held-out evaluation data (all from safejax.data.demo_corpus)."""
-  from safejax.data import demo_corpus
+  """The built-in corpus and held-out evaluation data (all from safejax.demo.corpus)."""
+  from safejax.demo import corpus as demo_corpus
 
   seed = config.data_seed
   pretrain = demo_corpus.generate_corpus(config.num_docs, seed)
@@ -250,7 +249,7 @@ def generated_safe_examples(documents: Sequence[dict], seed: int) -> list[dict]:
   every generated sentence to be safe on its own)."""
   from safejax.backends import TemplateBackend
   from safejax.data import generators
-  from safejax.data.preprocessors import render_turns
+  from tasks.preprocessors import render_turns
 
   backend = TemplateBackend()
   unsafe = [{**d, "source": "demo", "meta": {}} for d in documents if d["score"] >= 1]
@@ -345,6 +344,7 @@ def train_vocab(out: Path, streams_dir: str, config: DemoConfig, chars_per_strea
 
 def pretrain_ladder(out: Path, streams_dir: str, vocab_path: str, config: DemoConfig) -> dict:
   """One model per (rung, seed) on the ladder mixtures; each resumes from its checkpoints."""
+  from safejax import checkpoints
   from safejax import partitioning, train as train_lib
   from tasks.safety_mixtures import register_safety_mixtures
 
@@ -364,7 +364,7 @@ def pretrain_ladder(out: Path, streams_dir: str, vocab_path: str, config: DemoCo
           model_config=config.model, seed=seed, log_every=25, checkpoint_every=config.train_steps,
           keep_checkpoints=1, mesh=partitioning.MeshConfig(),
           optimizer=train_lib.OptimizerConfig(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps))
-      metrics = train_lib.read_metrics(str(model_dir))
+      metrics = checkpoints.read_metrics(str(model_dir))
       models[label] = {"dir": str(model_dir), "rung": rung, "seed": seed, "final_loss": metrics[-1]["loss"],
                        "tokens_per_s": float(np.median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]))}
       del last
@@ -380,7 +380,7 @@ def build_posttrain_data(out: Path, corpus_dir: Path, streams_dir: str, config: 
 
   counts: collections.Counter = collections.Counter()
   if config.data_dir is None:
-    from safejax.data import demo_corpus
+    from safejax.demo import corpus as demo_corpus
 
     refusals = list(sft.from_refuseweb(manifest_lib.read_stream(streams_dir, REFUSEWEB), counts))
     helpful = list(sft.from_qa_documents(manifest_lib.read_stream(streams_dir, KEEP), counts))
@@ -449,12 +449,12 @@ def evaluate_models(out: Path, models: dict, corpus_dir: Path, scorer_dir: str, 
 
 def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
   """The built-in held-out prompts and cloze items as named benchmarks and tasks."""
-  from safejax.evaluation import benchmarks, capability
+  from safejax.evaluation import prompt_sets, capability
 
-  benchmarks.register_benchmark("demo_harmful", lambda _: benchmarks.load_table(
+  prompt_sets.register_benchmark("demo_harmful", lambda _: prompt_sets.load_table(
       corpus_dir / "harmful_prompts.jsonl", name="demo_harmful", prompt_column="prompt", id_column="id",
       category_column="category", target_column="target"))
-  benchmarks.register_benchmark("demo_benign", lambda _: benchmarks.load_table(
+  prompt_sets.register_benchmark("demo_benign", lambda _: prompt_sets.load_table(
       corpus_dir / "benign_prompts.jsonl", name="demo_benign", prompt_column="prompt", id_column="id",
       category_column="category", is_harmful=False))
   capability.register_task("demo_cloze", capability.TaskSpec(str(corpus_dir / "cloze.jsonl"), "choice", acc_norm=True))
@@ -483,7 +483,7 @@ def ladder_table(results: dict[str, dict], config: DemoConfig) -> dict:
   """Per rung and decoding: ASR (mean over seeds, pooled Wilson interval, seed spread),
   over-refusal, perplexity, capability accuracy (mean over tasks, chance beside it), tag-detector
   AUROC."""
-  from safejax.evaluation import metrics
+  from safejax import stats
 
   rows = []
   for rung in config.rungs:
@@ -506,7 +506,7 @@ def ladder_table(results: dict[str, dict], config: DemoConfig) -> dict:
         cloze.append(entry["capability"]["average"]["acc"])
         chance = entry["capability"]["average"]["chance"]
         auroc.append(entry.get("tag_detector", {}).get("auroc", float("nan")))
-      low, high = metrics.wilson_interval(successes, trials)
+      low, high = stats.wilson_interval(successes, trials)
       rows.append({"rung": rung, "decoding": decoding, "asr": float(np.mean(per_seed)), "asr_ci": [low, high],
                    "asr_seeds": per_seed, "asr_spread": float(np.ptp(per_seed)) if len(per_seed) > 1 else 0.0,
                    "over_refusal": float(np.mean(refusals)), "word_perplexity": float(np.mean(ppl)),
