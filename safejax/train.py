@@ -3,7 +3,8 @@
 Launched t5x-style through gin (gin/runs/*.gin bind the macros MODEL_DIR, TRAIN_STEPS, BATCH_SIZE,
 TASK_FEATURE_LENGTHS, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE):
 
-  safejax train --gin_file=runs/pretrain_demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  safejax train --gin_file=models/demo.gin --gin_file=runs/pretrain_text.gin \
+      --gin.MODEL_DIR="'/tmp/demo'" --gin.TEXT_FILES="'docs.jsonl'" --gin.VOCAB="'vocab.model'"
 
 The same code runs on one CPU, on 8 fake CPU devices and on a TPU pod (one process per host,
 `jax.distributed` initialised first; each host reads its shard of the input).
@@ -221,10 +222,10 @@ def train(
     train_steps: int = gin.REQUIRED,
     batch_size: int = 8,
     sequence_length: int = 128,
-    model_config: ModelConfig = ModelConfig(),
-    optimizer: OptimizerConfig = OptimizerConfig(),
+    model_config: ModelConfig | None = None,
+    optimizer: OptimizerConfig | None = None,
     init_from: str | None = None,
-    mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+    mesh: partitioning.MeshConfig | None = None,
     seed: int = 0,
     log_every: int = 10,
     checkpoint_every: int = 100,
@@ -236,10 +237,16 @@ def train(
 
   `task_registrations` is for gin: references such as `@register_text_task()` are evaluated when
   train is called, registering the run's tasks before `mixture_or_task_name` is looked up.
+  `model_config`, `optimizer`, `mesh`: None builds the class with its gin bindings (t5x style:
+  `train.model_config = @ModelConfig()` or just `ModelConfig.num_layers = 4`).
   `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
   pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
   """
   del task_registrations  # evaluated by gin for their effect
+  # Config objects left unbound are built here, after gin parsed: their classes' bindings apply.
+  model_config = model_config or ModelConfig()
+  optimizer = optimizer or OptimizerConfig()
+  mesh = mesh or partitioning.MeshConfig()
   partitioning.initialize_distributed()
   import_task_module(mixture_or_task_module)
   vocab = task_vocabulary(mixture_or_task_name)

@@ -249,8 +249,8 @@ class EncoderScorer(scorer_lib.WindowedScorer):
                decision_rule=scorer_lib.read_decision_rule(path))
 
 
-def train_encoder_scorer(texts: Sequence[str], labels: Sequence[int], config: EncoderConfig = EncoderConfig(),
-                         train_config: training.TrainConfig = training.TrainConfig(),
+def train_encoder_scorer(texts: Sequence[str], labels: Sequence[int], config: EncoderConfig | None = None,
+                         train_config: training.TrainConfig | None = None,
                          checkpoint_dir: str | Path | None = None,
                          embedding_cache_dir: str | Path | None = None) -> EncoderScorer:
   """Trains the classifier head (and the top `trainable_top_layers` layers) on labelled texts.
@@ -258,6 +258,7 @@ def train_encoder_scorer(texts: Sequence[str], labels: Sequence[int], config: En
   With a frozen encoder, each text's first-window embedding is computed once (and cached in
   `embedding_cache_dir` when given) and only the head trains.
   """
+  config, train_config = config or EncoderConfig(), train_config or training.TrainConfig()
   labels = np.asarray(labels, np.int32)
   if len(texts) != len(labels):
     raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

@@ -141,8 +141,9 @@ class SafejaxServer:
   """The OpenAI-compatible application over one model; `app` is the Starlette (ASGI) app."""
 
   def __init__(self, model: Decoder, vocab: SafejaxVocabulary, model_name: str,
-               config: ServerConfig = ServerConfig(), decoding: DecodingConfig = DecodingConfig(), *,
+               config: ServerConfig | None = None, decoding: DecodingConfig | None = None, *,
                start_id: int | None = None):
+    config, decoding = config or ServerConfig(), decoding or DecodingConfig()
     self.vocab, self.model_name, self.config, self.decoding = vocab, model_name, config, decoding
     self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.engine = Engine(model, vocab, max_batch_size=config.max_batch_size,
