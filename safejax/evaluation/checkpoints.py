@@ -38,9 +38,9 @@ def checkpoint_systems(model_dir: str, label: str, decodings: Mapping[str, decod
   from safejax.checkpoints import load_for_inference
 
   model, vocab = load_for_inference(model_dir)
-  scorer = LoglikelihoodModel(model, vocab, max_length=max_length)
-  loglikelihood = scorer.loglikelihood  # one object for every system: scored once (see `evaluate`)
-  tag_probability = lambda texts: tag_scores(scorer, texts)
+  lm = LoglikelihoodModel(model, vocab, max_length=max_length)
+  loglikelihood = lm.loglikelihood  # one object for every system: scored once (see `evaluate`)
+  tag_probability = lambda texts: tag_scores(lm, texts)
   stop_id = vocab.token_id(END_OF_TURN) if prompt_style == "chat" else None
   systems = []
   for name, config in decodings.items():

@@ -71,7 +71,7 @@ def rolling_windows(sequence: Sequence[int], first_target: int, max_length: int,
 
 @functools.lru_cache(maxsize=16)
 def _compiled_loglikelihood(graphdef: nnx.GraphDef):
-  """The jitted row scorer of one model structure (shared by every LoglikelihoodModel of that structure)."""
+  """The jitted per-row log-likelihood of one model structure (shared by every LoglikelihoodModel of that structure)."""
 
   @jax.jit
   def score_rows(state, inputs, targets, scored, probe_id):

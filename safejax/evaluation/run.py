@@ -7,8 +7,8 @@ all the same to it:
     System(label="safe-pt/safebeam", model="safe-pt", decoding="SafeBeam", stage="base",
            prompt_style="completion",
            generate=lambda prompts: [...],              # list[str] -> list[str], the replies only
-           loglikelihood=scorer.loglikelihood,          # [(context, continuation)] -> [(logprob, greedy)]
-           tag_probability=lambda texts: tag_scores(scorer, texts))
+           loglikelihood=lm.loglikelihood,              # [(context, continuation)] -> [(logprob, greedy)]
+           tag_probability=lambda texts: tag_scores(lm, texts))
 
 `safejax eval` builds one System per (checkpoint, decoding) and calls `evaluate(systems)` with
 the rest from gin. Systems that share a loglikelihood (or tag_probability) callable, such as one
