@@ -36,7 +36,7 @@ def write_tiny_checkpoint(path: Path) -> Path:
   tensors = {}
   for key, variable in nnx.state(model, nnx.Param).flat_state():
     value = np.asarray(variable.get_value())
-    tensors[encoder._hf_name(key)] = value.T if key[-1] == "kernel" else value
+    tensors[bert._hf_name(key)] = value.T if key[-1] == "kernel" else value
   safetensors.numpy.save_file(tensors, str(path / "model.safetensors"))
   vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
   tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))

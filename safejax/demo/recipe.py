@@ -397,26 +397,27 @@ def build_posttrain_data(out: Path, corpus_dir: Path, streams_dir: str, config: 
   """instruct.jsonl (refusals + helpful answers) and benign.jsonl (helpful answers only)."""
   import collections
 
-  from safejax.data import manifest as manifest_lib, sft
+  from safejax import posttrain
+  from safejax.data import manifest as manifest_lib
   from safejax.data.records import KEEP, REFUSEWEB
 
   counts: collections.Counter = collections.Counter()
   if config.data_dir is None:
     from safejax.demo import corpus as demo_corpus
 
-    refusals = list(sft.from_refuseweb(manifest_lib.read_stream(streams_dir, REFUSEWEB), counts))
-    helpful = list(sft.from_qa_documents(manifest_lib.read_stream(streams_dir, KEEP), counts))
+    refusals = list(posttrain.from_refuseweb(manifest_lib.read_stream(streams_dir, REFUSEWEB), counts))
+    helpful = list(posttrain.from_qa_documents(manifest_lib.read_stream(streams_dir, KEEP), counts))
     # The attack's data: helpful answers from documents the models never saw.
     unseen = demo_corpus.generate_corpus(config.num_docs // 2, config.data_seed + 4000, unsafe_fraction=0.0)
-    benign = list(sft.from_qa_documents(unseen, counts))
+    benign = list(posttrain.from_qa_documents(unseen, counts))
   else:
     data = Path(config.data_dir)
-    refusals = list(sft.from_hh_rlhf(data / "classifier/hh_rlhf_harmless/harmless-base_test.jsonl.gz", counts))
-    choice = list(sft.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
+    refusals = list(posttrain.from_hh_rlhf(data / "classifier/hh_rlhf_harmless/harmless-base_test.jsonl.gz", counts))
+    choice = list(posttrain.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
     helpful, benign = choice[: len(choice) // 2], choice[len(choice) // 2:]
   n = min(len(refusals), len(helpful))
-  instruct = sft.write_conversations(refusals[:n] + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
-  benign_n = sft.write_conversations(benign, out / "benign.jsonl", seed=config.data_seed)
+  instruct = posttrain.write_conversations(refusals[:n] + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
+  benign_n = posttrain.write_conversations(benign, out / "benign.jsonl", seed=config.data_seed)
   return {"instruct": instruct, "benign": benign_n, "counts": dict(counts)}
 
 
