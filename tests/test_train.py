@@ -160,3 +160,11 @@ def test_init_from_rejects_another_architecture(task, reference_run, tmp_path):
   other = dataclasses.replace(TINY, mlp_dim=96)
   with pytest.raises(ValueError, match="different architecture"):
     run(task, tmp_path, 1, init_from=str(reference_run), model_config=other)
+
+
+def test_read_metrics_leaves_out_a_half_written_last_line(tmp_path):
+  (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert [m["step"] for m in checkpoints.read_metrics(str(tmp_path))] == [1, 2]
+  (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
+    checkpoints.read_metrics(str(tmp_path))
