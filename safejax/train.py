@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from safejax import partitioning
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import ReservedTokens, Vocabulary, load_vocabulary, save_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,13 @@ def import_task_module(module: str | None) -> None:
     importlib.import_module(module)
 
 
-def task_vocabulary(mixture_or_task_name: str) -> SafejaxVocabulary:
+def task_vocabulary(mixture_or_task_name: str) -> Vocabulary:
   import seqio
 
   vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
-  if not isinstance(vocab, SafejaxVocabulary):
-    raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, "
-                    "expected safejax.vocab.SafejaxVocabulary (reserved harm tag and chat tokens)")
+  if not isinstance(vocab, ReservedTokens):
+    raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, expected "
+                    "safejax.vocab's SafejaxVocabulary or HfTokenizerVocabulary (reserved harm tag and chat tokens)")
   return vocab
 
 
@@ -161,14 +161,15 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
   if batch_size % num_hosts:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {num_hosts} processes")
   task = seqio.get_mixture_or_task(mixture_or_task_name)
+  start_id = task.output_features["targets"].vocabulary.decoder_start_id  # shifted in before every document
   if "inputs" in task.output_features:
     # Prompt/response data (instruction tuning): one causal sequence, loss on the response only.
     # The converter's decoder_causal_attention (a prefix-LM mask) is ignored: the model is causal.
     lengths = {"inputs": sequence_length // 2, "targets": sequence_length - sequence_length // 2}
-    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True)
+    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True, bos_id=start_id)
   else:
     lengths = {"targets": sequence_length}
-    converter = seqio.DecoderFeatureConverter(pack=True)
+    converter = seqio.DecoderFeatureConverter(pack=True, bos_id=start_id)
   ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
                         shard_info=seqio.ShardInfo(index=host, num_shards=num_hosts), use_cached=False)
   ds = converter(ds, lengths)
@@ -199,14 +200,12 @@ def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
-def write_model_files(model_dir: str, config: ModelConfig, vocab: SafejaxVocabulary) -> None:
+def write_model_files(model_dir: str, config: ModelConfig, vocab: Vocabulary) -> None:
   """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
   model_path(model_dir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() != 0:
     return
-  vocab_src, vocab_dst = model_path(vocab.sentencepiece_model_file), model_path(model_dir) / VOCAB_FILE
-  if vocab_src != vocab_dst:
-    vocab_src.copy(vocab_dst, overwrite=True)
+  save_vocabulary(vocab, model_dir)
   (model_path(model_dir) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
 
@@ -214,10 +213,10 @@ def load_model_config(model_dir: str) -> ModelConfig:
   return ModelConfig(**json.loads((model_path(model_dir) / CONFIG_FILE).read_text()))
 
 
-def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
+def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, Vocabulary]:
   """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
   config = load_model_config(model_dir)
-  vocab = SafejaxVocabulary(os.path.join(model_dir, VOCAB_FILE))
+  vocab = load_vocabulary(model_dir)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
   manager = checkpoint_manager(model_dir, async_save=False)
   step = manager.latest_step() if step is None else step
@@ -428,14 +427,14 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
   return state
 
 
-def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabulary, target: nnx.State) -> nnx.State:
+def _initial_params(init_from: str, config: ModelConfig, vocab: Vocabulary, target: nnx.State) -> nnx.State:
   """The newest parameters of another model dir, laid out like `target` (any mesh)."""
   source_config = load_model_config(init_from)
   # init_std only says how fresh weights are drawn (imports keep the default).
   if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat, init_std=config.init_std) != config:
     raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
-  if (model_path(init_from) / VOCAB_FILE).read_bytes() != model_path(vocab.sentencepiece_model_file).read_bytes():
-    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")
+  if load_vocabulary(init_from) != vocab:
+    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab}")
   manager = checkpoint_manager(init_from, async_save=False)
   step = manager.latest_step()
   if step is None:

@@ -19,7 +19,7 @@ from safejax.evaluation import metrics
 from safejax.evaluation.benchmarks import read_rows
 from safejax.evaluation.loglikelihood import ModelScorer
 from safejax.model.llama import Decoder
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary
 
 
 def load_labelled_texts(
@@ -65,7 +65,7 @@ def tag_scores(scorer: ModelScorer, texts: Sequence[str]) -> np.ndarray:
 
 def tag_detector_auroc(
     model: Decoder,
-    vocab: SafejaxVocabulary,
+    vocab: Vocabulary,
     texts: Sequence[str],
     labels: Sequence[bool],
     **scorer_kwargs: Any,
