@@ -20,16 +20,18 @@ optimizer state; `train` checks that the run's model config and vocabulary are t
 (VOCAB may name the imported model directory: `safejax.vocab.load_vocabulary` reads its tokenizer):
 
   safejax train --gin_file=models/smollm2_135m.gin --gin_file=runs/pretrain_text.gin \
-      --gin.train.init_from="'/tmp/smollm2'" --gin.VOCAB="'/tmp/smollm2'" \
+      --gin.ModelConfig.vocab_size=49158 --gin.train.init_from="'/tmp/smollm2'" --gin.VOCAB="'/tmp/smollm2'" \
       --gin.TEXT_FILES="'/tmp/run/corpus/*.jsonl'" --gin.MODEL_DIR="'/tmp/smollm2_safety'"
 
 Tokenizers. The import keeps the checkpoint's own tokenizer (tokenizer.json, byte-level BPE as in
 SmolLM2 and Llama 3) as a `safejax.vocab.HfTokenizerVocabulary`: its ids, and so the embedding
 rows, keep their meaning. safejax's reserved tokens (harm tag, chat markers, a pad token when there
 is none) are appended after its ids, and the embeddings (and an untied lm head) grow by one row per
-appended token, initialised by `resize_vocabulary`; logits for the original ids are unchanged. A
-safejax SentencePiece vocabulary can replace the tokenizer instead (`vocab_file`): its ids then
-name other pieces than the checkpoint's and continued pretraining relearns the embedding rows.
+appended token, initialised by `resize_vocabulary`; logits for the original ids are unchanged.
+Inside safejax the pad token and the tokenizer's id 0 trade ids (seqio pads with id 0), so the rows
+are permuted by the vocabulary's `hf_ids` on import and back on export. A safejax SentencePiece
+vocabulary can replace the tokenizer instead (`vocab_file`): its ids then name other pieces than
+the checkpoint's and continued pretraining relearns the embedding rows.
 
 Exports write what transformers, vLLM and TGI load whole: config.json, the weights,
 generation_config.json (eos), tokenizer.json with the reserved tokens as special tokens (the
