@@ -67,8 +67,8 @@ from tqdm.auto import tqdm
 from safejax import train
 from safejax.evaluation.prompting import ROLE_MARKERS
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import (END_OF_TURN, SPECIAL_TOKENS, HfTokenizerVocabulary, SafejaxVocabulary, Vocabulary,
-                           load_vocabulary, write_hf_tokenizer)
+from safejax.vocab import (END_OF_TURN, SENTENCEPIECE_FILE, SPECIAL_TOKENS, HfTokenizerVocabulary, SafejaxVocabulary,
+                           Vocabulary, load_vocabulary, write_hf_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ def save_tokenizer(vocab: Vocabulary, hf_dir: str, *, max_position_embeddings: i
   with open(os.path.join(hf_dir, GENERATION_CONFIG_JSON), "w") as f:
     json.dump(hf_token_ids(vocab), f, indent=2)
   if isinstance(vocab, SafejaxVocabulary):  # the exact model, which an import of this folder reads
-    with open(os.path.join(hf_dir, train.VOCAB_FILE), "wb") as f:
+    with open(os.path.join(hf_dir, SENTENCEPIECE_FILE), "wb") as f:
       f.write(vocab.sp_model)
 
 

@@ -216,7 +216,7 @@ class SafejaxServer:
       raise APIError(400, "Expected {\"prompt\": string, \"add_special_tokens\": boolean}.", param="prompt",
                      code="invalid_type")
     # A text that is exactly a control token's name is that token, as a Hugging Face tokenizer
-    # reads it (clients look up the EOS id this way); SentencePiece alone never yields them.
+    # reads it (clients look up the EOS id this way); safejax's encoding alone never yields them.
     control = {name: i for name, i in self.vocab.special_ids.items() if name not in SPECIAL_TOKENS}
     tokens = [control[prompt]] if prompt in control else list(self.vocab.encode(prompt))
     if add_special:
