@@ -22,7 +22,7 @@ from etils import epath
 from flax import nnx
 
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary, load_vocabulary, save_vocabulary
 
 VOCAB_FILE = "vocab.model"
 CONFIG_FILE = "model_config.json"
@@ -44,14 +44,12 @@ def checkpoint_manager(model_dir: str, *, keep: int = 3, save_every: int | None 
                                item_names=("params", "opt_state", "meta"), options=options)
 
 
-def write_model_files(model_dir: str, config: ModelConfig, vocab: SafejaxVocabulary) -> None:
+def write_model_files(model_dir: str, config: ModelConfig, vocab: Vocabulary) -> None:
   """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
   model_path(model_dir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() != 0:
     return
-  vocab_src, vocab_dst = model_path(vocab.sentencepiece_model_file), model_path(model_dir) / VOCAB_FILE
-  if vocab_src != vocab_dst:
-    vocab_src.copy(vocab_dst, overwrite=True)
+  save_vocabulary(vocab, model_dir)
   (model_path(model_dir) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
 
@@ -59,10 +57,10 @@ def load_model_config(model_dir: str) -> ModelConfig:
   return ModelConfig(**json.loads((model_path(model_dir) / CONFIG_FILE).read_text()))
 
 
-def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
+def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, Vocabulary]:
   """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
   config = load_model_config(model_dir)
-  vocab = SafejaxVocabulary(os.path.join(model_dir, VOCAB_FILE))
+  vocab = load_vocabulary(model_dir)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
   manager = checkpoint_manager(model_dir, async_save=False)
   step = manager.latest_step() if step is None else step

@@ -35,7 +35,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from safejax.vocab import RejectedText, SafejaxVocabulary, sanitize_text
+from safejax.vocab import RejectedText, Vocabulary, load_vocabulary, sanitize_text
 
 log = logging.getLogger(__name__)
 ON_BAD_RECORD = ("error", "skip")
@@ -158,7 +158,7 @@ def lm_preprocessors(text_field: str = "text") -> list:
   ]
 
 
-def output_features(vocab: SafejaxVocabulary) -> dict[str, seqio.Feature]:
+def output_features(vocab: Vocabulary) -> dict[str, seqio.Feature]:
   return {"targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)}
 
 
@@ -167,12 +167,14 @@ def register_text_task(name: str, file_pattern: str | dict[str, str], vocab_path
                        text_field: str = "text", on_bad_record: str = "error") -> seqio.Task:
   """Registers (or re-registers) a language-modelling task over text files.
 
+  vocab_path: a SentencePiece model, or a folder or file `safejax.vocab.load_vocabulary` reads (a
+  model directory holding an imported Hugging Face tokenizer).
   on_bad_record: "error" stops at a bad jsonl / txt record naming its file and line; "skip"
     skips it with a logged warning (see the module docstring).
   """
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  vocab = SafejaxVocabulary(vocab_path)
+  vocab = load_vocabulary(vocab_path)
   source = text_file_source(file_pattern, text_field, on_bad_record)
   # File sources other than TFRecord already yield the bare text.
   preprocessors = lm_preprocessors(text_field if isinstance(source, seqio.TFExampleDataSource) else "text")

@@ -82,13 +82,15 @@ def stats(base_url):
 # -- pieces ---------------------------------------------------------------------------------------
 
 
-def test_token_texts_rebuild_the_text(tiny_vocab):
+@pytest.mark.parametrize("vocab_fixture", ["tiny_vocab", "tiny_bpe_vocab"])
+def test_token_texts_rebuild_the_text(vocab_fixture, request):
+  vocab = request.getfixturevalue(vocab_fixture)
   for text in ["Hello world", " leading space", "two  spaces", "émoji 😀 ünïcode", "", "end. "]:
-    ids = tiny_vocab.encode(text)
-    assert "".join(token_texts(tiny_vocab, ids)) == text == tiny_vocab.decode_without_specials(ids)
-  tagged = tiny_vocab.encode(f"unsafe{HARM_TAG} words")
-  texts = token_texts(tiny_vocab, tagged)
-  assert texts[tagged.index(tiny_vocab.harm_tag_id)] == "" and "".join(texts) == "unsafe words"
+    ids = vocab.encode(text)
+    assert "".join(token_texts(vocab, ids)) == text == vocab.decode_without_specials(ids)
+  tagged = vocab.encode(f"unsafe{HARM_TAG} words")
+  texts = token_texts(vocab, tagged)
+  assert texts[tagged.index(vocab.harm_tag_id)] == "" and "".join(texts) == "unsafe words"
 
 
 def test_bucket():
@@ -389,6 +391,33 @@ def test_tokenizer_endpoints(base_url, loaded):
   assert httpx.post(f"{root}/tokenize", json={"prompt": "</s>", "add_special_tokens": False}).json()["tokens"] == [1]
   assert httpx.post(f"{root}/tokenize", json={"prompt": PROMPTS[1]}).json()["tokens"] == [0, *tokens]
   assert httpx.post(f"{root}/detokenize", json={"tokens": tokens}).json()["prompt"] == PROMPTS[1]
+
+
+def test_server_over_a_byte_level_tokenizer(tiny_bpe_vocab):
+  """An imported model's vocabulary: the tokenizer's own control tokens, its start token, its text."""
+  vocab = tiny_bpe_vocab
+  config = ModelConfig(num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+                       vocab_size=vocab.vocab_size, init_std=0.3)
+  model = build_model(config)
+  server_config = S.ServerConfig(max_context_length=CONTEXT, max_batch_size=2, batch_window_ms=0, max_n=2)
+  with S.running(S.SafejaxServer(model, vocab, MODEL, server_config)) as url:
+    root = url.removesuffix("/v1")
+    info = httpx.get(f"{root}/tokenizer_info").json()
+    assert (info["eos_token"], info["pad_token"], info["unk_token"], info["tokenizer_class"]) == (
+        "<|endoftext|>", "<pad>", None, "tokenizers")
+    assert post(root, "/tokenize", {"prompt": "<|endoftext|>", "add_special_tokens": False}).json()["tokens"] == [
+        vocab.eos_id]
+    ids = vocab.encode("The river")
+    assert post(root, "/tokenize", {"prompt": "The river"}).json()["tokens"] == [vocab.decoder_start_id, *ids]
+    body = {"model": MODEL, "prompt": "The river", "max_tokens": 6, "temperature": 0}
+    text = post(url, "/completions", body).json()["choices"][0]["text"]
+    result = generate(model, [[vocab.decoder_start_id, *ids]], max_new_tokens=6, eos_id=vocab.eos_id,
+                      pad_id=vocab.pad_id)
+    generated = [t for t in result.tokens[0, 0, :result.lengths[0, 0]].tolist() if t != vocab.eos_id]
+    assert text == "".join(token_texts(vocab, ids + generated)[len(ids):])
+    chat = post(url, "/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                                            "max_tokens": 4, "temperature": 0})
+    assert chat.status_code == 200 and isinstance(chat.json()["choices"][0]["message"]["content"], str)
 
 
 def test_serve_command_loads_the_checkpoint(model_dir, monkeypatch):

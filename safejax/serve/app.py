@@ -68,7 +68,7 @@ from safejax.chat_template import format_chat
 from safejax.model.llama import Decoder
 from safejax.serve.engine import Candidate, Engine, TokenScores, piece_text, token_texts
 from safejax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
-from safejax.vocab import BOS, END_OF_TURN, EOS, PAD, UNK, SafejaxVocabulary, strip_special_tokens
+from safejax.vocab import END_OF_TURN, SPECIAL_TOKENS, Vocabulary, strip_special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _cut_at_stop_strings(texts: list[str], stops: Sequence[str]) -> list[str] | 
 class SafejaxServer:
   """The OpenAI-compatible application over one model; `app` is the Starlette (ASGI) app."""
 
-  def __init__(self, model: Decoder, vocab: SafejaxVocabulary, model_name: str,
+  def __init__(self, model: Decoder, vocab: Vocabulary, model_name: str,
                config: ServerConfig | None = None, decoding: DecodingConfig | None = None, *,
                start_id: int | None = None):
     config, decoding = config or ServerConfig(), decoding or DecodingConfig()
@@ -242,8 +242,10 @@ class SafejaxServer:
 
   async def tokenizer_info(self, request: Request) -> JSONResponse:
     # No bos_token: the start token is the server's business (it adds it to every sequence).
-    return JSONResponse({"eos_token": EOS, "pad_token": PAD, "bos_token": None, "unk_token": UNK,
-                         "model_max_length": self.config.max_context_length, "tokenizer_class": "SentencePiece"})
+    tokens = self.vocab.hf_special_tokens
+    return JSONResponse({"eos_token": tokens["eos_token"], "pad_token": tokens["pad_token"], "bos_token": None,
+                         "unk_token": tokens["unk_token"], "model_max_length": self.config.max_context_length,
+                         "tokenizer_class": {"sentencepiece": "SentencePiece"}.get(self.vocab.kind, "tokenizers")})
 
   async def tokenize(self, request: Request) -> JSONResponse:
     body = await self._json(request)
@@ -253,8 +255,8 @@ class SafejaxServer:
       raise APIError(400, "Expected {\"prompt\": string, \"add_special_tokens\": boolean}.", param="prompt",
                      code="invalid_type")
     # A text that is exactly a control token's name is that token, as a Hugging Face tokenizer
-    # reads it (clients look up the EOS id this way); SentencePiece alone never yields them.
-    control = {name: self.vocab.token_id(name) for name in (PAD, EOS, BOS, UNK)}
+    # reads it (clients look up the EOS id this way); safejax's encoding alone never yields them.
+    control = {name: i for name, i in self.vocab.special_ids.items() if name not in SPECIAL_TOKENS}
     tokens = [control[prompt]] if prompt in control else list(self.vocab.encode(_unicode(prompt, "prompt")))
     if add_special:
       tokens = [self.start_id, *tokens]
