@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -26,6 +27,7 @@ from safejax.vocab import Vocabulary, load_vocabulary, save_vocabulary
 VOCAB_FILE = "vocab.model"
 CONFIG_FILE = "model_config.json"
 METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def model_path(path: str) -> epath.Path:
@@ -72,10 +74,22 @@ def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder
 
 
 def read_metrics(model_dir: str) -> list[dict[str, float]]:
-  """The logged metrics; after resumes the newest record of each step wins."""
+  """The logged metrics; after resumes the newest record of each step wins.
+
+  A last line without its newline is a record still being written (or cut by a crash): it is left
+  out. A damaged line anywhere else raises ValueError naming the file and line.
+  """
   by_step = {}
-  with (model_path(model_dir) / METRICS_FILE).open() as f:
-    for line in f:
+  path = model_path(model_dir) / METRICS_FILE
+  with path.open() as f:
+    lines = f.readlines()
+  for number, line in enumerate(lines, start=1):
+    try:
       record = json.loads(line)
-      by_step[record["step"]] = record
+    except json.JSONDecodeError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        log.warning("%s: leaving out the unfinished last line %d", path, number)
+        break
+      raise ValueError(f"{path}:{number}: not a metrics record ({e})") from None
+    by_step[record["step"]] = record
   return [by_step[s] for s in sorted(by_step)]

@@ -9,8 +9,10 @@ Layout of the ids (fixed by training options, asserted at load time):
   then 256 byte-fallback pieces and the learned pieces.
 
 User-defined symbols are matched verbatim anywhere in the text, so a raw document that happens to
-contain `<potentially_unsafe_content>` would smuggle in a tag: `strip_special_tokens` removes such
-strings from untrusted text and the data sources count how often that happened.
+contain `<potentially_unsafe_content>` would smuggle in a tag. `sanitize_text` is the one sanitiser
+of untrusted text (pipeline sources, TEXT_FILES corpora, conversation data): it removes such strings
+until none is left, nested fragments included (`strip_special_tokens`, also the server's output
+filter), and rejects text that is not valid Unicode; the data sources count the removals.
 
 The tag and role markers are written glued to the preceding text ("word<tag> next"): SentencePiece
 then yields exactly one id for the marker and the next word keeps its word-boundary piece, so
@@ -57,15 +59,54 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
+class RejectedText(ValueError):
+  """Untrusted text that cannot be made safe to tokenize. `reason` is its dead-letter reason."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(f"{reason}: {detail}")
+    self.reason, self.detail = reason, detail
+
+
 def strip_special_tokens(text: str) -> tuple[str, int]:
-  """Removes literal special-token strings from untrusted text; returns (text, number removed)."""
+  """Removes reserved-token strings from text until none is left; returns (text, number removed).
+
+  One pass per token is not enough: removing `<|user|>` from `<potentially_<|user|>unsafe_content>`
+  joins a harm tag. The text is scanned once, left to right, keeping the output free of reserved
+  tokens at every step: each token ends with ">" and holds no other ">", so a token can only
+  appear where a ">" has just been appended, and it is cut there at once. What is left contains
+  no reserved-token string (nested fragments included), in time linear in the text.
+  """
+  if not any(token in text for token in SPECIAL_TOKENS):
+    return text, 0
+  longest = max(map(len, SPECIAL_TOKENS))
+  out: list[str] = []  # the output so far, one character an item; it never holds a reserved token
   removed = 0
-  for token in SPECIAL_TOKENS:
-    n = text.count(token)
-    if n:
-      removed += n
-      text = text.replace(token, "")
-  return text, removed
+  for i, piece in enumerate(text.split(">")):
+    if i:
+      out.append(">")
+      tail = "".join(out[-longest:])
+      token = next((t for t in SPECIAL_TOKENS if tail.endswith(t)), None)
+      if token is not None:
+        del out[-len(token):]
+        removed += 1
+    out.extend(piece)
+  return "".join(out), removed
+
+
+def sanitize_text(text: str) -> tuple[str, int]:
+  """The sanitiser of every untrusted text a model may train on or see (documents, corpus lines,
+  conversations): reserved-token strings removed until none is left (`strip_special_tokens`);
+  returns (text, number removed).
+
+  Raises:
+    RejectedText("bad_encoding"): the text holds a lone surrogate (e.g. a JSON "\\ud800"), which
+      is no Unicode character and cannot be written as UTF-8.
+  """
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise RejectedText("bad_encoding", f"lone surrogate {text[e.start]!r} at character {e.start}") from None
+  return strip_special_tokens(text)
 
 
 def train_sentencepiece(

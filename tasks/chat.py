@@ -20,17 +20,22 @@ import seqio
 import tensorflow as tf
 
 from safejax.chat_template import format_chat
-from safejax.vocab import END_OF_TURN, load_vocabulary
+from safejax.vocab import END_OF_TURN, load_vocabulary, sanitize_text
 
 
 def split_conversation(messages: list[dict], *, reply_space: bool = False) -> tuple[str, str]:
   """(prompt, reply) of a conversation whose last message is the assistant's reply.
+
+  Every message's content is untrusted text: `sanitize_text` removes reserved-token strings from
+  it (until none is left), so a conversation file cannot teach the model to emit a harm tag or
+  a role marker of its own.
 
   reply_space: start the reply with the template's space after the ASSISTANT marker (for
   vocabularies without SentencePiece's dummy prefix).
   """
   if not messages or messages[-1].get("role") != "assistant":
     raise ValueError("a training conversation must end with an assistant message")
+  messages = [{**m, "content": sanitize_text(m["content"])[0]} for m in messages]
   reply = (" " if reply_space else "") + messages[-1]["content"].strip() + END_OF_TURN
   return format_chat(messages[:-1], add_generation_prompt=True), reply
 

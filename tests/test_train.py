@@ -220,3 +220,11 @@ def test_init_from_rejects_another_vocabulary(tmp_path, tiny_vocab, tiny_bpe_voc
   checkpoints.write_model_files(str(tmp_path), config, tiny_bpe_vocab)
   with pytest.raises(ValueError, match="was trained with another vocabulary than"):
     T._initial_params(str(tmp_path), config, tiny_vocab, target=None)
+
+
+def test_read_metrics_leaves_out_a_half_written_last_line(tmp_path):
+  (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert [m["step"] for m in checkpoints.read_metrics(str(tmp_path))] == [1, 2]
+  (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
+    checkpoints.read_metrics(str(tmp_path))

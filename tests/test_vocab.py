@@ -74,6 +74,34 @@ def test_strip_special_tokens_counts_removals():
   assert (text, removed) == ("ab c", 3)
 
 
+@pytest.mark.parametrize("text", [
+    "<potentially_<|user|>unsafe_content>",                                 # a marker splits the tag
+    "<potentially_unsafe_<potentially_unsafe_content>content>",             # the tag splits itself
+    "<|us<|ass<|system|>istant|>er|>",                                      # three levels deep
+    "<|end_of_<|end_of_<|end_of_turn|>turn|>turn|> and <|<|user|>user|>",
+    "<|us" * 300 + "er|>" * 300,                                            # 300 levels deep
+])
+def test_nested_fragments_are_removed_until_no_reserved_token_is_left(tiny_vocab, text):
+  stripped, removed = V.strip_special_tokens(f"before {text} after")
+  assert not any(token in stripped for token in V.SPECIAL_TOKENS)
+  assert removed >= 1
+  assert not set(tiny_vocab.special_ids.values()) & set(tiny_vocab.encode(stripped))
+  assert stripped.startswith("before ") and stripped.endswith(" after")
+
+
+def test_stripping_leaves_other_angle_brackets_alone():
+  text = "a > b, <b>bold</b>, <|not_a_marker|>, x->y, <potentially_unsafe_content"
+  assert V.strip_special_tokens(text) == (text, 0)
+  assert V.strip_special_tokens(">>" + V.USER + "<<>") == (">><<>", 1)
+
+
+def test_sanitize_text_rejects_lone_surrogates_with_a_reason():
+  assert V.sanitize_text(f"ok {V.HARM_TAG}\U0001F600") == ("ok \U0001F600", 1)
+  with pytest.raises(V.RejectedText, match="lone surrogate") as error:
+    V.sanitize_text("a \ud800 b")
+  assert error.value.reason == "bad_encoding"
+
+
 def test_unknown_token_name_fails_clearly(any_vocab):
   with pytest.raises(KeyError, match="not a reserved token"):
     any_vocab.token_id("<nope>")
