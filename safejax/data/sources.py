@@ -249,8 +249,6 @@ def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
 
 
 def _read_parquet(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
-  import pyarrow.parquet as pq
-
   import pyarrow as pa
   import pyarrow.parquet as pq
 
