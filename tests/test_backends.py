@@ -41,6 +41,7 @@ class ChatServer:
           action = server.script.pop(0) if server.script else "ok"
           server.in_flight += 1
           server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        counted = True
         try:
           time.sleep(server.delay_s)
           if isinstance(action, tuple):
@@ -61,13 +62,19 @@ class ChatServer:
             self.send_response(200)
           self.send_header("Content-Type", "application/json")
           self.send_header("Content-Length", str(len(payload)))
+          # Leave the in-flight count before anything reaches the client: once it has the answer
+          # it may send its next request before this thread would otherwise get to the decrement.
+          with server.lock:
+            server.in_flight -= 1
+            counted = False
           self.end_headers()
           self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
           pass
         finally:
-          with server.lock:
-            server.in_flight -= 1
+          if counted:
+            with server.lock:
+              server.in_flight -= 1
 
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
