@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from safejax import partitioning
 from safejax.model import Decoder, ModelConfig, build_model
+from safejax.model.losses import chunked_cross_entropy_loss, cross_entropy_loss
 from safejax.vocab import SafejaxVocabulary
 
 log = logging.getLogger(__name__)
@@ -88,33 +89,42 @@ class OptimizerConfig:
 # Loss and the train step
 
 
-def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                       z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Token-weighted mean cross-entropy. logits [B,T,V] f32; targets, weights [B,T]."""
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = log_z - target_logit
-  total_weight = jnp.maximum(weights.sum(), 1.0)
-  loss = (nll * weights).sum() / total_weight
-  aux = {"nll": loss, "tokens": weights.sum()}
-  if z_loss:
-    loss = loss + z_loss * (jnp.square(log_z) * weights).sum() / total_weight
-  return loss, aux
+# Positions per chunk of the chunked loss (B x C); 0 selects the plain loss over full logits.
+DEFAULT_LOSS_CHUNK_TOKENS = 2048
+
+
+def model_loss(model: Decoder, batch: Mapping[str, jax.Array], z_loss: float = 0.0,
+               loss_chunk_tokens: int = DEFAULT_LOSS_CHUNK_TOKENS) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The training loss of a packed batch: (loss, {"nll", "tokens"}).
+
+  loss_chunk_tokens > 0: `chunked_cross_entropy_loss` from the final hidden states (never holds
+  the [B, T, V] logits); 0: `cross_entropy_loss` over the full logits (the reference).
+  """
+  inputs = (batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
+  targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+  if not loss_chunk_tokens:
+    logits, _ = model(*inputs)
+    return cross_entropy_loss(logits, targets, weights, z_loss)
+  hidden, _ = model.hidden_states(*inputs)
+  embedding, vocab_major = model.output_embedding()
+  return chunked_cross_entropy_loss(hidden, embedding, targets, weights, z_loss, chunk_tokens=loss_chunk_tokens,
+                                    compute_dtype=model.cfg.dtype, embedding_is_vocab_major=vocab_major)
 
 
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array], *,
-               rules: partitioning.Rules, z_loss: float) -> tuple[nnx.State, dict[str, jax.Array]]:
+               rules: partitioning.Rules, z_loss: float,
+               loss_chunk_tokens: int = DEFAULT_LOSS_CHUNK_TOKENS) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One optimizer step on a packed batch (seqio DecoderFeatureConverter features).
 
   state: nnx.State of (model, optimizer). batch: decoder_input_tokens, decoder_target_tokens,
-  decoder_loss_weights, decoder_segment_ids, decoder_positions, each [B, T].
+  decoder_loss_weights, decoder_segment_ids, decoder_positions, each [B, T]. loss_chunk_tokens:
+  see `model_loss`.
   """
   with nnx.logical_axis_rules(rules):
     model, optimizer = nnx.merge(graphdef, state)
 
     def loss_fn(model: Decoder):
-      logits, _ = model(batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
-      return cross_entropy_loss(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+      return model_loss(model, batch, z_loss, loss_chunk_tokens)
 
     (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -287,6 +297,7 @@ def train(
     keep_checkpoints: int = 3,
     async_checkpointing: bool = True,
     progress: bool = True,
+    loss_chunk_tokens: int = DEFAULT_LOSS_CHUNK_TOKENS,
 ) -> dict[str, float]:
   """Trains (or resumes) a decoder on a SeqIO task or mixture; returns the last metrics.
 
@@ -294,6 +305,7 @@ def train(
   train is called, registering the run's tasks before `mixture_or_task_name` is looked up.
   `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
   pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
+  `loss_chunk_tokens`: positions per chunk of the loss (`model_loss`); 0 for the plain loss.
   """
   del task_registrations  # evaluated by gin for their effect
   partitioning.initialize_distributed()
@@ -333,7 +345,8 @@ def train(
     manager.close()
     return {}
 
-  step_fn = jax.jit(functools.partial(train_step, graphdef, rules=rules, z_loss=optimizer.z_loss),
+  step_fn = jax.jit(functools.partial(train_step, graphdef, rules=rules, z_loss=optimizer.z_loss,
+                                      loss_chunk_tokens=loss_chunk_tokens),
                     in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
                     donate_argnums=0)
   batches = make_train_iterator(mixture_or_task_name, sequence_length, batch_size, seed=seed,

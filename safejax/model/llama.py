@@ -232,7 +232,7 @@ class Decoder(nnx.Module):
       input_mask: jax.Array | None = None,
       siblings: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
-    """Logits for every position.
+    """Logits for every position: `logits(hidden_states(...))`.
 
     Args:
       tokens: [B, T] int32.
@@ -247,6 +247,23 @@ class Decoder(nnx.Module):
         so T candidates share one cache row; `KVCache.keep_sibling` then keeps one of them.
     Returns:
       logits [B, T, V] float32, and the updated cache (None without one).
+    """
+    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings)
+    return self.logits(x), cache
+
+  def hidden_states(
+      self,
+      tokens: jax.Array,
+      positions: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      input_mask: jax.Array | None = None,
+      siblings: bool = False,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """The final (normed) hidden states [B, T, D] in the compute dtype, and the cache.
+
+    Arguments as `__call__`. The training loss takes these and `output_embedding()` so that it
+    never materialises the full logits (`safejax.model.losses.chunked_cross_entropy_loss`).
     """
     b, t = tokens.shape
     if siblings and cache is None:
@@ -289,14 +306,23 @@ class Decoder(nnx.Module):
         new_keys.append(layer_cache[0])
         new_values.append(layer_cache[1])
     x = self.final_norm(x)
-    if self.lm_head is None:
-      logits = self.embed.attend(x)
-    else:
-      logits = self.lm_head(x)
-    logits = with_logical_constraint(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
     if cache is not None:
       cache = KVCache(tuple(new_keys), tuple(new_values), key_valid, cache.index + t)
-    return logits, cache
+    return x, cache
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] -> logits [B, T, V] float32."""
+    logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+    return with_logical_constraint(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+
+  def output_embedding(self) -> tuple[jax.Array, bool]:
+    """The output projection and whether it is vocab-major: the tied embedding [V, D] (True) or
+    the lm_head kernel [D, V] (False)."""
+    if self.lm_head is None:
+      return self.embed.embedding[...], True
+    return self.lm_head.kernel[...], False
+
+
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
