@@ -517,8 +517,11 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
 def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabulary, target: nnx.State) -> nnx.State:
   """The newest parameters of another model dir, laid out like `target` (any mesh)."""
   source_config = load_model_config(init_from)
-  # init_std only says how fresh weights are drawn (imports keep the default).
-  if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat, init_std=config.init_std) != config:
+  # init_std only says how fresh weights are drawn (imports keep the default); dtype, remat, the
+  # layer scan and the attention kernel say how the same parameters are computed with.
+  how = dict(dtype=config.dtype, remat=config.remat, init_std=config.init_std, scan_layers=config.scan_layers,
+             attention=config.attention)
+  if dataclasses.replace(source_config, **how) != config:
     raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
   if (model_path(init_from) / VOCAB_FILE).read_bytes() != model_path(vocab.sentencepiece_model_file).read_bytes():
     raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")

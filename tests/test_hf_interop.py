@@ -162,7 +162,7 @@ def test_export_casts_to_bfloat16(tmp_path, tiny_vocab):
   assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 50_000.0
   tensors = safetensors.numpy.load_file(tmp_path / "model.safetensors")
   assert {str(t.dtype) for t in tensors.values()} == {"bfloat16"}
-  kernel = np.asarray(model.blocks[1].attn.q.kernel.get_value())
+  kernel = np.asarray(model.blocks.attn.q.kernel.get_value()[1])  # layer 1 of the stacked blocks
   np.testing.assert_array_equal(tensors["model.layers.1.self_attn.q_proj.weight"], kernel.T.astype(jnp.bfloat16))
 
 
