@@ -106,9 +106,22 @@ def _merge_chunks(x: jax.Array) -> jax.Array:
   return jnp.moveaxis(x, 0, 1).reshape(b, n * length, *x.shape[3:])
 
 
+def _matmul(spec: str, a: jax.Array, b: jax.Array, dtype: str) -> jax.Array:
+  """einsum of a and b cast to the compute dtype, with a float32 result.
+
+  Accelerators accumulate low-precision products in float32 (preferred_element_type). XLA:CPU
+  has no bf16 x bf16 -> f32 dot, so there the product is rounded to the compute dtype first, as
+  the plain loss's logits are (`nnx.Embed.attend` in the compute dtype, then cast).
+  """
+  a, b = a.astype(dtype), b.astype(dtype)
+  if jnp.dtype(dtype) == jnp.float32 or jax.default_backend() != "cpu":
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+  return jnp.einsum(spec, a, b).astype(jnp.float32)
+
+
 def _chunk_logits(h: jax.Array, table: jax.Array, dtype: str) -> jax.Array:
   """h [B, C, D] @ table [V, D]^T -> [B, C, V] float32 (inputs in the compute dtype)."""
-  logits = jnp.einsum("bcd,vd->bcv", h.astype(dtype), table.astype(dtype), preferred_element_type=jnp.float32)
+  logits = _matmul("bcd,vd->bcv", h, table, dtype)
   return with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
@@ -131,18 +144,19 @@ def _forward_and_gradients(hidden, table, targets, nll_coef, z_coef, length, dty
     probs = jnp.exp(logits - log_z[..., None])
     d_logits = probs * (c_nll + 2.0 * c_z * log_z)[..., None]
     d_logits = d_logits - jax.nn.one_hot(target, logits.shape[-1], dtype=jnp.float32) * c_nll[..., None]
-    d_logits = d_logits.astype(dtype)
-    d_h = jnp.einsum("bcv,vd->bcd", d_logits, table.astype(dtype), preferred_element_type=jnp.float32)
-    d_table = carry[2] + jnp.einsum("bcv,bcd->vd", d_logits, h.astype(dtype), preferred_element_type=jnp.float32)
-    return (loss_sum, nll_sum, d_table), d_h.astype(hidden.dtype)
+    d_h = _matmul("bcv,vd->bcd", d_logits, table, dtype)
+    # Accumulated as [D, V]: contracting the chunk's positions with d_logits on the right keeps
+    # its [B*C, V] layout, where a [V, D] product made XLA:CPU transpose all of d_logits first.
+    d_table_t = carry[2] + _matmul("bcd,bcv->dv", h, d_logits, dtype)
+    return (loss_sum, nll_sum, d_table_t), d_h.astype(hidden.dtype)
 
   zero = jnp.zeros((), jnp.float32)
   if not with_gradients:
     (loss, nll), _ = jax.lax.scan(chunk, (zero, zero), xs)
     return loss, nll
-  init = (zero, zero, jnp.zeros(table.shape, jnp.float32))
-  (loss, nll, d_table), d_hidden = jax.lax.scan(chunk, init, xs)
-  return loss, nll, _merge_chunks(d_hidden), d_table.astype(table.dtype)
+  init = (zero, zero, jnp.zeros(table.shape[::-1], jnp.float32))
+  (loss, nll, d_table_t), d_hidden = jax.lax.scan(chunk, init, xs)
+  return loss, nll, _merge_chunks(d_hidden), d_table_t.T.astype(table.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
