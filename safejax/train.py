@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
 import jax
@@ -42,7 +42,10 @@ from tqdm.auto import tqdm
 from safejax import partitioning
 from safejax.model import Decoder, ModelConfig, build_model
 from safejax.model.losses import chunked_cross_entropy_loss, cross_entropy_loss
-from safejax.vocab import SafejaxVocabulary
+
+if TYPE_CHECKING:  # the vocabulary pulls in seqio and TensorFlow: imported where it is used, so
+  # that the train step alone (benchmarks, accelerator checks) runs without them.
+  from safejax.vocab import SafejaxVocabulary
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,8 @@ def import_task_module(module: str | None) -> None:
 
 def task_vocabulary(mixture_or_task_name: str) -> SafejaxVocabulary:
   import seqio
+
+  from safejax.vocab import SafejaxVocabulary
 
   vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
   if not isinstance(vocab, SafejaxVocabulary):
@@ -291,6 +296,8 @@ def load_model_config(model_dir: str) -> ModelConfig:
 
 def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
   """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
+  from safejax.vocab import SafejaxVocabulary
+
   config = load_model_config(model_dir)
   vocab = SafejaxVocabulary(os.path.join(model_dir, VOCAB_FILE))
   graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
