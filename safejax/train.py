@@ -3,7 +3,8 @@
 Launched t5x-style through gin (gin/runs/*.gin bind the macros MODEL_DIR, TRAIN_STEPS, BATCH_SIZE,
 TASK_FEATURE_LENGTHS, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE):
 
-  safejax train --gin_file=runs/pretrain_demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  safejax train --gin_file=models/demo.gin --gin_file=runs/pretrain_text.gin \
+      --gin.MODEL_DIR="'/tmp/demo'" --gin.TEXT_FILES="'docs.jsonl'" --gin.VOCAB="'vocab.model'"
 
 The same code runs on one CPU, on 8 fake CPU devices and on a TPU pod (one process per host,
 `jax.distributed` initialised first; each host reads its shard of the input).
@@ -12,8 +13,8 @@ Checkpoints (Orbax CheckpointManager, async) hold four items: `params` (the mode
 `opt_state` (the optimizer state; flax 0.12 keeps it apart from the parameters), `meta` (step,
 input position, config) and `input` (each process's tf.data iterator state). Restarting the same
 command resumes from the newest checkpoint, restores the iterator instead of re-reading the
-consumed input, and reproduces the losses of an uninterrupted run. The vocabulary and model config are copied beside the checkpoints so a model
-directory is self-contained for `load_for_inference`.
+consumed input, and reproduces the losses of an uninterrupted run. The vocabulary and model config
+are copied beside the checkpoints so a model directory is self-contained for `load_for_inference`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -35,23 +35,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
 from safejax import partitioning
+from safejax.checkpoints import (METRICS_FILE, checkpoint_manager, load_model_config,
+                                 model_path, write_model_files)
 from safejax.model import Decoder, ModelConfig, build_model
 from safejax.model.losses import chunked_cross_entropy_loss, cross_entropy_loss
 
 if TYPE_CHECKING:  # the vocabulary pulls in seqio and TensorFlow: imported where it is used, so
   # that the train step alone (benchmarks, accelerator checks) runs without them.
-  from safejax.vocab import SafejaxVocabulary
+  from safejax.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "vocab.model"
-CONFIG_FILE = "model_config.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,15 +147,15 @@ def import_task_module(module: str | None) -> None:
     importlib.import_module(module)
 
 
-def task_vocabulary(mixture_or_task_name: str) -> SafejaxVocabulary:
+def task_vocabulary(mixture_or_task_name: str) -> Vocabulary:
   import seqio
 
-  from safejax.vocab import SafejaxVocabulary
+  from safejax.vocab import ReservedTokens
 
   vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
-  if not isinstance(vocab, SafejaxVocabulary):
-    raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, "
-                    "expected safejax.vocab.SafejaxVocabulary (reserved harm tag and chat tokens)")
+  if not isinstance(vocab, ReservedTokens):
+    raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, expected "
+                    "safejax.vocab's SafejaxVocabulary or HfTokenizerVocabulary (reserved harm tag and chat tokens)")
   return vocab
 
 
@@ -196,14 +194,15 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
   if batch_size % num_hosts:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {num_hosts} processes")
   task = seqio.get_mixture_or_task(mixture_or_task_name)
+  start_id = task.output_features["targets"].vocabulary.decoder_start_id  # shifted in before every document
   if "inputs" in task.output_features:
     # Prompt/response data (instruction tuning): one causal sequence, loss on the response only.
     # The converter's decoder_causal_attention (a prefix-LM mask) is ignored: the model is causal.
     lengths = {"inputs": sequence_length // 2, "targets": sequence_length - sequence_length // 2}
-    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True)
+    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True, bos_id=start_id)
   else:
     lengths = {"targets": sequence_length}
-    converter = seqio.DecoderFeatureConverter(pack=True)
+    converter = seqio.DecoderFeatureConverter(pack=True, bos_id=start_id)
   ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
                         shard_info=seqio.ShardInfo(index=host, num_shards=num_hosts), use_cached=False)
   ds = converter(ds, lengths)
@@ -258,61 +257,6 @@ def has_input_state(manager: ocp.CheckpointManager, step: int) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def model_path(path: str) -> epath.Path:
-  """A local or gs:// path. os.path.abspath (and epath's resolve) would turn gs://b/m into ./gs:/b/m."""
-  return epath.Path(path if "://" in path else os.path.abspath(path))
-
-
-def checkpoint_manager(model_dir: str, *, keep: int = 3, save_every: int | None = None,
-                       async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=save_every or 1, enable_async_checkpointing=async_save,
-      create=True)
-  return ocp.CheckpointManager(model_path(model_dir) / "checkpoints",
-                               item_names=("params", "opt_state", "meta", "input"), options=options)
-
-
-def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-
-
-def write_model_files(model_dir: str, config: ModelConfig, vocab: SafejaxVocabulary) -> None:
-  """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
-  model_path(model_dir).mkdir(parents=True, exist_ok=True)
-  if jax.process_index() != 0:
-    return
-  vocab_src, vocab_dst = model_path(vocab.sentencepiece_model_file), model_path(model_dir) / VOCAB_FILE
-  if vocab_src != vocab_dst:
-    vocab_src.copy(vocab_dst, overwrite=True)
-  (model_path(model_dir) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
-
-
-def load_model_config(model_dir: str) -> ModelConfig:
-  return ModelConfig(**json.loads((model_path(model_dir) / CONFIG_FILE).read_text()))
-
-
-def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
-  """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
-  from safejax.vocab import SafejaxVocabulary
-
-  config = load_model_config(model_dir)
-  vocab = SafejaxVocabulary(os.path.join(model_dir, VOCAB_FILE))
-  graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
-  manager = checkpoint_manager(model_dir, async_save=False)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {model_dir}/checkpoints")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
-  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-  manager.close()
-  return nnx.merge(graphdef, restored["params"]), vocab
-
-
-# --------------------------------------------------------------------------------------------
 # Throughput
 
 
@@ -359,10 +303,10 @@ def train(
     train_steps: int = gin.REQUIRED,
     batch_size: int = 8,
     sequence_length: int = 128,
-    model_config: ModelConfig = ModelConfig(),
-    optimizer: OptimizerConfig = OptimizerConfig(),
+    model_config: ModelConfig | None = None,
+    optimizer: OptimizerConfig | None = None,
     init_from: str | None = None,
-    mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+    mesh: partitioning.MeshConfig | None = None,
     seed: int = 0,
     log_every: int = 10,
     checkpoint_every: int = 100,
@@ -375,11 +319,17 @@ def train(
 
   `task_registrations` is for gin: references such as `@register_text_task()` are evaluated when
   train is called, registering the run's tasks before `mixture_or_task_name` is looked up.
+  `model_config`, `optimizer`, `mesh`: None builds the class with its gin bindings (t5x style:
+  `train.model_config = @ModelConfig()` or just `ModelConfig.num_layers = 4`).
   `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
   pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
   `loss_chunk_tokens`: positions per chunk of the loss (`model_loss`); 0 for the plain loss.
   """
   del task_registrations  # evaluated by gin for their effect
+  # Config objects left unbound are built here, after gin parsed: their classes' bindings apply.
+  model_config = model_config or ModelConfig()
+  optimizer = optimizer or OptimizerConfig()
+  mesh = mesh or partitioning.MeshConfig()
   partitioning.initialize_distributed()
   import_task_module(mixture_or_task_module)
   vocab = task_vocabulary(mixture_or_task_name)
@@ -494,6 +444,10 @@ def _check_finite(step: int, metrics: Mapping[str, jax.Array]) -> None:
         "untouched: lower the learning rate, raise warm-up or enable z_loss, then restart.")
 
 
+def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
 def _save(manager: ocp.CheckpointManager, step: int, graphdef: nnx.GraphDef, state: nnx.State,
           config: ModelConfig, task: str, batches: InputIterator) -> None:
   model, optimizer = nnx.merge(graphdef, state)
@@ -521,8 +475,10 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
   return state
 
 
-def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabulary, target: nnx.State) -> nnx.State:
+def _initial_params(init_from: str, config: ModelConfig, vocab: Vocabulary, target: nnx.State) -> nnx.State:
   """The newest parameters of another model dir, laid out like `target` (any mesh)."""
+  from safejax.vocab import load_vocabulary
+
   source_config = load_model_config(init_from)
   # init_std only says how fresh weights are drawn (imports keep the default); dtype, remat, the
   # layer scan and the attention kernel say how the same parameters are computed with.
@@ -530,8 +486,8 @@ def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabular
              attention=config.attention)
   if dataclasses.replace(source_config, **how) != config:
     raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
-  if (model_path(init_from) / VOCAB_FILE).read_bytes() != model_path(vocab.sentencepiece_model_file).read_bytes():
-    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")
+  if load_vocabulary(init_from) != vocab:
+    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab}")
   manager = checkpoint_manager(init_from, async_save=False)
   step = manager.latest_step()
   if step is None:
@@ -570,13 +526,3 @@ class _MetricsWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
-
-
-def read_metrics(model_dir: str) -> list[dict[str, float]]:
-  """The logged metrics; after resumes the newest record of each step wins."""
-  by_step = {}
-  with (model_path(model_dir) / METRICS_FILE).open() as f:
-    for line in f:
-      record = json.loads(line)
-      by_step[record["step"]] = record
-  return [by_step[s] for s in sorted(by_step)]

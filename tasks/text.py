@@ -18,7 +18,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary, load_vocabulary
 
 
 def _gzip(pattern: str) -> str | None:
@@ -96,17 +96,21 @@ def lm_preprocessors(text_field: str = "text") -> list:
   ]
 
 
-def output_features(vocab: SafejaxVocabulary) -> dict[str, seqio.Feature]:
+def output_features(vocab: Vocabulary) -> dict[str, seqio.Feature]:
   return {"targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)}
 
 
 @gin.configurable
 def register_text_task(name: str, file_pattern: str | dict[str, str], vocab_path: str,
                        text_field: str = "text") -> seqio.Task:
-  """Registers (or re-registers) a language-modelling task over text files."""
+  """Registers (or re-registers) a language-modelling task over text files.
+
+  vocab_path: a SentencePiece model, or a folder or file `safejax.vocab.load_vocabulary` reads (a
+  model directory holding an imported Hugging Face tokenizer).
+  """
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  vocab = SafejaxVocabulary(vocab_path)
+  vocab = load_vocabulary(vocab_path)
   source = text_file_source(file_pattern, text_field)
   # File sources other than TFRecord already yield the bare text.
   preprocessors = lm_preprocessors(text_field if isinstance(source, seqio.TFExampleDataSource) else "text")

@@ -15,14 +15,14 @@ import pytest
 from flax import nnx
 
 from safejax import cli
-from safejax import serve as S
-from safejax import train as T
+from safejax.serve import app as S
+from safejax import checkpoints
 from safejax.backends import GenerationRequest, OpenAICompatibleBackend
 from safejax.decoding import generate
-from safejax.evaluation.loglikelihood import ModelScorer
-from safejax.evaluation.prompting import format_chat
+from safejax.evaluation.loglikelihood import LoglikelihoodModel
+from safejax.chat_template import format_chat
 from safejax.model import ModelConfig, build_model
-from safejax.serve_engine import bucket, token_texts
+from safejax.serve.engine import bucket, token_texts
 from safejax.vocab import END_OF_TURN, HARM_TAG, SPECIAL_TOKENS
 
 MODEL = "tiny"
@@ -38,8 +38,8 @@ def model_dir(tiny_vocab, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("serve_model")
   config = ModelConfig(num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                        vocab_size=tiny_vocab.vocab_size, init_std=0.3)
-  T.write_model_files(str(model_dir), config, tiny_vocab)
-  manager = T.checkpoint_manager(str(model_dir), async_save=False)
+  checkpoints.write_model_files(str(model_dir), config, tiny_vocab)
+  manager = checkpoints.checkpoint_manager(str(model_dir), async_save=False)
   manager.save(1, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.state(build_model(config)))))
   manager.close()
   return model_dir
@@ -47,7 +47,7 @@ def model_dir(tiny_vocab, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-  return T.load_for_inference(str(model_dir))
+  return checkpoints.load_for_inference(str(model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +82,15 @@ def stats(base_url):
 # -- pieces ---------------------------------------------------------------------------------------
 
 
-def test_token_texts_rebuild_the_text(tiny_vocab):
+@pytest.mark.parametrize("vocab_fixture", ["tiny_vocab", "tiny_bpe_vocab"])
+def test_token_texts_rebuild_the_text(vocab_fixture, request):
+  vocab = request.getfixturevalue(vocab_fixture)
   for text in ["Hello world", " leading space", "two  spaces", "émoji 😀 ünïcode", "", "end. "]:
-    ids = tiny_vocab.encode(text)
-    assert "".join(token_texts(tiny_vocab, ids)) == text == tiny_vocab.decode_without_specials(ids)
-  tagged = tiny_vocab.encode(f"unsafe{HARM_TAG} words")
-  texts = token_texts(tiny_vocab, tagged)
-  assert texts[tagged.index(tiny_vocab.harm_tag_id)] == "" and "".join(texts) == "unsafe words"
+    ids = vocab.encode(text)
+    assert "".join(token_texts(vocab, ids)) == text == vocab.decode_without_specials(ids)
+  tagged = vocab.encode(f"unsafe{HARM_TAG} words")
+  texts = token_texts(vocab, tagged)
+  assert texts[tagged.index(vocab.harm_tag_id)] == "" and "".join(texts) == "unsafe words"
 
 
 def test_bucket():
@@ -134,7 +136,7 @@ def test_echo_logprobs_equal_model_scorer(client, loaded):
   ids = vocab.encode(context + continuation)
   assert choice.text == context + continuation and "".join(lp.tokens) == choice.text
   assert lp.text_offset == list(np.cumsum([0] + [len(t) for t in lp.tokens[:-1]]))
-  scorer = ModelScorer(model, vocab, max_length=CONTEXT, show_progress=False)
+  scorer = LoglikelihoodModel(model, vocab, max_length=CONTEXT, show_progress=False)
   per_token = [v for v, _ in scorer.loglikelihood_tokens([(ids[:i], [ids[i]]) for i in range(len(ids))])]
   np.testing.assert_allclose(lp.token_logprobs, per_token, atol=1e-5)
   context_ids, continuation_ids = scorer.encode_pair(context, continuation)
@@ -391,6 +393,33 @@ def test_tokenizer_endpoints(base_url, loaded):
   assert httpx.post(f"{root}/detokenize", json={"tokens": tokens}).json()["prompt"] == PROMPTS[1]
 
 
+def test_server_over_a_byte_level_tokenizer(tiny_bpe_vocab):
+  """An imported model's vocabulary: the tokenizer's own control tokens, its start token, its text."""
+  vocab = tiny_bpe_vocab
+  config = ModelConfig(num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+                       vocab_size=vocab.vocab_size, init_std=0.3)
+  model = build_model(config)
+  server_config = S.ServerConfig(max_context_length=CONTEXT, max_batch_size=2, batch_window_ms=0, max_n=2)
+  with S.running(S.SafejaxServer(model, vocab, MODEL, server_config)) as url:
+    root = url.removesuffix("/v1")
+    info = httpx.get(f"{root}/tokenizer_info").json()
+    assert (info["eos_token"], info["pad_token"], info["unk_token"], info["tokenizer_class"]) == (
+        "<|endoftext|>", "<pad>", None, "tokenizers")
+    assert post(root, "/tokenize", {"prompt": "<|endoftext|>", "add_special_tokens": False}).json()["tokens"] == [
+        vocab.eos_id]
+    ids = vocab.encode("The river")
+    assert post(root, "/tokenize", {"prompt": "The river"}).json()["tokens"] == [vocab.decoder_start_id, *ids]
+    body = {"model": MODEL, "prompt": "The river", "max_tokens": 6, "temperature": 0}
+    text = post(url, "/completions", body).json()["choices"][0]["text"]
+    result = generate(model, [[vocab.decoder_start_id, *ids]], max_new_tokens=6, eos_id=vocab.eos_id,
+                      pad_id=vocab.pad_id)
+    generated = [t for t in result.tokens[0, 0, :result.lengths[0, 0]].tolist() if t != vocab.eos_id]
+    assert text == "".join(token_texts(vocab, ids + generated)[len(ids):])
+    chat = post(url, "/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                                            "max_tokens": 4, "temperature": 0})
+    assert chat.status_code == 200 and isinstance(chat.json()["choices"][0]["message"]["content"], str)
+
+
 def test_serve_command_loads_the_checkpoint(model_dir, monkeypatch):
   launched = {}
   monkeypatch.setattr(S.uvicorn, "run", lambda app, **kw: launched.update(app=app, **kw))
@@ -431,7 +460,7 @@ def _write_lm_eval_tasks(folder, docs_file, cache_dir):
 
 def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp_path):
   """lm-eval's OpenAI-compatible completions client scores and generates through the server and gets
-  what safejax computes directly: ModelScorer's log-likelihoods, and the server's greedy text."""
+  what safejax computes directly: LoglikelihoodModel's log-likelihoods, and the server's greedy text."""
   lm_eval = pytest.importorskip("lm_eval")
   from lm_eval.tasks import TaskManager
 
@@ -446,7 +475,7 @@ def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp
       model_args=f"model={MODEL},base_url={base_url}/completions,max_length={CONTEXT},batch_size=4,num_concurrent=2",
       task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True, bootstrap_iters=0)
 
-  scorer = ModelScorer(model, vocab, max_length=CONTEXT, show_progress=False)
+  scorer = LoglikelihoodModel(model, vocab, max_length=CONTEXT, show_progress=False)
   mc_samples = sorted(results["samples"]["serve_tiny_mc"], key=lambda s: s["doc_id"])
   assert len(mc_samples) == len(LM_EVAL_DOCS)
   correct = []

@@ -7,6 +7,7 @@ import pytest
 
 import tasks
 from safejax import partitioning
+from safejax import checkpoints
 from safejax import train as T
 from safejax.model import ModelConfig
 
@@ -39,7 +40,7 @@ def reference_run(task, tmp_path_factory):
 
 
 def test_learns_and_logs_metrics(reference_run):
-  metrics = T.read_metrics(str(reference_run))
+  metrics = checkpoints.read_metrics(str(reference_run))
   assert [m["step"] for m in metrics] == list(range(1, 13))
   for key in ("loss", "perplexity", "learning_rate", "grad_norm", "tokens_per_s", "mfu"):
     assert all(np.isfinite(m[key]) for m in metrics), key
@@ -77,8 +78,8 @@ def test_resume_after_crash_reproduces_losses(task, reference_run, tmp_path, mon
   monkeypatch.setattr(T.InputIterator, "__next__", real_next)
   run(task, tmp_path, 12)  # the same command again
   assert start_batches == [0, 0]  # the resumed input restored its iterator: no batch was re-read
-  resumed = {m["step"]: m["loss"] for m in T.read_metrics(str(tmp_path))}
-  reference = {m["step"]: m["loss"] for m in T.read_metrics(str(reference_run))}
+  resumed = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(tmp_path))}
+  reference = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(reference_run))}
   for step in range(5, 13):
     assert resumed[step] == reference[step], step  # bit-for-bit on the same mesh
 
@@ -107,7 +108,7 @@ def test_input_resumes_from_its_checkpoint_without_rereading(task, tmp_path, mon
   batches = T.make_train_iterator(task, 32, 8, seed=0)
   for _ in range(consumed):
     next(batches)
-  manager = T.checkpoint_manager(str(tmp_path), async_save=False)
+  manager = checkpoints.checkpoint_manager(str(tmp_path), async_save=False)
   manager.save(consumed, args=ocp.args.Composite(input=T.InputSave(batches)))
   assert T.has_input_state(manager, consumed)
 
@@ -137,20 +138,20 @@ def test_resume_onto_another_mesh(task, tmp_path):
   shutil.copytree(first, second)
   run(task, first, 12, keep_checkpoints=1)
   run(task, second, 12, mesh=partitioning.MeshConfig(data=2, fsdp=2, tensor=2), keep_checkpoints=1)
-  same = {m["step"]: m["loss"] for m in T.read_metrics(str(first))}
-  other = {m["step"]: m["loss"] for m in T.read_metrics(str(second))}
+  same = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(first))}
+  other = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(second))}
   # Same maths, other reduction order on the 2x2x2 mesh: float32 rounding only.
   np.testing.assert_allclose([other[s] for s in range(9, 13)], [same[s] for s in range(9, 13)], rtol=1e-4)
   assert steps_on_disk(second) == [12]  # keep-N = 1
 
 
 def test_load_for_inference_matches_training_params(reference_run):
-  model, vocab = T.load_for_inference(str(reference_run))
+  model, vocab = checkpoints.load_for_inference(str(reference_run))
   assert vocab.vocab_size == model.cfg.vocab_size
   ids = np.array([vocab.encode("The river watched the morning light.")], np.int32)
   logits, _ = model(ids)
   assert logits.shape == (1, ids.shape[1], vocab.vocab_size)
-  earlier, _ = T.load_for_inference(str(reference_run), step=4)
+  earlier, _ = checkpoints.load_for_inference(str(reference_run), step=4)
   assert not np.allclose(earlier(ids)[0], logits)
 
 
@@ -160,7 +161,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
   with pytest.raises(T.NonFiniteLossError, match="loss is nan at step 5"):
     run(task, tmp_path, 12, optimizer=bad)
   assert steps_on_disk(tmp_path) == [4]
-  model, _ = T.load_for_inference(str(tmp_path))  # still loadable
+  model, _ = checkpoints.load_for_inference(str(tmp_path))  # still loadable
   assert np.isfinite(np.asarray(model.embed.embedding[...])).all()
 
 
@@ -198,13 +199,13 @@ def test_chat_task_weights_only_the_reply(chat_task, tiny_vocab):
 
 
 def test_finetune_starts_from_base_parameters(chat_task, reference_run, tmp_path):
-  base, _ = T.load_for_inference(str(reference_run))
+  base, _ = checkpoints.load_for_inference(str(reference_run))
   run(chat_task, tmp_path, 4, init_from=str(reference_run),
       optimizer=T.OptimizerConfig(learning_rate=1e-12, warmup_steps=0))
-  tuned, _ = T.load_for_inference(str(tmp_path))
+  tuned, _ = checkpoints.load_for_inference(str(tmp_path))
   np.testing.assert_allclose(tuned.embed.embedding[...], base.embed.embedding[...], atol=1e-6)
-  fresh_loss = T.read_metrics(str(reference_run))[0]["loss"]
-  assert T.read_metrics(str(tmp_path))[0]["loss"] < fresh_loss  # starts where the base model is
+  fresh_loss = checkpoints.read_metrics(str(reference_run))[0]["loss"]
+  assert checkpoints.read_metrics(str(tmp_path))[0]["loss"] < fresh_loss  # starts where the base model is
 
 
 def test_init_from_rejects_another_architecture(task, reference_run, tmp_path):
@@ -213,3 +214,63 @@ def test_init_from_rejects_another_architecture(task, reference_run, tmp_path):
   other = dataclasses.replace(TINY, mlp_dim=96)
   with pytest.raises(ValueError, match="different architecture"):
     run(task, tmp_path, 1, init_from=str(reference_run), model_config=other)
+
+
+# --------------------------------------------------------------------------------------------
+# A Hugging Face byte-level BPE vocabulary
+
+
+@pytest.fixture(scope="module")
+def bpe_vocab_dir(tmp_path_factory, tiny_bpe_dir):
+  """tiny_bpe_dir with a start token of its own (<|begin|>, id 400), as a model directory holds it."""
+  from tokenizers import AddedToken, Tokenizer
+
+  from safejax.vocab import HfTokenizerVocabulary, save_vocabulary
+
+  tokenizer = Tokenizer.from_file(str(tiny_bpe_dir / "tokenizer.json"))
+  tokenizer.add_special_tokens([AddedToken("<|begin|>", special=True)])
+  vocab = HfTokenizerVocabulary(tokenizer.to_str(), {"bos_token": "<|begin|>", "eos_token": "<|endoftext|>"})
+  folder = tmp_path_factory.mktemp("bpe_vocab")
+  save_vocabulary(vocab, str(folder))
+  return folder
+
+
+def test_byte_level_chat_task_keeps_the_template_space(tmp_path, bpe_vocab_dir):
+  """Without a dummy prefix the reply starts with the template's space: prompt + reply are the ids
+  of the whole conversation, and every sequence starts with the tokenizer's start token."""
+  import json
+
+  from safejax.chat_template import format_chat
+  from safejax.vocab import END_OF_TURN, load_vocabulary
+
+  vocab = load_vocabulary(str(bpe_vocab_dir))
+  assert vocab.decoder_start_id == 400
+  messages = [{"role": "user", "content": "Describe the river."},
+              {"role": "assistant", "content": "The river watched the morning light."}]
+  path = tmp_path / "sft.jsonl"
+  path.write_text(json.dumps({"messages": messages}) + "\n")
+  tasks.register_chat_task("test_bpe_chat", str(path), str(bpe_vocab_dir))
+  batch = next(T.make_train_iterator("test_bpe_chat", 64, 2, seed=0))
+  first = batch["decoder_segment_ids"][0] == 1
+  inputs, targets = batch["decoder_input_tokens"][0][first], batch["decoder_target_tokens"][0][first]
+  weights = batch["decoder_loss_weights"][0][first]
+  assert inputs[0] == 400  # the start token, shifted in by the feature converter
+  reply = [t for t, w in zip(targets, weights) if w]
+  assert vocab.decode(reply[:-1]) == " The river watched the morning light." + END_OF_TURN
+  assert reply[-1] == vocab.eos_id
+  prompt = [t for t, w in zip(targets, weights) if not w]
+  assert prompt + reply[:-1] == vocab.encode(format_chat(messages, add_generation_prompt=False))
+
+
+def test_byte_level_text_task_starts_documents_with_the_start_token(tiny_corpus, bpe_vocab_dir):
+  tasks.register_text_task("test_bpe_text", str(tiny_corpus), str(bpe_vocab_dir))
+  batch = next(T.make_train_iterator("test_bpe_text", 64, 4, seed=0))
+  starts = (batch["decoder_positions"] == 0) & (batch["decoder_segment_ids"] > 0)
+  assert starts.sum() >= 4 and (batch["decoder_input_tokens"][starts] == 400).all()
+
+
+def test_init_from_rejects_another_vocabulary(tmp_path, tiny_vocab, tiny_bpe_vocab):
+  config = TINY.with_vocab_size(tiny_bpe_vocab.vocab_size)
+  checkpoints.write_model_files(str(tmp_path), config, tiny_bpe_vocab)
+  with pytest.raises(ValueError, match="was trained with another vocabulary than"):
+    T._initial_params(str(tmp_path), config, tiny_vocab, target=None)

@@ -1,4 +1,4 @@
-"""The template backend's text: safe, fluent, non-operational writing that keeps a document's topic.
+"""`TemplateBackend` and its text: safe, fluent, non-operational writing that keeps a document's topic.
 
 The offline stand-in for an LLM in the demo and the tests. It never copies a word of the document
 it replaces except a title that carries no harm term: the topic comes from that title and from the
@@ -22,8 +22,10 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import gin
 import numpy as np
 
+from safejax.backends.base import Generation, GenerationRequest
 from safejax.safety.rubric import category_term_hits
 
 TEMPLATE_VERSION = "safejax-templates-1"
@@ -444,3 +446,26 @@ def moral_education(fields: Mapping[str, Any], rng: np.random.Generator) -> str:
 TASKS: dict[str, Callable[[Mapping[str, Any], np.random.Generator], str]] = {
     "rephrase": rephrase, "refuseweb": refuseweb, "moral_education": moral_education,
 }
+
+
+@gin.configurable
+class TemplateBackend:
+  """Offline, deterministic text from hand-written templates (this module).
+
+  Writes the rephrase / refuseweb / moral_education tasks from a request's `fields`; the same
+  fields and seed always give the same text. It cannot annotate or judge.
+  """
+
+  name = "template"
+
+  def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    out = []
+    for request in requests:
+      if request.task not in TASKS:
+        raise ValueError(f"the template backend writes {sorted(TASKS)}, not {request.task!r}; "
+                         "use an LLM backend for it")
+      rng = np.random.default_rng(request.seed)
+      text = TASKS[request.task](request.fields, rng)
+      out.append(Generation(text, {"backend": self.name, "model": TEMPLATE_VERSION,
+                                   "template": True, "cached": False}))
+    return out

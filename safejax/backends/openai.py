@@ -1,27 +1,10 @@
-"""Text generation behind one small interface: the generators and the LLM annotator call a backend.
-
-  backend.generate([GenerationRequest(...), ...]) -> [Generation, ...]   (one per request, in order)
-
-Backends:
-  OpenAICompatibleBackend  any OpenAI-compatible chat-completions endpoint (vLLM, TGI, hosted APIs)
-                           with bounded concurrency, retries with exponential backoff, timeouts and
-                           an on-disk cache keyed by a hash of the request.
-  TemplateBackend          offline and deterministic: fills the hand-written templates of
-                           `safejax.data.templates`; its outputs say `template: True` in metadata.
-  LocalModelBackend        a safejax checkpoint in this process (safejax.decoding), chat-formatted
-                           with safejax's template. To serve one to other processes or machines,
-                           run `safejax serve` and point OpenAICompatibleBackend at it.
-
-A request carries both forms of the task: chat `messages` for LLM backends and structured `fields`
-(the document, a style, its harm categories, ...) for the template backend, so the same request
-works with any backend. A failed generation is returned with `error` set and empty text, never
-raised, so one bad document does not sink a batch; callers dead-letter it.
-"""
+"""`OpenAICompatibleBackend`: chat completions from any OpenAI-compatible endpoint (vLLM, TGI, a hosted
+API, `safejax serve`), with bounded concurrency, retries with exponential backoff, timeouts and an
+on-disk cache keyed by a hash of the request."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import logging
@@ -29,111 +12,16 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import gin
 import httpx
-import numpy as np
 
-from safejax.data import templates
+from safejax.backends.base import Generation, GenerationRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationRequest:
-  """One text to generate.
-
-  Attributes:
-    task: what to write: "rephrase", "refuseweb", "moral_education", "annotate", "judge", ...
-    messages: the chat for LLM backends: ({"role": "system" | "user" | "assistant", "content": str}, ...).
-    fields: the same task as structured data for the template backend (document text, style, ...).
-    prefill: the start of the answer; the model continues it and the returned text includes it.
-    max_tokens: upper bound on generated tokens.
-    temperature: sampling temperature.
-    seed: the sampling seed (the template backend's only source of variation).
-  """
-
-  task: str
-  messages: tuple[Mapping[str, str], ...] = ()
-  fields: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  prefill: str | None = None
-  max_tokens: int = 1024
-  temperature: float = 0.7
-  seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-  """A backend's answer: `text`, and `metadata` with at least backend, model, template, cached."""
-
-  text: str
-  metadata: Mapping[str, Any]
-  error: str | None = None
-
-  @property
-  def ok(self) -> bool:
-    return self.error is None
-
-
-@runtime_checkable
-class TextBackend(Protocol):
-  name: str
-
-  def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-    """One Generation per request, in order."""
-
-
-@gin.configurable
-class LocalModelBackend:
-  """Generates with a safejax checkpoint in-process: each request's messages go through the chat
-  template (`format_chat`), the prefill is appended after the ASSISTANT marker, and decoding stops
-  at END_OF_TURN. Sampling uses the request's temperature and seed; `decoding` sets the rest
-  (method "sample" by default; "greedy", "beam" or "safebeam" ignore the temperature).
-  """
-
-  name = "local"
-
-  def __init__(self, model_dir: str = gin.REQUIRED, decoding: Any = None, batch_size: int = 8):
-    from safejax import decoding as decoding_lib
-    from safejax.train import load_for_inference
-
-    self.model_dir = model_dir
-    self.model, self.vocab = load_for_inference(model_dir)
-    self.decoding = decoding or decoding_lib.DecodingConfig(method="sample", top_p=0.95)
-    self.batch_size = batch_size
-
-  def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-    from safejax import decoding as decoding_lib
-    from safejax.evaluation.prompting import format_chat
-    from safejax.vocab import END_OF_TURN
-
-    # One decoding call per distinct (max_tokens, temperature, seed): requests sharing them batch.
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(requests):
-      groups.setdefault((r.max_tokens, r.temperature, r.seed), []).append(i)
-    out: list[Generation | None] = [None] * len(requests)
-    for (max_tokens, temperature, seed), indices in groups.items():
-      config = dataclasses.replace(self.decoding, max_new_tokens=max_tokens, temperature=temperature, seed=seed)
-      prompts = []
-      for i in indices:
-        try:
-          prompts.append(format_chat(requests[i].messages) + (requests[i].prefill or ""))
-        except ValueError as e:
-          out[i] = Generation("", self._metadata(), error=f"bad request: {e}")
-          prompts.append(None)
-      live = [(i, p) for i, p in zip(indices, prompts) if p is not None]
-      texts = decoding_lib.generate_texts(self.model, self.vocab, [p for _, p in live], config,
-                                          batch_size=self.batch_size, progress=False,
-                                          stop_id=self.vocab.token_id(END_OF_TURN))
-      for (i, _), generated in zip(live, texts):
-        out[i] = Generation((requests[i].prefill or "") + generated.text, self._metadata())
-    return out
-
-  def _metadata(self) -> dict[str, Any]:
-    return {"backend": self.name, "model": self.model_dir, "template": False, "cached": False}
 
 
 def request_key(model: str, body: Mapping[str, Any]) -> str:
@@ -307,64 +195,3 @@ class OpenAICompatibleBackend:
       return [self._generate_one(r) for r in requests]
     with concurrent.futures.ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
       return list(pool.map(self._generate_one, requests))
-
-
-@gin.configurable
-class TemplateBackend:
-  """Offline, deterministic text from hand-written templates (`safejax.data.templates`).
-
-  Writes the rephrase / refuseweb / moral_education tasks from a request's `fields`; the same
-  fields and seed always give the same text. It cannot annotate or judge.
-  """
-
-  name = "template"
-
-  def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-    out = []
-    for request in requests:
-      if request.task not in templates.TASKS:
-        raise ValueError(f"the template backend writes {sorted(templates.TASKS)}, not {request.task!r}; "
-                         "use an LLM backend for it")
-      rng = np.random.default_rng(request.seed)
-      text = templates.TASKS[request.task](request.fields, rng)
-      out.append(Generation(text, {"backend": self.name, "model": templates.TEMPLATE_VERSION,
-                                   "template": True, "cached": False}))
-    return out
-
-
-def generate_validated(backend: TextBackend, requests: Sequence[GenerationRequest],
-                       parse: Callable[[str], Any], *, attempts: int = 2) -> list[tuple[Any, Generation]]:
-  """Generates, parses, and asks again (with a new seed) for answers that fail to parse.
-
-  Backend errors are final here: backends retry transient failures themselves.
-
-  Args:
-    backend: any TextBackend.
-    requests: the requests.
-    parse: text -> parsed value, raising ValueError for a malformed answer.
-    attempts: how many times a request is tried in all while its answers are malformed.
-  Returns:
-    One (parsed value or None, last Generation) per request; when the value is None the
-    generation's `error` says why (backend error or the parse error), and its text is the raw answer.
-  """
-  if attempts < 1:
-    raise ValueError("attempts must be >= 1")
-  results: list[tuple[Any, Generation] | None] = [None] * len(requests)
-  pending = list(range(len(requests)))
-  for attempt in range(attempts):
-    if not pending:
-      break
-    batch = [dataclasses.replace(requests[i], seed=requests[i].seed + attempt) for i in pending]
-    still_pending = []
-    for i, generation in zip(pending, backend.generate(batch)):
-      if not generation.ok:
-        results[i] = (None, generation)
-        continue
-      try:
-        results[i] = (parse(generation.text), generation)
-      except ValueError as e:
-        results[i] = (None, dataclasses.replace(generation, error=f"malformed answer: {e}",
-                                                metadata={**generation.metadata, "answers": attempt + 1}))
-        still_pending.append(i)
-    pending = still_pending
-  return results
