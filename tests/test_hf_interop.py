@@ -326,7 +326,9 @@ def load_export(transformers, torch, folder):
 
 def greedy_generations(torch, model, vocab, hf_model, tokenizer) -> list[tuple[list[int], list[int]]]:
   """(transformers' greedy ids, safejax's greedy ids) per prompt of PROMPTS, EOS included."""
-  pairs, hf_ids = [], vocab.hf_ids  # Hugging Face's ids of safejax's
+  # Hugging Face's ids of safejax's; rows past the vocabulary keep their ids (`permute_vocabulary`),
+  # and a random model may pick one.
+  pairs, hf_ids = [], np.concatenate([vocab.hf_ids, np.arange(len(vocab.hf_ids), model.cfg.vocab_size)])
   for prompt in PROMPTS:
     ids = [vocab.decoder_start_id, *vocab.encode(prompt)]
     hf_prompt = tokenizer(prompt).input_ids
