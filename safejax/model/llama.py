@@ -335,8 +335,8 @@ class Decoder(nnx.Module):
     return self.final_norm(x), cache
 
   def _layer_fn(self):
-    """(block graphdef's layer function, stacked parameters [L, ...]): the function runs one layer,
-    (x, layer parameters, layer cache, positions, mask, write slots) -> (x, new keys and values)."""
+    """(layer, the blocks' stacked parameters [L, ...]). layer(x, one layer's parameters, its cache,
+    positions, mask, write slots) -> (x, this call's keys and values) runs one Block, pure."""
     graphdef, stacked = nnx.split(self.blocks)
 
     def layer(x, params, layer_cache, positions, mask, write_slots):
@@ -389,8 +389,6 @@ class Decoder(nnx.Module):
     if self.lm_head is None:
       return self.embed.embedding[...], True
     return self.lm_head.kernel[...], False
-
-
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
