@@ -172,11 +172,11 @@ class Attention(nnx.Module):
     self.v = _dense(cfg, rngs, d, cfg.num_kv_heads * h, ("embed", "kv_heads"))
     self.o = _dense(cfg, rngs, cfg.num_heads * h, d, ("heads", "embed"))
 
-  def __call__(self, x, positions, mask, layer_cache=None, write_slots=None):
+  def __call__(self, x, positions, mask, cache_update=None):
     """x [B,T,D]; mask [B,1,T,S] bool, or None for plain causal self-attention (is_causal: cuDNN then
-    skips the masked half); layer_cache (keys, values) [B,S,K,H] or None (S = T).
-
-    Returns the output [B,T,D] and this call's keys and values [B,T,K,H] (for the cache).
+    skips the masked half). cache_update: None (S = T), or, decoding, a function that writes this
+    call's keys and values [B,T,K,H] into the cache and returns the layer's cached ones [B,S,K,H].
+    Returns the output [B,T,D].
     """
     cfg = self.cfg
     b, t, _ = x.shape
@@ -185,15 +185,12 @@ class Attention(nnx.Module):
     v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     q = with_logical_constraint(rope(q, positions, cfg.rope_theta), ("activation_batch", "activation_length", "activation_heads", None))
     k = rope(k, positions, cfg.rope_theta)
-    new_kv = (k, v)
-    if layer_cache is not None:
-      cached_k, cached_v = layer_cache
-      k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), write_slots, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), write_slots, axis=1)
+    if cache_update is not None:
+      k, v = cache_update(k, v)
     out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
                                        implementation=cfg.attention)
     out = with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
-    return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), new_kv
+    return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
 
 
 class MLP(nnx.Module):
@@ -217,12 +214,11 @@ class Block(nnx.Module):
     self.mlp_norm = _norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, mask, layer_cache=None, write_slots=None):
-    """x [B,T,D] -> (x [B,T,D], this call's keys and values [B,T,K,H]); see `Attention`."""
-    h, new_kv = self.attn(self.attn_norm(x), positions, mask, layer_cache, write_slots)
-    x = x + h
+  def __call__(self, x, positions, mask, cache_update=None):
+    """x [B,T,D] -> x [B,T,D]; see `Attention`."""
+    x = x + self.attn(self.attn_norm(x), positions, mask, cache_update)
     x = x + self.mlp(self.mlp_norm(x))
-    return with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed")), new_kv
+    return with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -335,19 +331,19 @@ class Decoder(nnx.Module):
     return self.final_norm(x), cache
 
   def _layer_fn(self):
-    """(layer, the blocks' stacked parameters [L, ...]). layer(x, one layer's parameters, its cache,
-    positions, mask, write slots) -> (x, this call's keys and values) runs one Block, pure."""
+    """(layer, the blocks' stacked parameters [L, ...]). layer(x, one layer's parameters, positions,
+    mask, cache_update) -> x runs one Block, pure."""
     graphdef, stacked = nnx.split(self.blocks)
 
-    def layer(x, params, layer_cache, positions, mask, write_slots):
-      return nnx.merge(graphdef, params)(x, positions, mask, layer_cache, write_slots)
+    def layer(x, params, positions, mask, cache_update=None):
+      return nnx.merge(graphdef, params)(x, positions, mask, cache_update)
 
     return layer, stacked
 
   def _run_layers(self, x, positions, mask):
     """Training / scoring: every layer over x [B, T, D], rematerialised as the config says."""
     layer, stacked = self._layer_fn()
-    run = lambda x, params: layer(x, params, None, positions, mask, None)[0]
+    run = lambda x, params: layer(x, params, positions, mask)
     if self.cfg.remat != "none":
       run = jax.checkpoint(run, policy=_REMAT_POLICIES[self.cfg.remat])
     if self.cfg.scan_layers:
@@ -362,11 +358,18 @@ class Decoder(nnx.Module):
     layer, stacked = self._layer_fn()
 
     def run(x, keys, values, params, i):
-      layer_cache = (keys[i], values[i])
-      x, (new_k, new_v) = layer(x, params, layer_cache, positions, mask, write_slots)
-      write = lambda buffer, new: jax.lax.dynamic_update_slice(
-          buffer, new[None].astype(buffer.dtype), (i, 0, write_slots, 0, 0))
-      return x, write(keys, new_k), write(values, new_v)
+      # Written into the whole cache first, then read back: reading layer i before writing made
+      # XLA copy the whole cache (every layer) at every layer of every decoding step.
+      written = {}
+
+      def cache_update(k, v):
+        write = lambda buffer, new: jax.lax.dynamic_update_slice(
+            buffer, new[None].astype(buffer.dtype), (i, 0, write_slots, 0, 0))
+        written["keys"], written["values"] = write(keys, k), write(values, v)
+        return written["keys"][i], written["values"][i]
+
+      x = layer(x, params, positions, mask, cache_update)
+      return x, written["keys"], written["values"]
 
     if self.cfg.scan_layers:
       def body(carry, xs):
