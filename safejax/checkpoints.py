@@ -3,7 +3,8 @@ load one for inference. What serving, decoding, evaluation and the Hugging Face 
 trainer writes through the same functions.
 
   model_dir/
-    checkpoints/<step>/{params, opt_state, meta}   Orbax CheckpointManager items
+    checkpoints/<step>/{params, opt_state, meta, input}   Orbax CheckpointManager items (input: each
+                                                   process's tf.data iterator, `safejax.train`)
     vocab.model                                    the SentencePiece vocabulary
     model_config.json                              `ModelConfig` as JSON
     metrics.jsonl                                  one JSON object per logged step
@@ -15,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import orbax.checkpoint as ocp
@@ -22,7 +24,10 @@ from etils import epath
 from flax import nnx
 
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import Vocabulary, load_vocabulary, save_vocabulary
+
+if TYPE_CHECKING:  # the vocabulary pulls in seqio and TensorFlow: imported where it is used, so
+  # that the train step alone (benchmarks, accelerator checks) runs without them.
+  from safejax.vocab import Vocabulary
 
 VOCAB_FILE = "vocab.model"
 CONFIG_FILE = "model_config.json"
@@ -41,11 +46,13 @@ def checkpoint_manager(model_dir: str, *, keep: int = 3, save_every: int | None 
       max_to_keep=keep, save_interval_steps=save_every or 1, enable_async_checkpointing=async_save,
       create=True)
   return ocp.CheckpointManager(model_path(model_dir) / "checkpoints",
-                               item_names=("params", "opt_state", "meta"), options=options)
+                               item_names=("params", "opt_state", "meta", "input"), options=options)
 
 
 def write_model_files(model_dir: str, config: ModelConfig, vocab: Vocabulary) -> None:
   """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
+  from safejax.vocab import save_vocabulary
+
   model_path(model_dir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() != 0:
     return
@@ -59,6 +66,8 @@ def load_model_config(model_dir: str) -> ModelConfig:
 
 def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, Vocabulary]:
   """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
+  from safejax.vocab import load_vocabulary
+
   config = load_model_config(model_dir)
   vocab = load_vocabulary(model_dir)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))

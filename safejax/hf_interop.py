@@ -191,11 +191,23 @@ def hf_config_from_model(config: ModelConfig, vocab: Vocabulary, *, torch_dtype:
 
 @dataclasses.dataclass(frozen=True)
 class WeightName:
-  """One weight under both names. transposed: Hugging Face stores it as [out, in]."""
+  """One weight under both names. transposed: Hugging Face stores it as [out, in]. layer: the
+  index along the leading layers axis of the Decoder's stacked blocks (None outside them)."""
 
   hf: str
   path: tuple[str | int, ...]  # the parameter's path in the Decoder's nnx.State
   transposed: bool
+  layer: int | None = None
+
+
+def stack_layers(arrays: Mapping[WeightName, Any]) -> dict[tuple[str | int, ...], Any]:
+  """Per-weight arrays -> the Decoder's parameters by path: the layers' weights of one path
+  stacked in layer order along the leading layers axis (the inverse is `stacked[name.layer]`)."""
+  by_path = collections.defaultdict(dict)
+  for name, array in arrays.items():
+    by_path[name.path][name.layer] = array
+  return {path: layers[None] if None in layers else jnp.stack([layers[i] for i in sorted(layers)])
+          for path, layers in by_path.items()}
 
 
 def weight_names(config: ModelConfig) -> list[WeightName]:
@@ -207,9 +219,9 @@ def weight_names(config: ModelConfig) -> list[WeightName]:
                  ("mlp.down_proj", ("mlp", "down"))]
   for i in range(config.num_layers):
     prefix = f"model.layers.{i}."
-    names.append(WeightName(prefix + "input_layernorm.weight", ("blocks", i, "attn_norm", "scale"), False))
-    names.append(WeightName(prefix + "post_attention_layernorm.weight", ("blocks", i, "mlp_norm", "scale"), False))
-    names += [WeightName(f"{prefix}{hf}.weight", ("blocks", i, *module, "kernel"), True) for hf, module in projections]
+    names.append(WeightName(prefix + "input_layernorm.weight", ("blocks", "attn_norm", "scale"), False, i))
+    names.append(WeightName(prefix + "post_attention_layernorm.weight", ("blocks", "mlp_norm", "scale"), False, i))
+    names += [WeightName(f"{prefix}{hf}.weight", ("blocks", *module, "kernel"), True, i) for hf, module in projections]
   names.append(WeightName("model.norm.weight", ("final_norm", "scale"), False))
   if not config.tie_embeddings:
     names.append(WeightName("lm_head.weight", ("lm_head", "kernel"), True))
@@ -275,13 +287,14 @@ def decoder_from_hf(hf_dir: str, *, dtype: str = "float32", param_dtype: str = "
         for name in file_names:
           array = f.get_tensor(name.hf)
           array = array.T if name.transposed else array
-          want = variables[name.path].get_value().shape
+          want = variables[name.path].get_value().shape[0 if name.layer is None else 1:]
           if array.shape != want:
             raise UnsupportedCheckpointError(
                 f"{name.hf} has shape {list(array.shape)}{' (transposed)' if name.transposed else ''}, "
                 f"the config implies {list(want)}")
-          values[name.path] = jnp.asarray(array, dtype=param_dtype)
+          values[name] = jnp.asarray(array, dtype=param_dtype)
           bar.update(1)
+  values = stack_layers(values)
   state = nnx.from_flat_state([(path, var.replace(values[path])) for path, var in variables.items()])
   log.info("imported %s: %s parameters", hf_dir, f"{config.num_params():,}")
   return nnx.merge(graphdef, state)
@@ -293,6 +306,7 @@ def hf_tensors(model: Decoder, dtype: str | None = None) -> dict[str, np.ndarray
   tensors = {}
   for name in weight_names(model.cfg):
     array = np.asarray(jax.device_get(params[name.path].get_value()))
+    array = array if name.layer is None else array[name.layer]
     array = np.ascontiguousarray(array.T if name.transposed else array)
     tensors[name.hf] = array.astype(jnp.dtype(dtype)) if dtype else array
   return tensors

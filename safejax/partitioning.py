@@ -29,6 +29,7 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 DEFAULT_RULES: Rules = (
     # parameters
+    ("layers", None),  # the stacked blocks' leading axis: every device holds every layer's shard
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("heads", "tensor"),

@@ -9,12 +9,12 @@ TASK_FEATURE_LENGTHS, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE):
 The same code runs on one CPU, on 8 fake CPU devices and on a TPU pod (one process per host,
 `jax.distributed` initialised first; each host reads its shard of the input).
 
-Checkpoints (Orbax CheckpointManager, async) hold three items: `params` (the model state),
-`opt_state` (the optimizer state; flax 0.12 keeps it apart from the parameters) and `meta` (step,
-input position, config). Restarting the same command resumes from the newest checkpoint and, since
-the input is deterministic and its position is checkpointed, reproduces the losses of an
-uninterrupted run. The vocabulary and model config are copied beside the checkpoints so a model
-directory is self-contained for `load_for_inference`.
+Checkpoints (Orbax CheckpointManager, async) hold four items: `params` (the model state),
+`opt_state` (the optimizer state; flax 0.12 keeps it apart from the parameters), `meta` (step,
+input position, config) and `input` (each process's tf.data iterator state). Restarting the same
+command resumes from the newest checkpoint, restores the iterator instead of re-reading the
+consumed input, and reproduces the losses of an uninterrupted run. The vocabulary and model config
+are copied beside the checkpoints so a model directory is self-contained for `load_for_inference`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gin
 import jax
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -42,7 +43,11 @@ from safejax import partitioning
 from safejax.checkpoints import (METRICS_FILE, checkpoint_manager, load_model_config,
                                  model_path, write_model_files)
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import ReservedTokens, Vocabulary, load_vocabulary
+from safejax.model.losses import chunked_cross_entropy_loss, cross_entropy_loss
+
+if TYPE_CHECKING:  # the vocabulary pulls in seqio and TensorFlow: imported where it is used, so
+  # that the train step alone (benchmarks, accelerator checks) runs without them.
+  from safejax.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -86,33 +91,42 @@ class OptimizerConfig:
 # Loss and the train step
 
 
-def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array,
-                       z_loss: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Token-weighted mean cross-entropy. logits [B,T,V] f32; targets, weights [B,T]."""
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  nll = log_z - target_logit
-  total_weight = jnp.maximum(weights.sum(), 1.0)
-  loss = (nll * weights).sum() / total_weight
-  aux = {"nll": loss, "tokens": weights.sum()}
-  if z_loss:
-    loss = loss + z_loss * (jnp.square(log_z) * weights).sum() / total_weight
-  return loss, aux
+# Positions per chunk of the chunked loss (B x C); 0 selects the plain loss over full logits.
+DEFAULT_LOSS_CHUNK_TOKENS = 2048
+
+
+def model_loss(model: Decoder, batch: Mapping[str, jax.Array], z_loss: float = 0.0,
+               loss_chunk_tokens: int = DEFAULT_LOSS_CHUNK_TOKENS) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The training loss of a packed batch: (loss, {"nll", "tokens"}).
+
+  loss_chunk_tokens > 0: `chunked_cross_entropy_loss` from the final hidden states (never holds
+  the [B, T, V] logits); 0: `cross_entropy_loss` over the full logits (the reference).
+  """
+  inputs = (batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
+  targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+  if not loss_chunk_tokens:
+    logits, _ = model(*inputs)
+    return cross_entropy_loss(logits, targets, weights, z_loss)
+  hidden, _ = model.hidden_states(*inputs)
+  embedding, vocab_major = model.output_embedding()
+  return chunked_cross_entropy_loss(hidden, embedding, targets, weights, z_loss, chunk_tokens=loss_chunk_tokens,
+                                    compute_dtype=model.cfg.dtype, embedding_is_vocab_major=vocab_major)
 
 
 def train_step(graphdef: nnx.GraphDef, state: nnx.State, batch: Mapping[str, jax.Array], *,
-               rules: partitioning.Rules, z_loss: float) -> tuple[nnx.State, dict[str, jax.Array]]:
+               rules: partitioning.Rules, z_loss: float,
+               loss_chunk_tokens: int = DEFAULT_LOSS_CHUNK_TOKENS) -> tuple[nnx.State, dict[str, jax.Array]]:
   """One optimizer step on a packed batch (seqio DecoderFeatureConverter features).
 
   state: nnx.State of (model, optimizer). batch: decoder_input_tokens, decoder_target_tokens,
-  decoder_loss_weights, decoder_segment_ids, decoder_positions, each [B, T].
+  decoder_loss_weights, decoder_segment_ids, decoder_positions, each [B, T]. loss_chunk_tokens:
+  see `model_loss`.
   """
   with nnx.logical_axis_rules(rules):
     model, optimizer = nnx.merge(graphdef, state)
 
     def loss_fn(model: Decoder):
-      logits, _ = model(batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
-      return cross_entropy_loss(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+      return model_loss(model, batch, z_loss, loss_chunk_tokens)
 
     (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -137,6 +151,8 @@ def import_task_module(module: str | None) -> None:
 def task_vocabulary(mixture_or_task_name: str) -> Vocabulary:
   import seqio
 
+  from safejax.vocab import ReservedTokens
+
   vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
   if not isinstance(vocab, ReservedTokens):
     raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, expected "
@@ -144,12 +160,32 @@ def task_vocabulary(mixture_or_task_name: str) -> Vocabulary:
   return vocab
 
 
+class InputIterator:
+  """This process's batches as numpy int32 features, from a tf.data iterator that checkpoints.
+
+  The iterator's position (shuffle buffer, file offsets, prefetched batches) is saved with every
+  checkpoint (`InputSave`, the checkpoint's `input` item), so a restart restores it instead of
+  reading the consumed batches again: resuming costs the same at step 10 and at step 10^6.
+  """
+
+  def __init__(self, dataset):
+    self.iterator = iter(dataset)
+
+  def __iter__(self) -> "InputIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self.iterator)
+    return {k: batch[k].numpy().astype(np.int32) for k in MODEL_FEATURES}
+
+
 def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_size: int, *,
-                        seed: int, start_batch: int = 0, split: str = "train") -> Iterator[dict[str, np.ndarray]]:
+                        seed: int, start_batch: int = 0, split: str = "train") -> InputIterator:
   """This process's share of the global batches, as numpy, starting at batch `start_batch`.
 
-  Deterministic for a seed, so skipping `start_batch` batches resumes exactly where a
-  checkpointed run stopped (the skip re-reads those batches' input: cheap next to training them).
+  Deterministic for a seed. A resumed run restores the iterator's checkpointed state into a
+  fresh iterator (start_batch 0); `start_batch` > 0 is the fallback for checkpoints without that
+  state, and skips by re-reading the consumed batches (O(steps)).
   """
   import seqio
   import tensorflow as tf
@@ -171,9 +207,54 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
   ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
                         shard_info=seqio.ShardInfo(index=host, num_shards=num_hosts), use_cached=False)
   ds = converter(ds, lengths)
-  ds = ds.batch(batch_size // num_hosts, drop_remainder=True).skip(start_batch).prefetch(2)
-  for batch in ds.as_numpy_iterator():
-    yield {k: batch[k].astype(np.int32) for k in MODEL_FEATURES}
+  ds = ds.batch(batch_size // num_hosts, drop_remainder=True)
+  if start_batch:
+    ds = ds.skip(start_batch)
+  return InputIterator(ds.prefetch(2))
+
+
+def _input_state_file(directory: epath.Path) -> epath.Path:
+  """Each process checkpoints its own iterator (its own shard of the input)."""
+  return directory / f"process_{jax.process_index()}_of_{jax.process_count()}"
+
+
+class InputCheckpointHandler(ocp.CheckpointHandler):
+  """Saves and restores each process's tf.data iterator (tf.train.Checkpoint) in an Orbax item.
+
+  Synchronous: Orbax runs it while `CheckpointManager.save` is called, so the saved position is
+  the one after exactly the batches trained so far, even when the arrays are written async.
+  """
+
+  def save(self, directory: epath.Path, args: "InputSave") -> None:
+    import tensorflow as tf
+
+    tf.train.Checkpoint(iterator=args.iterator.iterator).write(str(_input_state_file(directory)))
+
+  def restore(self, directory: epath.Path, args: "InputRestore") -> InputIterator:
+    import tensorflow as tf
+
+    tf.train.Checkpoint(iterator=args.iterator.iterator).read(str(_input_state_file(directory))).assert_consumed()
+    return args.iterator
+
+
+@ocp.args.register_with_handler(InputCheckpointHandler, for_save=True)
+@dataclasses.dataclass
+class InputSave(ocp.args.CheckpointArgs):
+  iterator: InputIterator
+
+
+@ocp.args.register_with_handler(InputCheckpointHandler, for_restore=True)
+@dataclasses.dataclass
+class InputRestore(ocp.args.CheckpointArgs):
+  """Restores into `iterator`, a fresh iterator of the same pipeline (start_batch 0)."""
+
+  iterator: InputIterator
+
+
+def has_input_state(manager: ocp.CheckpointManager, step: int) -> bool:
+  """Whether checkpoint `step` holds this process's input position (written by this process count)."""
+  item = epath.Path(manager.directory) / str(step) / "input"
+  return item.exists() and any(p.name.startswith(_input_state_file(item).name + ".") for p in item.iterdir())
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,6 +314,7 @@ def train(
     keep_checkpoints: int = 3,
     async_checkpointing: bool = True,
     progress: bool = True,
+    loss_chunk_tokens: int = DEFAULT_LOSS_CHUNK_TOKENS,
 ) -> dict[str, float]:
   """Trains (or resumes) a decoder on a SeqIO task or mixture; returns the last metrics.
 
@@ -242,6 +324,7 @@ def train(
   `train.model_config = @ModelConfig()` or just `ModelConfig.num_layers = 4`).
   `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
   pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
+  `loss_chunk_tokens`: positions per chunk of the loss (`model_loss`); 0 for the plain loss.
   """
   del task_registrations  # evaluated by gin for their effect
   # Config objects left unbound are built here, after gin parsed: their classes' bindings apply.
@@ -274,22 +357,27 @@ def train(
   if manager.latest_step() == 0:  # training never saves step 0: this is an imported model
     raise ValueError(f"{model_dir} holds an imported model (step 0, no optimizer state): train a new "
                      f"MODEL_DIR from it with --gin.train.init_from=\"'{model_dir}'\"")
-  if start_step:
-    state = _restore(manager, start_step, state, state_sharding)
-    log.info("resumed from step %d of %s", start_step, model_dir)
-  elif init_from:
-    state[0] = _initial_params(init_from, config, vocab, _abstract(state, state_sharding)[0])
-    log.info("initialised parameters from %s", init_from)
   if start_step >= train_steps:
     log.info("already trained %d >= %d steps", start_step, train_steps)
     manager.close()
     return {}
+  # The input resumes from its checkpointed iterator state; checkpoints without one (older ones,
+  # or another process count) fall back to re-reading the consumed batches.
+  restore_input = bool(start_step) and has_input_state(manager, start_step)
+  batches = make_train_iterator(mixture_or_task_name, sequence_length, batch_size, seed=seed,
+                                start_batch=start_step if start_step and not restore_input else 0)
+  if start_step:
+    state = _restore(manager, start_step, state, state_sharding, batches if restore_input else None)
+    log.info("resumed from step %d of %s (input: %s)", start_step, model_dir,
+             "iterator state restored" if restore_input else f"no saved iterator state, re-read {start_step} batches")
+  elif init_from:
+    state[0] = _initial_params(init_from, config, vocab, _abstract(state, state_sharding)[0])
+    log.info("initialised parameters from %s", init_from)
 
-  step_fn = jax.jit(functools.partial(train_step, graphdef, rules=rules, z_loss=optimizer.z_loss),
+  step_fn = jax.jit(functools.partial(train_step, graphdef, rules=rules, z_loss=optimizer.z_loss,
+                                      loss_chunk_tokens=loss_chunk_tokens),
                     in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, None),
                     donate_argnums=0)
-  batches = make_train_iterator(mixture_or_task_name, sequence_length, batch_size, seed=seed,
-                                start_batch=start_step)
   flops_per_token = config.flops_per_token(sequence_length)
   peak_flops, peak_source = peak_flops_per_device()
   log.info("model: %s parameters; MFU against %.3g FLOP/s per device (%s)", f"{config.num_params():,}",
@@ -325,7 +413,7 @@ def train(
       bar.update(1)
       if done % checkpoint_every == 0 or done == train_steps:
         _check_finite(*pending)  # never checkpoint a poisoned state
-        _save(manager, done, graphdef, state, config, mixture_or_task_name)
+        _save(manager, done, graphdef, state, config, mixture_or_task_name, batches)
   finally:
     bar.close()
     writer.close()
@@ -361,23 +449,26 @@ def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
-
 def _save(manager: ocp.CheckpointManager, step: int, graphdef: nnx.GraphDef, state: nnx.State,
-          config: ModelConfig, task: str) -> None:
+          config: ModelConfig, task: str, batches: InputIterator) -> None:
   model, optimizer = nnx.merge(graphdef, state)
   meta = {"step": step, "input_batches_consumed": step, "mixture_or_task_name": task,
-          "model_config": dataclasses.asdict(config)}
+          "num_processes": jax.process_count(), "model_config": dataclasses.asdict(config)}
   manager.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(nnx.state(model)), opt_state=ocp.args.StandardSave(nnx.state(optimizer)),
-      meta=ocp.args.JsonSave(meta)), force=True)
+      meta=ocp.args.JsonSave(meta), input=InputSave(batches)), force=True)
 
 
-def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardings: nnx.State) -> nnx.State:
-  """Restores onto the current mesh, whatever mesh wrote the checkpoint."""
+def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardings: nnx.State,
+             batches: InputIterator | None) -> nnx.State:
+  """Restores onto the current mesh, whatever mesh wrote the checkpoint, and the input position
+  into `batches` (a fresh iterator) when given."""
   target = _abstract(state, shardings)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(target[0]), opt_state=ocp.args.StandardRestore(target[1]),
-      meta=ocp.args.JsonRestore()))
+  items = dict(params=ocp.args.StandardRestore(target[0]), opt_state=ocp.args.StandardRestore(target[1]),
+               meta=ocp.args.JsonRestore())
+  if batches is not None:
+    items["input"] = InputRestore(batches)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   if restored["meta"]["input_batches_consumed"] != step:
     raise ValueError(f"checkpoint {step} records input position {restored['meta']['input_batches_consumed']}")
   state[0] = restored["params"]
@@ -387,9 +478,14 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
 
 def _initial_params(init_from: str, config: ModelConfig, vocab: Vocabulary, target: nnx.State) -> nnx.State:
   """The newest parameters of another model dir, laid out like `target` (any mesh)."""
+  from safejax.vocab import load_vocabulary
+
   source_config = load_model_config(init_from)
-  # init_std only says how fresh weights are drawn (imports keep the default).
-  if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat, init_std=config.init_std) != config:
+  # init_std only says how fresh weights are drawn (imports keep the default); dtype, remat, the
+  # layer scan and the attention kernel say how the same parameters are computed with.
+  how = dict(dtype=config.dtype, remat=config.remat, init_std=config.init_std, scan_layers=config.scan_layers,
+             attention=config.attention)
+  if dataclasses.replace(source_config, **how) != config:
     raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
   if load_vocabulary(init_from) != vocab:
     raise ValueError(f"{init_from} was trained with another vocabulary than {vocab}")

@@ -1,4 +1,4 @@
-"""The decoder: shapes, masking, the KV cache, RoPE, dtypes and rematerialisation."""
+"""The decoder: shapes, masking, the KV cache, RoPE, dtypes, rematerialisation, the layer scan."""
 
 import dataclasses
 import functools
@@ -129,8 +129,8 @@ def test_keep_sibling_leaves_the_cache_of_a_single_step(model):
   _, single = decode(model, chosen, positions[:, :1], cache)
   assert int(kept.index) == int(single.index) == 6
   np.testing.assert_array_equal(kept.key_valid, single.key_valid)
-  for kept_keys, single_keys in zip(kept.keys + kept.values, single.keys + single.values):
-    np.testing.assert_allclose(kept_keys[:, :6], single_keys[:, :6], atol=1e-6)
+  for kept_keys, single_keys in ((kept.keys, single.keys), (kept.values, single.values)):
+    np.testing.assert_allclose(kept_keys[:, :, :6], single_keys[:, :, :6], atol=1e-6)  # [L, B, S, K, H]
   # Decoding goes on as if only the chosen tokens had ever been written.
   following = tokens(2, 2, seed=6)
   following_positions = next_position[:, None] + jnp.arange(1, 3)
@@ -153,22 +153,64 @@ def test_bf16_compute_keeps_f32_params_and_logits():
   m = build_model(cfg)
   logits, _ = m(tokens(1, 4))
   assert logits.dtype == jnp.float32
-  assert m.blocks[0].mlp.up.kernel[...].dtype == jnp.float32
+  assert m.blocks.mlp.up.kernel[...].dtype == jnp.float32
   ref, _ = build_model(CFG)(tokens(1, 4))
   np.testing.assert_allclose(logits, ref, atol=0.1)  # same weights, bf16 rounding only
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
-def test_remat_changes_memory_not_maths(policy):
+def _loss_and_grads(cfg, x, segments=None):
+  graphdef, state = nnx.split(build_model(cfg, seed=4))
+  loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(x, segment_ids=segments)[0] ** 2)
+  return jax.jit(jax.value_and_grad(loss))(state)
+
+
+@pytest.mark.parametrize("policy, scan_layers", [("full", True), ("dots", True), ("full", False)])
+def test_remat_changes_memory_not_maths(policy, scan_layers):
   x = tokens(2, 6)
-  def loss_and_grad(cfg):
-    m = build_model(cfg)
-    return nnx.value_and_grad(lambda m: jnp.mean(m(x)[0] ** 2))(m)
-  loss, grads = loss_and_grad(CFG)
-  loss_r, grads_r = loss_and_grad(dataclasses.replace(CFG, remat=policy))
+  loss, grads = _loss_and_grads(dataclasses.replace(CFG, scan_layers=scan_layers), x)
+  loss_r, grads_r = _loss_and_grads(dataclasses.replace(CFG, remat=policy, scan_layers=scan_layers), x)
   assert float(loss) == pytest.approx(float(loss_r), rel=1e-6)
   for g, gr in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
     np.testing.assert_allclose(g, gr, atol=1e-6)
+
+
+def test_layers_are_stacked_and_the_scan_equals_the_loop():
+  """One parameter tree, [L, ...] per block weight; the scan and a Python loop over the layers
+  compute the same logits, gradients and cache (float32 rounding only)."""
+  cfg = dataclasses.replace(CFG, num_layers=3)
+  model = build_model(cfg, seed=1)
+  assert model.blocks.attn.q.kernel[...].shape == (3, cfg.embed_dim, cfg.num_heads * cfg.head_dim)
+  assert model.blocks.attn.q.kernel.get_metadata()["out_sharding"] == ("layers", "embed", "heads")
+  layers = [jax.tree.map(lambda p: p[i], nnx.state(model.blocks)) for i in range(3)]
+  assert not np.allclose(layers[0]["attn"]["q"]["kernel"][...], layers[1]["attn"]["q"]["kernel"][...])
+  looped = dataclasses.replace(cfg, scan_layers=False)
+  segments = jnp.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+  x = tokens(2, 6)
+  loss, grads = _loss_and_grads(cfg, x, segments)
+  loss_loop, grads_loop = _loss_and_grads(looped, x, segments)
+  assert float(loss) == pytest.approx(float(loss_loop), rel=1e-6)
+  for g, g_loop in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_loop)):
+    np.testing.assert_allclose(g, g_loop, atol=1e-6)
+  positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
+  scanned, cache = decode(model, x, positions, KVCache.init(cfg, 2, 8))
+  loop_model = nnx.merge(nnx.graphdef(build_model(looped)), nnx.state(model))
+  unrolled, loop_cache = decode(loop_model, x, positions, KVCache.init(cfg, 2, 8))
+  np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+  np.testing.assert_allclose(cache.keys, loop_cache.keys, atol=1e-6)
+  assert cache.keys.shape == (3, 2, 8, cfg.num_kv_heads, cfg.head_dim)
+
+
+def test_scanned_program_does_not_grow_with_depth():
+  """The scan traces one layer: the lowered program of 16 layers is the size of that of 2 (so
+  compile time stays flat), where the Python loop's grows with every layer."""
+  def program_size(num_layers, scan_layers):
+    cfg = dataclasses.replace(CFG, num_layers=num_layers, scan_layers=scan_layers)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(cfg)))
+    loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(jnp.zeros((1, 8), jnp.int32))[0])
+    return len(jax.jit(jax.grad(loss)).lower(state).as_text())
+
+  assert program_size(16, True) < 1.1 * program_size(2, True)
+  assert program_size(16, False) > 4 * program_size(2, False)
 
 
 def test_config_validation():

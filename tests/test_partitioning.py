@@ -54,10 +54,10 @@ def test_parameters_are_sharded_as_the_rules_say():
     model = partitioning.create_sharded(lambda: build_model(CFG), mesh, RULES)
   expected = {
       ("embed", "embedding"): P("tensor", "fsdp"),
-      ("blocks", 0, "attn", "q", "kernel"): P("fsdp", "tensor"),
-      ("blocks", 0, "attn", "o", "kernel"): P("tensor", "fsdp"),
-      ("blocks", 1, "mlp", "down", "kernel"): P("tensor", "fsdp"),
-      ("blocks", 1, "mlp_norm", "scale"): P(None),
+      ("blocks", "attn", "q", "kernel"): P(None, "fsdp", "tensor"),  # [layers, embed, heads]
+      ("blocks", "attn", "o", "kernel"): P(None, "tensor", "fsdp"),
+      ("blocks", "mlp", "down", "kernel"): P(None, "tensor", "fsdp"),
+      ("blocks", "mlp_norm", "scale"): P(None, None),
   }
   flat = dict(nnx.to_flat_state(nnx.state(model)))
   for path, spec in expected.items():

@@ -57,23 +57,77 @@ class Crash(Exception):
 
 
 def test_resume_after_crash_reproduces_losses(task, reference_run, tmp_path, monkeypatch):
-  real_iterator = T.make_train_iterator
+  real_next, real_iterator = T.InputIterator.__next__, T.make_train_iterator
+  consumed, start_batches = [], []
 
-  def crashing_iterator(*args, **kwargs):
-    for i, batch in enumerate(real_iterator(*args, **kwargs)):
-      if kwargs.get("start_batch", 0) == 0 and i == 6:  # dies during step 7, after checkpoint 4
-        raise Crash()
-      yield batch
+  def crashing_next(self):
+    if len(consumed) == 6:  # dies during step 7, after checkpoint 4
+      raise Crash()
+    consumed.append(1)
+    return real_next(self)
 
-  monkeypatch.setattr(T, "make_train_iterator", crashing_iterator)
+  def recording_iterator(*args, **kwargs):
+    start_batches.append(kwargs.get("start_batch", 0))
+    return real_iterator(*args, **kwargs)
+
+  monkeypatch.setattr(T.InputIterator, "__next__", crashing_next)
+  monkeypatch.setattr(T, "make_train_iterator", recording_iterator)
   with pytest.raises(Crash):
     run(task, tmp_path, 12)
   assert steps_on_disk(tmp_path) == [4]
+  monkeypatch.setattr(T.InputIterator, "__next__", real_next)
   run(task, tmp_path, 12)  # the same command again
+  assert start_batches == [0, 0]  # the resumed input restored its iterator: no batch was re-read
   resumed = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(tmp_path))}
   reference = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(reference_run))}
   for step in range(5, 13):
     assert resumed[step] == reference[step], step  # bit-for-bit on the same mesh
+
+
+def test_input_resumes_from_its_checkpoint_without_rereading(task, tmp_path, monkeypatch):
+  """300 batches in (two passes over the corpus), a restored iterator continues exactly where it
+  stopped and reads a few documents to do so; skipping re-reads every document of those batches."""
+  import orbax.checkpoint as ocp
+  import tensorflow as tf
+
+  from tasks import text
+
+  reads = []
+  real_parse = text._parse_json_text
+
+  def counting_parse(line, text_field):
+    def count(raw):
+      reads.append(1)
+      return raw
+    return real_parse(tf.reshape(tf.numpy_function(count, [line], tf.string, stateful=False), []), text_field)
+
+  monkeypatch.setattr(text, "_parse_json_text", counting_parse)
+  consumed = 300
+  batches = T.make_train_iterator(task, 32, 8, seed=0)
+  expected = [next(batches) for _ in range(consumed + 2)][consumed:]
+  batches = T.make_train_iterator(task, 32, 8, seed=0)
+  for _ in range(consumed):
+    next(batches)
+  manager = checkpoints.checkpoint_manager(str(tmp_path), async_save=False)
+  manager.save(consumed, args=ocp.args.Composite(input=T.InputSave(batches)))
+  assert T.has_input_state(manager, consumed)
+
+  def read_two(batches):
+    reads.clear()
+    got = [next(batches), next(batches)]
+    for batch, want in zip(got, expected):
+      for key in T.MODEL_FEATURES:
+        np.testing.assert_array_equal(batch[key], want[key], err_msg=key)
+    return len(reads)
+
+  restored = T.make_train_iterator(task, 32, 8, seed=0)
+  reads.clear()
+  manager.restore(consumed, args=ocp.args.Composite(input=T.InputRestore(restored)))
+  manager.close()
+  restore_reads = len(reads) + read_two(restored)
+  skip_reads = read_two(T.make_train_iterator(task, 32, 8, seed=0, start_batch=consumed))
+  assert skip_reads > 400  # more than the corpus: the skip re-read both passes
+  assert restore_reads < skip_reads / 10, (restore_reads, skip_reads)
 
 
 def test_resume_onto_another_mesh(task, tmp_path):

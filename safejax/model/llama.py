@@ -1,12 +1,18 @@
 """A Llama-family decoder (SmolLM2 shapes) in Flax NNX.
 
-RMSNorm, RoPE, SwiGLU, grouped-query attention, optional tied embeddings, segment-aware causal
-masking for packed sequences, and a functional KV cache for decoding. Every parameter carries
-logical axis names; `safejax.partitioning` maps them to mesh axes. Activations are constrained with
-the `activation_*` names so XLA keeps the batch sharded and the model axis where the rules say.
+RMSNorm, RoPE, SwiGLU, grouped-query attention (`jax.nn.dot_product_attention`), optional tied
+embeddings, segment-aware causal masking for packed sequences, and a functional KV cache for
+decoding. Every parameter carries logical axis names; `safejax.partitioning` maps them to mesh
+axes. Activations are constrained with the `activation_*` names so XLA keeps the batch sharded
+and the model axis where the rules say.
 
-Shapes: B batch, T query length, S cache (key) length, D embed, N query heads, K kv heads,
-H head dim, F mlp dim, V vocab.
+The blocks' parameters are stacked along a leading `layers` axis (one Block built under
+`nnx.vmap`), and the forward pass runs them with `jax.lax.scan`, so the compiled program holds one
+layer whatever the depth: compile time stays flat from 4 to 32 layers. `scan_layers=False` runs the
+same stacked parameters in a Python loop instead (one program per layer, as before the scan).
+
+Shapes: L layers, B batch, T query length, S cache (key) length, D embed, N query heads, K kv
+heads, H head dim, F mlp dim, V vocab.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; logits and the loss are always float32.
   remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
   init_std: float = 0.02
+  scan_layers: bool = True  # jax.lax.scan over the stacked layers; False: a Python loop over them
+  attention: str = "xla"  # jax.nn.dot_product_attention's implementation: xla | cudnn (GPU, bf16)
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
@@ -48,6 +56,8 @@ class ModelConfig:
       raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
     if self.remat not in ("none", "full", "dots"):
       raise ValueError(f"remat must be none, full or dots, not {self.remat!r}")
+    if self.attention not in ("xla", "cudnn"):
+      raise ValueError(f"attention must be xla or cudnn, not {self.attention!r}")
 
   def with_vocab_size(self, vocab_size: int) -> "ModelConfig":
     return self if self.vocab_size else dataclasses.replace(self, vocab_size=vocab_size)
@@ -72,19 +82,19 @@ class ModelConfig:
 class KVCache:
   """Keys and values of every layer, written slot by slot.
 
-  keys, values: per layer [B, S, K, H]. key_valid: [B, S], True where a slot holds a real token
-  (left padding of prompts and not-yet-written slots are False). index: int32 scalar, the next slot.
+  keys, values: [L, B, S, K, H]. key_valid: [B, S], True where a slot holds a real token (left
+  padding of prompts and not-yet-written slots are False). index: int32 scalar, the next slot.
   """
 
-  keys: tuple[jax.Array, ...]
-  values: tuple[jax.Array, ...]
+  keys: jax.Array
+  values: jax.Array
   key_valid: jax.Array
   index: jax.Array
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, length: int) -> "KVCache":
-    shape = (batch, length, config.num_kv_heads, config.head_dim)
-    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
+    zeros = jnp.zeros(shape, config.dtype)
     return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
   @property
@@ -93,8 +103,8 @@ class KVCache:
 
   def gather_rows(self, rows: jax.Array) -> "KVCache":
     """Reorders the batch (beam search): rows [B'] of indices into the current batch."""
-    take = lambda x: jnp.take(x, rows, axis=0)
-    return KVCache(tuple(map(take, self.keys)), tuple(map(take, self.values)), take(self.key_valid), self.index)
+    return KVCache(jnp.take(self.keys, rows, axis=1), jnp.take(self.values, rows, axis=1),
+                   jnp.take(self.key_valid, rows, axis=0), self.index)
 
   def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "KVCache":
     """Keeps one of the sibling tokens just written (`Decoder.__call__(..., siblings=True)`).
@@ -103,22 +113,26 @@ class KVCache:
     to the first sibling slot, the other slots become invalid, and the next write goes after it.
     """
     (keys, values), key_valid, index = keep_sibling_slots(
-        (self.keys, self.values), self.key_valid, self.index, choice, num_siblings)
+        (self.keys, self.values), self.key_valid, self.index, choice, num_siblings, leading_axes=1)
     return KVCache(keys, values, key_valid, index)
 
 
-def keep_sibling_slots(buffers, valid: jax.Array, index: jax.Array, choice: jax.Array, num_siblings: int):
-  """`KVCache.keep_sibling` over any pytree of per-slot buffers [B, S, ...] and their valid [B, S].
+def keep_sibling_slots(buffers, valid: jax.Array, index: jax.Array, choice: jax.Array, num_siblings: int,
+                       leading_axes: int = 0):
+  """`KVCache.keep_sibling` over any pytree of per-slot buffers [..., B, S, ...] and their valid [B, S].
 
+  leading_axes: how many axes come before B in every buffer (1 for the KV cache's layers).
   The siblings occupy slots index - num_siblings .. index - 1. Returns (buffers, valid, index),
   each row's chosen sibling moved to the first of those slots, the rest marked invalid.
   """
   first = index - num_siblings
+  slot_axis = leading_axes + 1
 
   def keep(x):
-    window = jax.lax.dynamic_slice_in_dim(x, first, num_siblings, axis=1)
-    chosen = jnp.take_along_axis(window, choice.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
-    return jax.lax.dynamic_update_slice_in_dim(x, chosen, first, axis=1)
+    window = jax.lax.dynamic_slice_in_dim(x, first, num_siblings, axis=slot_axis)
+    rows = choice.reshape((1,) * leading_axes + (-1, 1) + (1,) * (x.ndim - slot_axis - 1))
+    chosen = jnp.take_along_axis(window, rows, axis=slot_axis)
+    return jax.lax.dynamic_update_slice_in_dim(x, chosen, first, axis=slot_axis)
 
   window = jax.lax.dynamic_slice_in_dim(valid, first, num_siblings, axis=1)
   kept = (jnp.arange(num_siblings) == 0) & jnp.take_along_axis(window, choice[:, None], axis=1)
@@ -158,8 +172,12 @@ class Attention(nnx.Module):
     self.v = _dense(cfg, rngs, d, cfg.num_kv_heads * h, ("embed", "kv_heads"))
     self.o = _dense(cfg, rngs, cfg.num_heads * h, d, ("heads", "embed"))
 
-  def __call__(self, x, positions, mask, layer_cache=None, write_slots=None):
-    """x [B,T,D]; mask [B,1,T,S] bool; layer_cache (keys, values) [B,S,K,H] or None (S = T)."""
+  def __call__(self, x, positions, mask, cache_update=None):
+    """x [B,T,D]; mask [B,1,T,S] bool, or None for plain causal self-attention (is_causal: cuDNN then
+    skips the masked half). cache_update: None (S = T), or, decoding, a function that writes this
+    call's keys and values [B,T,K,H] into the cache and returns the layer's cached ones [B,S,K,H].
+    Returns the output [B,T,D].
+    """
     cfg = self.cfg
     b, t, _ = x.shape
     q = self.q(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -167,14 +185,12 @@ class Attention(nnx.Module):
     v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     q = with_logical_constraint(rope(q, positions, cfg.rope_theta), ("activation_batch", "activation_length", "activation_heads", None))
     k = rope(k, positions, cfg.rope_theta)
-    if layer_cache is not None:
-      cached_k, cached_v = layer_cache
-      k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), write_slots, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), write_slots, axis=1)
-      layer_cache = (k, v)
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+    if cache_update is not None:
+      k, v = cache_update(k, v)
+    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
+                                       implementation=cfg.attention)
     out = with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
-    return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim)), layer_cache
+    return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
 
 
 class MLP(nnx.Module):
@@ -198,11 +214,23 @@ class Block(nnx.Module):
     self.mlp_norm = _norm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, mask, layer_cache=None, write_slots=None):
-    h, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache, write_slots)
-    x = x + h
+  def __call__(self, x, positions, mask, cache_update=None):
+    """x [B,T,D] -> x [B,T,D]; see `Attention`."""
+    x = x + self.attn(self.attn_norm(x), positions, mask, cache_update)
     x = x + self.mlp(self.mlp_norm(x))
-    return with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed")), layer_cache
+    return with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+
+
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """One Block whose parameters carry a leading layers axis [L, ...] (logical name "layers"),
+  each layer initialised from its own split of the rngs."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def build(rngs: nnx.Rngs) -> Block:
+    return Block(cfg, rngs)
+
+  return build(rngs)
 
 
 _REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
@@ -219,7 +247,7 @@ class Decoder(nnx.Module):
         cfg.vocab_size, cfg.embed_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
         embedding_init=nnx.with_partitioning(nnx.initializers.normal(cfg.init_std), ("vocab", "embed")),
         rngs=rngs)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.blocks = _stacked_blocks(cfg, rngs)
     self.final_norm = _norm(cfg, rngs)
     self.lm_head = None if cfg.tie_embeddings else _dense(cfg, rngs, cfg.embed_dim, cfg.vocab_size, ("embed", "vocab"))
 
@@ -232,7 +260,7 @@ class Decoder(nnx.Module):
       input_mask: jax.Array | None = None,
       siblings: bool = False,
   ) -> tuple[jax.Array, KVCache | None]:
-    """Logits for every position.
+    """Logits for every position: `logits(hidden_states(...))`.
 
     Args:
       tokens: [B, T] int32.
@@ -248,16 +276,34 @@ class Decoder(nnx.Module):
     Returns:
       logits [B, T, V] float32, and the updated cache (None without one).
     """
+    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings)
+    return self.logits(x), cache
+
+  def hidden_states(
+      self,
+      tokens: jax.Array,
+      positions: jax.Array | None = None,
+      segment_ids: jax.Array | None = None,
+      cache: KVCache | None = None,
+      input_mask: jax.Array | None = None,
+      siblings: bool = False,
+  ) -> tuple[jax.Array, KVCache | None]:
+    """The final (normed) hidden states [B, T, D] in the compute dtype, and the cache.
+
+    Arguments as `__call__`. The training loss takes these and `output_embedding()` so that it
+    never materialises the full logits (`safejax.model.losses.chunked_cross_entropy_loss`).
+    """
     b, t = tokens.shape
     if siblings and cache is None:
       raise ValueError("siblings need a cache")
     if cache is None:
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-      mask = jnp.tril(jnp.ones((t, t), bool))[None]
+      mask = None  # causal
       if segment_ids is not None:
+        mask = jnp.tril(jnp.ones((t, t), bool))[None]
         mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
-      mask = mask[:, None]  # [B or 1, 1, T, T]
+        mask = mask[:, None]  # [B, 1, T, T]
       write_slots = None
     else:
       if positions is None:
@@ -277,26 +323,75 @@ class Decoder(nnx.Module):
 
     x = self.embed(tokens)
     x = with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
-    new_keys, new_values = [], []
-    for i, block in enumerate(self.blocks):
-      layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-      if self.cfg.remat != "none" and cache is None:
-        x, _ = nnx.remat(lambda blk, x_, p_, m_: blk(x_, p_, m_), policy=_REMAT_POLICIES[self.cfg.remat])(
-            block, x, positions, mask)
-      else:
-        x, layer_cache = block(x, positions, mask, layer_cache, write_slots)
-      if layer_cache is not None:
-        new_keys.append(layer_cache[0])
-        new_values.append(layer_cache[1])
-    x = self.final_norm(x)
-    if self.lm_head is None:
-      logits = self.embed.attend(x)
+    if cache is None:
+      x = self._run_layers(x, positions, mask)
     else:
-      logits = self.lm_head(x)
-    logits = with_logical_constraint(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
-    if cache is not None:
-      cache = KVCache(tuple(new_keys), tuple(new_values), key_valid, cache.index + t)
-    return logits, cache
+      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots)
+      cache = KVCache(keys, values, key_valid, cache.index + t)
+    return self.final_norm(x), cache
+
+  def _layer_fn(self):
+    """(layer, the blocks' stacked parameters [L, ...]). layer(x, one layer's parameters, positions,
+    mask, cache_update) -> x runs one Block, pure."""
+    graphdef, stacked = nnx.split(self.blocks)
+
+    def layer(x, params, positions, mask, cache_update=None):
+      return nnx.merge(graphdef, params)(x, positions, mask, cache_update)
+
+    return layer, stacked
+
+  def _run_layers(self, x, positions, mask):
+    """Training / scoring: every layer over x [B, T, D], rematerialised as the config says."""
+    layer, stacked = self._layer_fn()
+    run = lambda x, params: layer(x, params, positions, mask)
+    if self.cfg.remat != "none":
+      run = jax.checkpoint(run, policy=_REMAT_POLICIES[self.cfg.remat])
+    if self.cfg.scan_layers:
+      return jax.lax.scan(lambda x, params: (run(x, params), None), x, stacked)[0]
+    for i in range(self.cfg.num_layers):
+      x = run(x, jax.tree.map(lambda p: p[i], stacked))
+    return x
+
+  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots):
+    """Decoding: every layer reads its cache and writes this call's keys and values into it.
+    Returns x and the cache's new keys and values [L, B, S, K, H]."""
+    layer, stacked = self._layer_fn()
+
+    def run(x, keys, values, params, i):
+      # Written into the whole cache first, then read back: reading layer i before writing made
+      # XLA copy the whole cache (every layer) at every layer of every decoding step.
+      written = {}
+
+      def cache_update(k, v):
+        write = lambda buffer, new: jax.lax.dynamic_update_slice(
+            buffer, new[None].astype(buffer.dtype), (i, 0, write_slots, 0, 0))
+        written["keys"], written["values"] = write(keys, k), write(values, v)
+        return written["keys"][i], written["values"][i]
+
+      x = layer(x, params, positions, mask, cache_update)
+      return x, written["keys"], written["values"]
+
+    if self.cfg.scan_layers:
+      def body(carry, xs):
+        return run(*carry, *xs), None
+      layers = (stacked, jnp.arange(self.cfg.num_layers))
+      return jax.lax.scan(body, (x, cache.keys, cache.values), layers)[0]
+    keys, values = cache.keys, cache.values
+    for i in range(self.cfg.num_layers):
+      x, keys, values = run(x, keys, values, jax.tree.map(lambda p: p[i], stacked), i)
+    return x, keys, values
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] -> logits [B, T, V] float32."""
+    logits = self.embed.attend(x) if self.lm_head is None else self.lm_head(x)
+    return with_logical_constraint(logits.astype(jnp.float32), ("activation_batch", "activation_length", "activation_vocab"))
+
+  def output_embedding(self) -> tuple[jax.Array, bool]:
+    """The output projection and whether it is vocab-major: the tied embedding [V, D] (True) or
+    the lm_head kernel [D, V] (False)."""
+    if self.lm_head is None:
+      return self.embed.embedding[...], True
+    return self.lm_head.kernel[...], False
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
