@@ -311,24 +311,72 @@ class OpenAICompatibleBackend:
 
 @gin.configurable
 class TemplateBackend:
-  """Offline, deterministic text from hand-written templates (`safejax.data.templates`).
+  """Offline, deterministic text from hand-written templates (`safejax.data.templates`) that
+  transforms the document it is given.
 
   Writes the rephrase / refuseweb / moral_education tasks from a request's `fields`; the same
-  fields and seed always give the same text. It cannot annotate or judge.
+  fields and seed always give the same text. Where the fields carry the document's `text`, its
+  sentences are rated one by one (by `sentence_scorer`, else the rubric's indicative terms) and the
+  templates keep the sentences rated 0, ask the document's own request and name its topic. It cannot
+  annotate or judge.
+
+  Args:
+    sentence_scorer: rates sentences 0..5: a saved scorer's directory (`safejax.safety.load_scorer`,
+      loaded on first use and never pickled) or an object with `score(texts) -> int array`; None
+      rates by the rubric's indicative terms (`templates.lexical_scores`).
   """
 
   name = "template"
 
+  def __init__(self, sentence_scorer: Any = None):
+    self.sentence_scorer = sentence_scorer
+    self._scorer = None if isinstance(sentence_scorer, str) else sentence_scorer
+
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__)
+    if isinstance(self.sentence_scorer, str):
+      state["_scorer"] = None  # workers load it themselves
+    return state
+
+  @property
+  def rater(self) -> str:
+    if self.sentence_scorer is None:
+      return "lexical"
+    return self.sentence_scorer if isinstance(self.sentence_scorer, str) else type(self.sentence_scorer).__name__
+
+  def rate(self, sentences: Sequence[str]) -> list[int]:
+    """Scores 0..5 of sentences (one scorer call for all of them)."""
+    if not sentences:
+      return []
+    if self.sentence_scorer is None:
+      return templates.lexical_scores(sentences)
+    if self._scorer is None:
+      from safejax.safety import load_scorer
+
+      self._scorer = load_scorer(self.sentence_scorer)
+    scores = np.asarray(self._scorer.score(list(sentences)))
+    if scores.shape != (len(sentences),):
+      raise ValueError(f"the sentence scorer returned shape {scores.shape} for {len(sentences)} sentences")
+    return [int(x) for x in scores]
+
   def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-    out = []
     for request in requests:
       if request.task not in templates.TASKS:
         raise ValueError(f"the template backend writes {sorted(templates.TASKS)}, not {request.task!r}; "
                          "use an LLM backend for it")
-      rng = np.random.default_rng(request.seed)
-      text = templates.TASKS[request.task](request.fields, rng)
-      out.append(Generation(text, {"backend": self.name, "model": templates.TEMPLATE_VERSION,
-                                   "template": True, "cached": False}))
+    split = [templates.split_sentences(r.fields["text"]) if r.fields.get("text") else [] for r in requests]
+    flat = self.rate([s for sentences in split for s in sentences])
+    out, i = [], 0
+    for request, sentences in zip(requests, split):
+      fields = dict(request.fields)
+      if sentences:
+        fields.update(sentences=sentences, sentence_scores=flat[i:i + len(sentences)])
+        i += len(sentences)
+      text = templates.TASKS[request.task](fields, np.random.default_rng(request.seed))
+      out.append(Generation(text, {"backend": self.name, "model": templates.TEMPLATE_VERSION, "template": True,
+                                   "cached": False, "sentence_rater": self.rater,
+                                   "sentences_kept": sum(s == 0 for s in fields.get("sentence_scores", ())),
+                                   "sentences_dropped": sum(s > 0 for s in fields.get("sentence_scores", ()))}))
     return out
 
 
