@@ -243,6 +243,33 @@ def harm_tag_filter(tag_id: int, drop_fraction: float = 0.5, threshold: float | 
   return keep
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomDropFilter:
+  """SafeBeam's placebo: drops as many candidates as `harm_tag_filter` would, chosen at random.
+
+  Per prompt, floor(drop_fraction * number of valid candidates) valid candidates are dropped in a
+  random order drawn from (seed, step), whatever their tag risk. SafeBeam run with this filter and
+  drop_fraction 0 for the tag rule costs the same and removes as much as SafeBeam, so the
+  difference between the two is what ranking by the tag adds. A frozen dataclass, so equal settings
+  share one compilation.
+  """
+
+  drop_fraction: float = 0.5
+  seed: int = 0
+
+  def __post_init__(self):
+    if not 0.0 <= self.drop_fraction <= 1.0:
+      raise ValueError(f"drop_fraction must lie in [0, 1], got {self.drop_fraction}")
+
+  def __call__(self, step: jax.Array, candidates: Candidates) -> jax.Array:
+    valid = jnp.isfinite(candidates.log_probs)
+    num_drop = jnp.floor(self.drop_fraction * valid.sum(-1) + 1e-4).astype(jnp.int32)  # [B]
+    noise = jax.random.uniform(jax.random.fold_in(jax.random.key(self.seed), step), valid.shape)
+    dropped_first = jnp.argsort(jnp.where(valid, noise, jnp.inf), axis=-1)
+    rank = jnp.argsort(dropped_first, axis=-1)
+    return valid & (rank >= num_drop[:, None])
+
+
 def _positions_and_lengths(prompt_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """RoPE positions [B, P] counting real tokens from 0, and prompt lengths [B]."""
   counts = jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1)
@@ -850,6 +877,8 @@ class DecodingConfig:
 
   method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
   beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
+  candidate_rule: safebeam's drop rule: "tag" (the riskiest by lookahead tag probability) or
+  "random" (`RandomDropFilter`, the placebo: the same share dropped at random, seeded by `seed`).
   The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
   tag_penalty (subtract from it), tag_stop_threshold (sampling: stop a row when the model gives
   the tag more than this probability).
@@ -868,11 +897,16 @@ class DecodingConfig:
   suppress_tag: bool = False
   tag_penalty: float = 0.0
   tag_stop_threshold: float | None = None
+  candidate_rule: str = "tag"
   seed: int = 0
 
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.candidate_rule not in ("tag", "random"):
+      raise ValueError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
+    if self.candidate_rule == "random" and self.tag_threshold is not None:
+      raise ValueError("the random (placebo) rule drops a share, not by threshold: leave tag_threshold None")
     if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
       raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
 
@@ -889,7 +923,10 @@ class DecodingConfig:
       options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
     if self.method in ("beam", "safebeam"):
       options.update(beam_size=self.beam_size, alpha=self.alpha)
-    if self.method == "safebeam":
+    if self.method == "safebeam" and self.candidate_rule == "random":
+      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=0.0,
+                     candidate_filter=RandomDropFilter(self.drop_fraction, self.seed))
+    elif self.method == "safebeam":
       options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
                      tag_threshold=self.tag_threshold)
     return options
