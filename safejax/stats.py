@@ -130,9 +130,9 @@ def paired_difference(values: Sequence[float], reference: Sequence[float], confi
   summary = seed_interval(diffs, confidence, method)
   if a.size < 2:
     return PairedDifference(summary, math.nan, math.nan)
-  if summary.sd == 0.0:  # a constant difference: certain if non-zero, no evidence if zero
-    return PairedDifference(summary, 1.0 if summary.mean == 0 else 0.0,
-                            0.0 if summary.mean == 0 else math.copysign(math.inf, summary.mean))
+  if np.ptp(diffs) <= 1e-12:  # a constant difference (up to rounding): certain if non-zero, no evidence if zero
+    zero = abs(summary.mean) <= 1e-12
+    return PairedDifference(summary, 1.0 if zero else 0.0, 0.0 if zero else math.copysign(math.inf, summary.mean))
   result = stats.ttest_rel(a, b)
   return PairedDifference(summary, float(result.pvalue), float(result.statistic))
 
