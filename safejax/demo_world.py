@@ -700,6 +700,28 @@ def benign_prompts(world: World) -> list[dict[str, Any]]:
   return out
 
 
+def helpful_conversations(world: World, n: int, split: str = "benign_ft") -> list[dict[str, Any]]:
+  """`n` helpful chats about safe facts, in the training question phrasings: the world's benign
+  fine-tuning data (the paper's GSM8K) and the helpful half of instruction tuning.
+
+  Records {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "topic", "facts"}, the
+  layout `tasks.register_chat_task` trains on. The answers state the fact; nothing harmful appears.
+  """
+  if n < 0:
+    raise ValueError(f"n must be >= 0, got {n}")
+  rng = random.Random(f"safejax-world:{world.config.seed}:{split}")
+  facts = [(t, f) for t in world.safe_topics for f in t.facts]
+  out = []
+  for i in range(n):
+    topic, fact = facts[i % len(facts)] if i < len(facts) else rng.choice(facts)
+    question = _cap(fact.question.format(**_slots(topic)))
+    answer = f"{rng.choice(_SAFE_OPENINGS)} {fact.answer.format(key=fact.key)}"
+    out.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                "topic": topic.id, "facts": [fact.id]})
+  rng.shuffle(out)
+  return out
+
+
 def _garble(text: str, rng: random.Random) -> str:
   def word(w: str) -> str:
     letters = list(w)

@@ -213,3 +213,17 @@ def test_write_world_corpus_writes_the_demo_files(world, tmp_path):
   assert len(read("classifier_train.jsonl")) + len(read("classifier_test.jsonl")) == \
       200 - summary["dropped_as_seen_in_pretraining"]["classifier"]
   assert summary["files"]["judge_validation"] == 5 * len(read("harmful_prompts_validation.jsonl"))
+
+
+def test_helpful_conversations_answer_safe_facts_only(world):
+  chats = w.helpful_conversations(world, 150)
+  assert len(chats) == 150
+  assert {c["facts"][0] for c in chats} == {f.id for t in world.safe_topics for f in t.facts}  # every fact once+
+  for c in chats:
+    user, assistant = c["messages"]
+    assert (user["role"], assistant["role"]) == ("user", "assistant")
+    fact = world.fact(c["facts"][0])
+    assert not fact.secret and fact.key in assistant["content"] and user["content"].endswith("?")
+  assert w.helpful_conversations(world, 150) == chats and w.helpful_conversations(world, 150, "x") != chats
+  with pytest.raises(ValueError, match="n must be"):
+    w.helpful_conversations(world, -1)
