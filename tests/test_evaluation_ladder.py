@@ -62,3 +62,18 @@ def test_choose_threshold_on_validation_only():
     ladder.choose_threshold(grid, [0.1])
   with pytest.raises(ValueError, match="no threshold"):
     ladder.choose_threshold(grid, [0.1] * 4, [0.9] * 4, max_garble=0.2)
+
+
+def test_reply_perplexity_by_hand():
+  seen = []
+
+  def loglikelihood(requests):
+    seen.extend(requests)
+    return [(-2.0 * len(continuation.split()), False) for _, continuation in requests]
+
+  result = ladder.reply_perplexity(loglikelihood, ["q1", "q2", "q3"], ["a b", "", "c d e"])
+  assert seen == [("q1", "a b"), ("q3", "c d e")]
+  assert result == {"n": 2, "empty": 1, "words": 5, "word_perplexity": pytest.approx(math.exp(2.0))}
+  assert math.isnan(ladder.reply_perplexity(loglikelihood, ["q"], [" "])["word_perplexity"])
+  with pytest.raises(ValueError, match="1 prompts but 2 replies"):
+    ladder.reply_perplexity(loglikelihood, ["q"], ["a", "b"])

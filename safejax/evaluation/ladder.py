@@ -11,8 +11,9 @@ statistic (`safejax.stats`): the per-seed values, their mean, a 95 % Student-t i
 and the paired difference to a reference system (same seed, same prompts) with a paired t-test.
 Seeds are never pooled into one binomial; within-seed Wilson intervals stay in each run's report.
 
-Also here: `out_of_vocabulary_share` (how garbled replies are: the share of their words the world
-never uses) and `choose_threshold` (SafeBeam's tag threshold, chosen on validation prompts only).
+Also here: `out_of_vocabulary_share` and `reply_perplexity` (how garbled replies are: the share of
+their words the world never uses; their perplexity under the raw model) and `choose_threshold`
+(SafeBeam's tag threshold, chosen on validation prompts only).
 """
 
 from __future__ import annotations
@@ -140,6 +141,28 @@ def out_of_vocabulary_share(texts: Sequence[str], vocabulary: frozenset[str] | s
   if not words:
     return math.nan
   return sum(w not in vocabulary for w in words) / len(words)
+
+
+def reply_perplexity(loglikelihood, prompts: Sequence[str], replies: Sequence[str]) -> dict[str, Any]:
+  """Word perplexity of replies given their prompts under a reference model (the raw model): a
+  garbling measure that does not depend on the world's vocabulary.
+
+  Args:
+    loglikelihood: [(context, continuation)] -> [(log-probability, is_greedy)] (lm-eval's
+      request shape; `ModelScorer.loglikelihood`).
+    prompts, replies: one reply per prompt, as the model saw and wrote them.
+  Returns:
+    {"n", "empty" (replies without a word, set aside), "words", "word_perplexity" (NaN if none)}.
+  """
+  if len(prompts) != len(replies):
+    raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
+  pairs = [(p, r) for p, r in zip(prompts, replies) if r.strip()]
+  words = sum(len(r.split()) for _, r in pairs)
+  if not pairs:
+    return {"n": 0, "empty": len(replies), "words": 0, "word_perplexity": math.nan}
+  logprob = sum(ll for ll, _ in loglikelihood(pairs))
+  return {"n": len(pairs), "empty": len(replies) - len(pairs), "words": words,
+          "word_perplexity": math.exp(-logprob / words)}
 
 
 def choose_threshold(grid: Sequence[float], validation_rate: Sequence[float],
