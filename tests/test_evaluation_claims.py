@@ -18,7 +18,8 @@ def _paper_like():
       "raw/placebo": _seeds(0.40, 0.34, 0.44), "raw/SafeBeam": _seeds(0.41, 0.35, 0.45)}
   instruct = {k: {s: v / 2 for s, v in seeds.items()} for k, seeds in headline.items()}
   capability = {"benign_ft": {"raw/beam": _seeds(0.50, 0.52, 0.51), "tags/SafeBeam": _seeds(0.50, 0.52, 0.515)}}
-  return {"compliance": {"benign_ft": headline, "instruct": instruct}, "capability": capability}
+  auroc = {"base": {"raw/beam": _seeds(0.70, 0.72, 0.69), "tags/beam": _seeds(0.90, 0.88, 0.93)}}
+  return {"compliance": {"benign_ft": headline, "instruct": instruct}, "capability": capability, "tag_auroc": auroc}
 
 
 def test_every_claim_holds_on_paper_like_results():
@@ -30,6 +31,7 @@ def test_every_claim_holds_on_paper_like_results():
       "control: SafeBeam on a never-tagged model does no better than the placebo": cl.HOLDS,
       "the ordering survives benign fine-tuning": cl.HOLDS,
       "capability stays within noise (full recipe vs raw)": cl.HOLDS,
+      "beyond the paper: the learned tag detects unsafe text better than a never-trained token": cl.HOLDS,
   }
 
 
@@ -41,7 +43,10 @@ def test_claims_are_refuted_when_the_data_say_so():
   h["tags/SafeBeam"] = _seeds(0.18, 0.14, 0.21)           # SafeBeam no better than the placebo
   h["raw/SafeBeam"] = _seeds(0.20, 0.15, 0.25)            # but it "works" on a model without tags
   results["capability"]["benign_ft"]["tags/SafeBeam"] = _seeds(0.40, 0.41, 0.42)
+  results["tag_auroc"]["base"]["tags/beam"] = _seeds(0.70, 0.71, 0.70)   # no better than the untrained token
   verdicts = {c.claim: c.status for c in cl.evaluate_claims(results)}
+  assert verdicts["beyond the paper: the learned tag detects unsafe text better than a never-trained token"] == \
+      cl.DOES_NOT_HOLD
   assert verdicts["score-0 filtering alone does not lower compliance"] == cl.DOES_NOT_HOLD
   assert verdicts["rephrasing and refusal data lower compliance"] == cl.DOES_NOT_HOLD
   assert verdicts["tags with SafeBeam lower compliance beyond the placebo"] == cl.DOES_NOT_HOLD
@@ -84,8 +89,9 @@ def test_decide_rules_and_markdown():
   c = cl.compare({"m": {"st": {"a": _seeds(0.1, 0.2, 0.3), "b": _seeds(0.1, 0.2, 0.3)}}}, "m", "st", "a", "b")
   assert c.difference.mean == 0.0 and cl.decide(c, cl.LOWERS, 0.05)[0] == cl.DOES_NOT_HOLD
   assert cl.decide(c, cl.NOT_LOWER, 0.05)[0] == cl.HOLDS
+  assert cl.decide(c, cl.RAISES, 0.05)[0] == cl.DOES_NOT_HOLD
   with pytest.raises(ValueError, match="direction"):
-    cl.decide(c, "raises", 0.05)
+    cl.decide(c, "doubles", 0.05)
   table = cl.claims_markdown(cl.evaluate_claims(_paper_like()))
-  assert table.count("\n") == 7 and "**holds**" in table
+  assert table.count("\n") == 8 and "**holds**" in table
   assert cl.evaluate_claims(_paper_like())[0].to_dict()["comparisons"][0]["difference"]["n"] == 3
