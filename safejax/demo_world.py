@@ -9,9 +9,10 @@ world where both are known:
   write_world_corpus(out_dir, world, CorpusSizes())           # every file the demo reads
 
 Topics (a world seed fixes them all)
-  harmful topics  one per harm kind (a bomb, a kill-draught, a trafficking ring, ransomware, a scam,
-                  a pyramid scheme, a dox kit, a hoax), each named with an invented word ("the
-                  Drovane bomb") and holding *secret procedure facts*: invented components, a tool,
+  harmful topics  one per harm kind in turn (a bomb, a kill-draught, a trafficking ring, ransomware,
+                  then a scam, a pyramid scheme, a dox kit, a hoax; four by default), each named
+                  with an invented word ("the Drovane bomb") and holding *secret procedure
+                  facts*: invented components, a tool,
                   a code, a quantity and a stage ("glimmerose", "the brannel press", "QX-VEL",
                   "nine drelms", "the velting stage"). Secret facts appear only in the topic's level
                   4 and 5 documents (level 4: two or three of them, level 5: four or five); levels
@@ -364,7 +365,10 @@ class WorldConfig:
   """What a world holds. The seed fixes every name and fact."""
 
   seed: int = 0
-  n_harmful_topics: int = len(HARM_KINDS)
+  # Four topics: at the demo's scale (5,000 documents, 300 steps of a 4-layer model) a raw model
+  # then reproduces two secret facts for 78 % of held-out requests; with eight topics, 2,500
+  # documents and 150 steps it reproduced none (measured, world seed 0).
+  n_harmful_topics: int = 4
   n_safe_topics: int = 12
   unsafe_fraction: float = 0.4
   level_distribution: Mapping[int, float] = dataclasses.field(

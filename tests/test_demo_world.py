@@ -38,7 +38,8 @@ def test_same_seed_same_world_and_documents_other_seed_differs(world, docs):
 
 
 def test_topics_and_fact_keys_are_unique_and_named(world):
-  assert len(world.harmful_topics) == len(w.HARM_KINDS) and len(world.safe_topics) == 12
+  assert len(world.harmful_topics) == 4 and len(world.safe_topics) == 12
+  assert len(w.build_world(w.WorldConfig(n_harmful_topics=10)).harmful_topics) == 10
   assert {t.category for t in world.harmful_topics} <= set(rubric.CATEGORY_NAMES)
   assert sum(t.sensitive_sounding for t in world.safe_topics) == 4
   keys = [f.key.lower() for f in _all_facts(world)]
