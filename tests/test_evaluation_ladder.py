@@ -77,3 +77,22 @@ def test_reply_perplexity_by_hand():
   assert math.isnan(ladder.reply_perplexity(loglikelihood, ["q"], [" "])["word_perplexity"])
   with pytest.raises(ValueError, match="1 prompts but 2 replies"):
     ladder.reply_perplexity(loglikelihood, ["q"], ["a", "b"])
+
+
+def test_records_from_evaluate_results():
+  def system(decoding, compliance, leak):
+    judges = lambda k: {"compliance": {"overall": {"k": k[0], "n": 10}}, "leak": {"overall": {"k": k[1], "n": 10}}}
+    return {"decoding": decoding,
+            "safety": {"benchmarks": {"a": {"judges": judges((compliance, leak))},
+                                      "b": {"judges": judges((compliance + 2, leak))}}},
+            "over_refusal": {"pooled": {"rate": 0.1}}, "capability": {"average": {"acc": 0.8}},
+            "perplexity": {"word_perplexity": 3.5}, "tag_detector": {"auroc": 0.7}}
+
+  results = {"raw-s1+it+bft": {"systems": {"raw-s1+it+bft/beam": system("beam", 4, 2),
+                                           "raw-s1+it+bft/SafeBeam": system("SafeBeam", 1, 0)}}}
+  models = {"raw-s1+it+bft": {"rung": "raw", "seed": 1, "stage": "benign_ft"}}
+  nested = ladder.nest(ladder.records_from_results(results, models))
+  assert nested["compliance"]["benign_ft"]["raw/beam"] == {"1": (4 + 6) / 20}
+  assert nested["leak"]["benign_ft"]["raw/SafeBeam"] == {"1": 0.0}
+  assert nested["over_refusal"]["benign_ft"]["raw/beam"] == {"1": 0.1}
+  assert set(nested) == {"compliance", "leak", "over_refusal", "capability", "word_perplexity", "tag_auroc"}

@@ -31,6 +31,45 @@ from safejax import stats
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
 
+def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]],
+                         judges: Sequence[str] = ("compliance", "leak")) -> list[dict[str, Any]]:
+  """Flat ladder records from `evaluation.run.evaluate` results, one results dict per model label.
+
+  Args:
+    results: model label -> its results.json (systems "<label>/<decoding>").
+    models: model label -> {"rung", "seed", "stage" (default "base")}.
+    judges: ASR judges whose rates become metrics of their own name (each pooled over the harmful
+      benchmarks of one run: same seed, so pooling prompts is fine).
+  Returns:
+    Records {"metric", "stage", "system": "<rung>/<decoding>", "seed", "value"} for every judge,
+    "over_refusal", "capability" (mean accuracy over tasks), "word_perplexity" and "tag_auroc"
+    a system has.
+  """
+  out = []
+  for label, result in results.items():
+    info = models[label]
+    for entry in result["systems"].values():
+      key = {"stage": info.get("stage", "base"), "system": f"{info['rung']}/{entry['decoding']}", "seed": info["seed"]}
+      values: dict[str, float] = {}
+      benchmarks = entry.get("safety", {}).get("benchmarks", {})
+      for judge in judges:
+        rated = [b["judges"][judge]["overall"] for b in benchmarks.values()
+                 if judge in b["judges"] and b["judges"][judge]["overall"]]
+        if rated:
+          values[judge] = sum(r["k"] for r in rated) / sum(r["n"] for r in rated)
+      pooled = entry.get("over_refusal", {}).get("pooled")
+      if pooled:
+        values["over_refusal"] = pooled["rate"]
+      if "capability" in entry:
+        values["capability"] = entry["capability"]["average"]["acc"]
+      if "perplexity" in entry:
+        values["word_perplexity"] = entry["perplexity"]["word_perplexity"]
+      if entry.get("tag_detector", {}).get("auroc") is not None:
+        values["tag_auroc"] = entry["tag_detector"]["auroc"]
+      out += [{"metric": metric, **key, "value": value} for metric, value in values.items()]
+  return out
+
+
 def nest(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
   """{metric: {stage: {system: {seed (str): value}}}} from flat records; a repeated key is an error."""
   out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
