@@ -86,9 +86,9 @@ def main() -> None:
   except ImportError:
     print("alt-profanity-check is not installed: baseline skipped")
   if args.encoder_docs:
-    from safejax.safety import encoder
-    checkpoint = encoder.minilm_dir()
-    model = encoder.EncoderClassifier(encoder.load_bert(checkpoint), encoder.EncoderConfig(), rngs=nnx.Rngs(0))
+    from safejax.safety import bert, encoder
+    checkpoint = bert.minilm_dir()
+    model = encoder.EncoderClassifier(bert.load_bert(checkpoint), encoder.EncoderConfig(), rngs=nnx.Rngs(0))
     enc = encoder.EncoderScorer(model, checkpoint)
     results["encoder scorer (MiniLM-L6, 128-piece windows)"] = throughput(
         enc.score, docs[:args.encoder_docs], 64, repeats=1)

@@ -44,7 +44,7 @@ def write_model(model_dir: str, model_gin: str, vocab_size: int) -> None:
   import orbax.checkpoint as ocp
   from flax import nnx
 
-  from safejax import train
+  from safejax import checkpoints
   from safejax.model import ModelConfig, build_model
   from safejax.vocab import train_sentencepiece
 
@@ -52,8 +52,8 @@ def write_model(model_dir: str, model_gin: str, vocab_size: int) -> None:
   gin.parse_config_files_and_bindings([os.path.join(REPO, model_gin)], [], skip_unknown=True)
   config = ModelConfig().with_vocab_size(vocab.vocab_size)
   gin.clear_config()
-  train.write_model_files(model_dir, config, vocab)
-  manager = train.checkpoint_manager(model_dir, async_save=False)
+  checkpoints.write_model_files(model_dir, config, vocab)
+  manager = checkpoints.checkpoint_manager(model_dir, async_save=False)
   manager.save(1, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.state(build_model(config)))))
   manager.close()
   print(f"model {model_gin}: {config.num_params():,} parameters, vocabulary {vocab.vocab_size}", flush=True)

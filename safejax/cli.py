@@ -1,9 +1,14 @@
 """The `safejax` command: subcommands configured t5x-style with gin.
 
-  safejax train --gin_file=gin/runs/pretrain_demo.gin --gin.TRAIN_STEPS=100 --gin.MODEL_DIR="'/tmp/m'"
+  safejax train --gin_file=models/demo.gin --gin_file=runs/pretrain_text.gin --gin.TRAIN_STEPS=100 \\
+      --gin.MODEL_DIR="'/tmp/m'" --gin.TEXT_FILES="'docs.jsonl'" --gin.VOCAB="'vocab.model'"
   safejax decode --gin.decode.checkpoint_dir="'/tmp/m'" "Once upon a time"
 
-Every subcommand is a `@gin.configurable` function (the table `COMMANDS`). Flags:
+Every subcommand is a `@gin.configurable` function (the table `COMMANDS`). Config objects follow
+t5x's pattern: a parameter such as `train(model_config=None)` is built inside the function from its
+class's gin bindings (`ModelConfig.num_layers = 4`), or bound whole (`train.model_config =
+@ModelConfig()`). A command may parse default gin files before the user's (`DEFAULT_GIN_FILES`).
+Flags:
   --gin_file=PATH        repeatable; looked up as given, then in each --gin_search_paths entry
                          (the repository's gin/ folder is always searched last)
   --gin.NAME=VALUE       repeatable; a gin binding, e.g. --gin.train.batch_size=16
@@ -17,7 +22,6 @@ computed: a misspelled or unknown name fails at once with gin's message naming i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import inspect
 import logging
@@ -31,9 +35,9 @@ import gin
 COMMANDS: dict[str, str] = {
     "train": "safejax.train:train",
     "finetune": "safejax.train:finetune",
-    "sft-data": "safejax.data.sft:build_sft_data",
-    "demo": "safejax.demo:demo",
-    "decode": "safejax.decoding_cli:decode",
+    "sft-data": "safejax.posttrain:build_sft_data",
+    "demo": "safejax.demo.recipe:demo",
+    "decode": "safejax.decoding.generate:decode",
     "eval": "safejax.evaluation.checkpoints:eval_checkpoints",
     "classify train": "safejax.safety.cli:train_classifier",
     "classify calibrate": "safejax.safety.cli:calibrate_classifier",
@@ -43,8 +47,11 @@ COMMANDS: dict[str, str] = {
     "judges validate": "safejax.evaluation.judge_validation:validate_judges_main",
     "import-hf": "safejax.hf_interop:import_hf",
     "export-hf": "safejax.hf_interop:export_hf",
-    "serve": "safejax.serve:serve",
+    "serve": "safejax.serve.app:serve",
 }
+
+# Gin files a command parses before the user's: its defaults, overridable by any later binding.
+DEFAULT_GIN_FILES: dict[str, tuple[str, ...]] = {"demo": ("runs/demo.gin",)}
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -101,33 +108,6 @@ def _resolve(command: str):
   return getattr(importlib.import_module(module_name), func_name)
 
 
-def _default_config_params(func) -> dict[str, type]:
-  """Parameters of `func` whose default is a config dataclass built with no arguments (`x: C = C()`),
-  found before any binding is parsed."""
-  found = {}
-  for p in inspect.signature(func).parameters.values():
-    cls = type(p.default)
-    if dataclasses.is_dataclass(p.default) and p.default == cls():
-      found[p.name] = cls
-  return found
-
-
-def _configs_built_now(func, config_params: dict[str, type]) -> dict[str, object]:
-  """Builds each such default anew, after parsing, unless gin binds the parameter itself.
-
-  Python evaluates `config: DemoConfig = DemoConfig()` once, at import, before any binding exists,
-  so `--gin.DemoConfig.seeds=(0,)` alone would be accepted and silently ignored. Built now, the
-  configurable class takes its bindings, as if `demo.config = @DemoConfig()` had been written.
-  """
-  built = {}
-  for name, cls in config_params.items():
-    try:
-      gin.query_parameter(f"{func.__name__}.{name}")
-    except ValueError:  # not bound: build it with whatever bindings its class has
-      built[name] = cls()
-  return built
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   names = sorted(COMMANDS)
@@ -159,13 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   # safejax speaks at INFO; libraries (orbax, absl, tf) only when something is wrong.
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("safejax").setLevel(logging.INFO)
-  gin.clear_config()  # earlier in-process bindings must not change what counts as a default
-  config_params = _default_config_params(func)
   try:
-    parse_gin(files, bindings, search_paths)
+    parse_gin([*DEFAULT_GIN_FILES.get(command, ()), *files], bindings, search_paths)
   except (ValueError, KeyError, IOError) as e:
     raise SystemExit(f"safejax {command}: bad gin configuration: {e}") from None
-  kwargs.update(_configs_built_now(func, config_params))
   if rest:
     if "inputs" not in inspect.signature(func).parameters:
       parser.error(f"safejax {command} takes no positional inputs, got {rest}")

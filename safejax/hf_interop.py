@@ -15,7 +15,7 @@ conversion from Meta's original checkpoints no permutation of q/k rows is needed
 logits against transformers' LlamaForCausalLM.
 
 An imported model becomes a safejax model directory (model_config.json, vocab.model and
-checkpoints/0 holding the parameters only), which `safejax.train.load_for_inference` loads.
+checkpoints/0 holding the parameters only), which `safejax.checkpoints.load_for_inference` loads.
 Continued (safety) pretraining is a new run that starts from its parameters with a fresh
 optimizer state; `train` checks that the run's model config and vocabulary are the imported ones:
 
@@ -55,7 +55,7 @@ import safetensors.numpy
 from flax import nnx
 from tqdm.auto import tqdm
 
-from safejax import train
+from safejax import checkpoints
 from safejax.model import Decoder, ModelConfig, build_model
 from safejax.vocab import BOS, SafejaxVocabulary
 
@@ -295,7 +295,7 @@ def save_hf(model: Decoder, vocab: SafejaxVocabulary, hf_dir: str, *, dtype: str
                                 max_position_embeddings=max_position_embeddings)
   with open(os.path.join(hf_dir, CONFIG_JSON), "w") as f:
     json.dump(config, f, indent=2)
-  shutil.copyfile(vocab.sentencepiece_model_file, os.path.join(hf_dir, train.VOCAB_FILE))
+  shutil.copyfile(vocab.sentencepiece_model_file, os.path.join(hf_dir, checkpoints.VOCAB_FILE))
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,11 +310,11 @@ def save_model_dir(model: Decoder, vocab: SafejaxVocabulary, model_dir: str, *, 
   if vocab.vocab_size > model.cfg.vocab_size:
     raise ValueError(f"the vocabulary has {vocab.vocab_size} ids but the model only {model.cfg.vocab_size} "
                      "embedding rows: use a safejax vocabulary no larger than the checkpoint's vocab_size")
-  manager = train.checkpoint_manager(model_dir, async_save=False)
+  manager = checkpoints.checkpoint_manager(model_dir, async_save=False)
   if manager.latest_step() is not None:
     manager.close()
     raise FileExistsError(f"{model_dir} already holds checkpoints; import into a new model directory")
-  train.write_model_files(model_dir, model.cfg, vocab)
+  checkpoints.write_model_files(model_dir, model.cfg, vocab)
   meta = {"step": 0, "input_batches_consumed": 0, "imported_from": source,
           "model_config": dataclasses.asdict(model.cfg)}
   manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.state(model)),
@@ -346,6 +346,6 @@ def import_hf(hf_dir: str = gin.REQUIRED, model_dir: str = gin.REQUIRED, vocab_f
 def export_hf(model_dir: str = gin.REQUIRED, hf_dir: str = gin.REQUIRED, step: int | None = None,
               dtype: str | None = None, max_position_embeddings: int = 2048) -> None:
   """Exports a safejax model directory's newest (or given) checkpoint in the Hugging Face layout."""
-  model, vocab = train.load_for_inference(model_dir, step)
+  model, vocab = checkpoints.load_for_inference(model_dir, step)
   save_hf(model, vocab, hf_dir, dtype=dtype, max_position_embeddings=max_position_embeddings)
   log.info("wrote %s", hf_dir)

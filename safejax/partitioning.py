@@ -2,7 +2,7 @@
 
 Parameters and activations carry logical axis names (see safejax.model.llama). `DEFAULT_RULES` maps
 them to the mesh axes (data, fsdp, tensor), MaxText style: the table is data, not code, and gin can
-replace it (`partitioning.LOGICAL_RULES`).
+replace it (`partitioning.DEFAULT_RULES`; bind `logical_rules.rules` in gin).
 
   data    pure data parallelism: parameters replicated, batch split.
   fsdp    batch split and parameters split along `embed` (ZeRO-3 style, all-gathered per layer).
@@ -69,8 +69,9 @@ class MeshConfig:
     return tuple(dims)
 
 
-def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+def make_mesh(config: MeshConfig | None = None, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh with Auto axis types (plain sharded code, compiler-propagated)."""
+  config = config or MeshConfig()
   devices = list(devices if devices is not None else jax.devices())
   shape = config.shape(len(devices))
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)

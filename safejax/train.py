@@ -3,7 +3,8 @@
 Launched t5x-style through gin (gin/runs/*.gin bind the macros MODEL_DIR, TRAIN_STEPS, BATCH_SIZE,
 TASK_FEATURE_LENGTHS, MIXTURE_OR_TASK_NAME, MIXTURE_OR_TASK_MODULE):
 
-  safejax train --gin_file=runs/pretrain_demo.gin --gin.MODEL_DIR="'/tmp/demo'"
+  safejax train --gin_file=models/demo.gin --gin_file=runs/pretrain_text.gin \
+      --gin.MODEL_DIR="'/tmp/demo'" --gin.TEXT_FILES="'docs.jsonl'" --gin.VOCAB="'vocab.model'"
 
 The same code runs on one CPU, on 8 fake CPU devices and on a TPU pod (one process per host,
 `jax.distributed` initialised first; each host reads its shard of the input).
@@ -24,7 +25,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -35,19 +35,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
 from safejax import partitioning
+from safejax.checkpoints import (METRICS_FILE, VOCAB_FILE, checkpoint_manager, load_model_config,
+                                 model_path, write_model_files)
 from safejax.model import Decoder, ModelConfig, build_model
 from safejax.vocab import SafejaxVocabulary
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "vocab.model"
-CONFIG_FILE = "model_config.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,59 +176,6 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def model_path(path: str) -> epath.Path:
-  """A local or gs:// path. os.path.abspath (and epath's resolve) would turn gs://b/m into ./gs:/b/m."""
-  return epath.Path(path if "://" in path else os.path.abspath(path))
-
-
-def checkpoint_manager(model_dir: str, *, keep: int = 3, save_every: int | None = None,
-                       async_save: bool = True) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=save_every or 1, enable_async_checkpointing=async_save,
-      create=True)
-  return ocp.CheckpointManager(model_path(model_dir) / "checkpoints",
-                               item_names=("params", "opt_state", "meta"), options=options)
-
-
-def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-
-
-def write_model_files(model_dir: str, config: ModelConfig, vocab: SafejaxVocabulary) -> None:
-  """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
-  model_path(model_dir).mkdir(parents=True, exist_ok=True)
-  if jax.process_index() != 0:
-    return
-  vocab_src, vocab_dst = model_path(vocab.sentencepiece_model_file), model_path(model_dir) / VOCAB_FILE
-  if vocab_src != vocab_dst:
-    vocab_src.copy(vocab_dst, overwrite=True)
-  (model_path(model_dir) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
-
-
-def load_model_config(model_dir: str) -> ModelConfig:
-  return ModelConfig(**json.loads((model_path(model_dir) / CONFIG_FILE).read_text()))
-
-
-def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
-  """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
-  config = load_model_config(model_dir)
-  vocab = SafejaxVocabulary(os.path.join(model_dir, VOCAB_FILE))
-  graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
-  manager = checkpoint_manager(model_dir, async_save=False)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {model_dir}/checkpoints")
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
-  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-  manager.close()
-  return nnx.merge(graphdef, restored["params"]), vocab
-
-
-# --------------------------------------------------------------------------------------------
 # Throughput
 
 
@@ -277,10 +222,10 @@ def train(
     train_steps: int = gin.REQUIRED,
     batch_size: int = 8,
     sequence_length: int = 128,
-    model_config: ModelConfig = ModelConfig(),
-    optimizer: OptimizerConfig = OptimizerConfig(),
+    model_config: ModelConfig | None = None,
+    optimizer: OptimizerConfig | None = None,
     init_from: str | None = None,
-    mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+    mesh: partitioning.MeshConfig | None = None,
     seed: int = 0,
     log_every: int = 10,
     checkpoint_every: int = 100,
@@ -292,10 +237,16 @@ def train(
 
   `task_registrations` is for gin: references such as `@register_text_task()` are evaluated when
   train is called, registering the run's tasks before `mixture_or_task_name` is looked up.
+  `model_config`, `optimizer`, `mesh`: None builds the class with its gin bindings (t5x style:
+  `train.model_config = @ModelConfig()` or just `ModelConfig.num_layers = 4`).
   `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
   pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
   """
   del task_registrations  # evaluated by gin for their effect
+  # Config objects left unbound are built here, after gin parsed: their classes' bindings apply.
+  model_config = model_config or ModelConfig()
+  optimizer = optimizer or OptimizerConfig()
+  mesh = mesh or partitioning.MeshConfig()
   partitioning.initialize_distributed()
   import_task_module(mixture_or_task_module)
   vocab = task_vocabulary(mixture_or_task_name)
@@ -405,6 +356,11 @@ def _check_finite(step: int, metrics: Mapping[str, jax.Array]) -> None:
         "untouched: lower the learning rate, raise warm-up or enable z_loss, then restart.")
 
 
+def _abstract(state: nnx.State, shardings: nnx.State) -> nnx.State:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+
 def _save(manager: ocp.CheckpointManager, step: int, graphdef: nnx.GraphDef, state: nnx.State,
           config: ModelConfig, task: str) -> None:
   model, optimizer = nnx.merge(graphdef, state)
@@ -474,13 +430,3 @@ class _MetricsWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
-
-
-def read_metrics(model_dir: str) -> list[dict[str, float]]:
-  """The logged metrics; after resumes the newest record of each step wins."""
-  by_step = {}
-  with (model_path(model_dir) / METRICS_FILE).open() as f:
-    for line in f:
-      record = json.loads(line)
-      by_step[record["step"]] = record
-  return [by_step[s] for s in sorted(by_step)]

@@ -18,7 +18,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from safejax.evaluation.prompting import format_chat
+from safejax.chat_template import format_chat
 from safejax.vocab import END_OF_TURN, SafejaxVocabulary
 
 

@@ -50,7 +50,7 @@ import seqio
 import tensorflow as tf
 
 from safejax.data import manifest as manifest_lib, shards
-from safejax.data.preprocessors import render_refuseweb, render_turns
+from tasks.preprocessors import render_refuseweb, render_turns
 from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED
 from safejax.vocab import SafejaxVocabulary
 from tasks.text import lm_preprocessors, output_features

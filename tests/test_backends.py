@@ -12,7 +12,7 @@ import pytest
 
 from safejax.backends import (GenerationRequest, OpenAICompatibleBackend, TemplateBackend, TextBackend,
                               generate_validated)
-from safejax.data import templates
+from safejax.backends import template as templates
 
 
 class ChatServer:

@@ -1,7 +1,8 @@
 """LocalModelBackend: a safejax checkpoint behind the generators' backend interface."""
 
 from safejax import decoding
-from safejax.backends import GenerationRequest, LocalModelBackend, TextBackend
+from safejax.backends import GenerationRequest, TextBackend
+from safejax.backends.local import LocalModelBackend
 
 
 def test_local_backend_generates_per_request(tiny_checkpoint):

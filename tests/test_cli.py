@@ -1,5 +1,6 @@
 """The `safejax` command: gin flags, early failure on bad bindings, end-to-end train."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import gin
 import pytest
 
 from safejax import cli
-from safejax import demo as demo_config
+from safejax.demo import recipe as demo_config
 
 
 def test_split_gin_flags():
@@ -25,19 +26,22 @@ def test_help_lists_commands(capsys):
 
 
 def test_class_bindings_reach_a_default_config_parameter(monkeypatch):
-  """`--gin.DemoConfig.x=...` alone configures demo's `config` (a default built at import would
-  ignore it); a binding of the parameter itself still wins."""
+  """`--gin.DemoConfig.x=...` alone configures demo's `config` (None, built after parsing); a binding
+  of the parameter itself still wins; the command's default gin file is parsed first and overridable."""
   monkeypatch.setattr(cli, "_resolve", lambda command: _record_demo)
-  assert cli.main(["demo", "--gin.DemoConfig.seeds=(7,)", "--gin.DemoConfig.learning_rate=0.003"]) == 0
-  assert _RECORDED[-1].seeds == (7,) and _RECORDED[-1].learning_rate == 0.003
+  assert cli.main(["demo", "--gin.DemoConfig.seeds=(7,)", "--gin.OptimizerConfig.learning_rate=0.003"]) == 0
+  assert _RECORDED[-1].seeds == (7,) and _RECORDED_LR[-1] == 0.003
   # A scoped reference: rebuilding an unscoped DemoConfig() instead would lose seeds=(3,).
   assert cli.main(["demo", "--gin._record_demo.config=@small/DemoConfig()", "--gin.small/DemoConfig.seeds=(3,)"]) == 0
   assert _RECORDED[-1].seeds == (3,)
   assert cli.main(["demo"]) == 0
-  assert _RECORDED[-1] == demo_config.DemoConfig()
+  assert _RECORDED_LR[-1] == 5e-3  # gin/runs/demo.gin's default, parsed before the user's flags
+  assert dataclasses.replace(_RECORDED[-1], decoding=None) == dataclasses.replace(demo_config.DemoConfig(), decoding=None)
+  assert _RECORDED[-1].decoding.max_new_tokens == 32
 
 
 _RECORDED = []
+_RECORDED_LR = []
 
 
 def run_cli(*args):
@@ -71,6 +75,9 @@ def test_train_from_the_command_line(tmp_path, tiny_corpus, tiny_vocab):
 
 
 @gin.configurable
-def _record_demo(config: demo_config.DemoConfig = demo_config.DemoConfig()) -> int:
-  _RECORDED.append(config)
+def _record_demo(config: demo_config.DemoConfig | None = None) -> int:
+  from safejax.train import OptimizerConfig
+
+  _RECORDED.append(config or demo_config.DemoConfig())
+  _RECORDED_LR.append(OptimizerConfig().learning_rate)
   return 0

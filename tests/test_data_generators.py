@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from data_fakes import FailingBackend
 from safejax.backends import Generation, TemplateBackend
-from safejax.data import generators, templates
+from safejax.backends import template as templates
+from safejax.data import generators
 from safejax.data.generators import choose_style, parse_dialogue, render_dialogue
 from safejax.safety.rubric import CATEGORY_NAMES, category_term_hits
 from safejax.vocab import HARM_TAG, SPECIAL_TOKENS

@@ -4,7 +4,7 @@ import collections
 
 import tensorflow as tf
 
-from safejax.data.preprocessors import NAMES, ROLE_PAIRS, render_refuseweb, render_turns, speaker_names
+from tasks.preprocessors import NAMES, ROLE_PAIRS, render_refuseweb, render_turns, speaker_names
 from safejax.vocab import ASSISTANT, END_OF_TURN, USER
 
 ROLES, TEXTS = ["user", "assistant", "user", "assistant"], ["Tell me.", "No, here is why.", "Why?", "Because."]

@@ -3,7 +3,7 @@
 import collections
 import json
 
-from safejax.data import sft
+from safejax import posttrain as sft
 
 
 def test_hh_rlhf_dialogue_ends_with_the_chosen_reply(tmp_path):

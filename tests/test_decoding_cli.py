@@ -8,8 +8,8 @@ import pytest
 from flax import nnx
 
 from safejax import cli
-from safejax import train as T
-from safejax.decoding_cli import read_prompts
+from safejax import checkpoints
+from safejax.decoding.generate import read_prompts
 from safejax.model import ModelConfig, build_model
 
 
@@ -19,8 +19,8 @@ def model_dir(tiny_vocab, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("model")
   config = ModelConfig(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
                        vocab_size=tiny_vocab.vocab_size)
-  T.write_model_files(str(model_dir), config, tiny_vocab)
-  manager = T.checkpoint_manager(str(model_dir), async_save=False)
+  checkpoints.write_model_files(str(model_dir), config, tiny_vocab)
+  manager = checkpoints.checkpoint_manager(str(model_dir), async_save=False)
   manager.save(1, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.state(build_model(config)))))
   manager.close()
   return model_dir

@@ -4,20 +4,38 @@ import json
 
 import pytest
 
-from safejax import demo as demo_lib
-from safejax.model import ModelConfig
+import gin
+
+from safejax import cli
+from safejax.decoding import DecodingConfig
+from safejax.demo import recipe as demo_lib
 
 TOY = demo_lib.DemoConfig(
     num_docs=300, classifier_docs=300, heldout_docs=20, tag_detector_docs=40, n_harmful=8, n_benign=8,
-    vocab_size=600, rungs=("raw", "tags"), seeds=(0,),
-    model=ModelConfig(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64),
-    train_steps=3, batch_size=8, sequence_length=64, warmup_steps=1, beam_size=2, num_expand=2, max_new_tokens=4)
+    vocab_size=600, rungs=("raw", "tags"), seeds=(0,), train_steps=3,
+    decoding=DecodingConfig(beam_size=2, num_expand=2, max_new_tokens=4))
+# What `safejax demo --gin.X=...` would bind on top of gin/runs/demo.gin.
+TOY_BINDINGS = ["ModelConfig.num_layers = 1", "ModelConfig.embed_dim = 32", "ModelConfig.num_heads = 2",
+                "ModelConfig.num_kv_heads = 1", "ModelConfig.head_dim = 16", "ModelConfig.mlp_dim = 64",
+                "train.batch_size = 8", "train.sequence_length = 64", "OptimizerConfig.warmup_steps = 1"]
+
+
+@pytest.fixture(autouse=True)
+def toy_gin():
+  """The demo's gin defaults with the toy's sizes, cleared afterwards for the other tests."""
+  cli.parse_gin(["runs/demo.gin"], TOY_BINDINGS)
+  yield
+  gin.clear_config()
 
 
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("demo")
-  assert demo_lib.demo(output_dir=str(out), config=TOY) == 0
+  cli.parse_gin(["runs/demo.gin"], TOY_BINDINGS)
+  try:
+    assert demo_lib.demo(output_dir=str(out), config=TOY) == 0
+  finally:
+    gin.clear_config()
   return out
 
 
@@ -50,7 +68,7 @@ def test_rerun_resumes_finished_stages(toy_run, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("a finished stage ran again")
 
-  for stage in ("build_corpus", "train_classifier", "run_pipeline", "train_vocab", "pretrain_ladder", "evaluate_models"):
+  for stage in ("build_corpus", "build_classifier", "run_pipeline", "train_vocab", "pretrain_ladder", "evaluate_models"):
     monkeypatch.setattr(demo_lib, stage, fail)
   before = (toy_run / "report" / "ladder.json").read_text()
   assert demo_lib.demo(output_dir=str(toy_run), config=TOY) == 0

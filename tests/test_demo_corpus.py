@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from safejax.data import demo_corpus as dc
+from safejax.demo import corpus as dc
 from safejax.safety import rubric
 
 NUM_DOCS = 3000

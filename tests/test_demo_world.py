@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from safejax import demo_world as w
+from safejax.demo import world as w
 from safejax.safety import rubric
 
 

@@ -5,7 +5,7 @@ import json
 import gin
 
 from safejax import decoding
-from safejax.evaluation import benchmarks, checkpoints
+from safejax.evaluation import prompt_sets, checkpoints
 
 
 def test_checkpoint_systems_share_one_scorer(tiny_checkpoint):
@@ -21,7 +21,7 @@ def test_eval_checkpoints_writes_the_report(tiny_checkpoint, tmp_path):
   prompts = tmp_path / "prompts.jsonl"
   prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about the river {i}.",
                                            "category": "test"}) for i in range(3)))
-  benchmarks.register_benchmark("ckpt_test", lambda _: benchmarks.load_table(prompts, name="ckpt_test",
+  prompt_sets.register_benchmark("ckpt_test", lambda _: prompt_sets.load_table(prompts, name="ckpt_test",
                                                                              prompt_column="prompt", id_column="id"))
   quick = decoding.DecodingConfig(method="greedy", max_new_tokens=3)
   with gin.unlock_config():

@@ -1,4 +1,4 @@
-"""ModelScorer on a tiny random decoder: agreement with a direct forward pass, the chain rule,
+"""LoglikelihoodModel on a tiny random decoder: agreement with a direct forward pass, the chain rule,
 batching and padding invariance, rolling windows, the greedy flag and the probe probability."""
 
 import jax
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from safejax.evaluation.loglikelihood import ModelScorer, rolling_windows
+from safejax.evaluation.loglikelihood import LoglikelihoodModel, rolling_windows
 from safejax.model.llama import ModelConfig, build_model
 
 START = 0
@@ -47,7 +47,7 @@ def make_requests(tiny_vocab):
            ("", "A small bird painted a long letter."),
            ("Our teacher", " repaired"),
            ("The orchestra celebrated the village market with great care. My neighbour", " visited")]
-  scorer = ModelScorer.__new__(ModelScorer)  # encode_pair needs only the vocabulary
+  scorer = LoglikelihoodModel.__new__(LoglikelihoodModel)  # encode_pair needs only the vocabulary
   scorer.vocab = tiny_vocab
   return [scorer.encode_pair(c, x) for c, x in texts]
 
@@ -55,7 +55,7 @@ def make_requests(tiny_vocab):
 def test_matches_direct_forward_pass(model, tiny_vocab):
   requests = make_requests(tiny_vocab)
   assert max(len(c) + len(x) for c, x in requests) < 128  # one window each: full context
-  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
+  scorer = LoglikelihoodModel(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   got = [ll for ll, _ in scorer.loglikelihood_tokens(requests)]
   want = [direct_loglikelihood(model, c, x) for c, x in requests]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
@@ -63,7 +63,7 @@ def test_matches_direct_forward_pass(model, tiny_vocab):
 
 def test_sum_of_per_token_logprobs_equals_whole_continuation(model, tiny_vocab):
   context, continuation = make_requests(tiny_vocab)[0]
-  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
+  scorer = LoglikelihoodModel(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   whole = scorer.loglikelihood_tokens([(context, continuation)])[0][0]
   per_token = scorer.loglikelihood_tokens(
       [(context + continuation[:i], continuation[i:i + 1]) for i in range(len(continuation))])
@@ -72,8 +72,8 @@ def test_sum_of_per_token_logprobs_equals_whole_continuation(model, tiny_vocab):
 
 def test_invariant_to_batch_size_order_and_padding(model, tiny_vocab):
   requests = make_requests(tiny_vocab)
-  reference = ModelScorer(model, tiny_vocab, max_length=128, batch_size=1, show_progress=False)
-  padded = ModelScorer(model, tiny_vocab, max_length=256, batch_size=3, show_progress=False)
+  reference = LoglikelihoodModel(model, tiny_vocab, max_length=128, batch_size=1, show_progress=False)
+  padded = LoglikelihoodModel(model, tiny_vocab, max_length=256, batch_size=3, show_progress=False)
   want = [ll for ll, _ in reference.loglikelihood_tokens(requests)]
   # Reversed order and a long neighbour change every row's batch mates and padded length.
   long_neighbour = (list(range(10, 200)), [12, 13])
@@ -96,7 +96,7 @@ def test_rolling_windows_score_every_target_once_within_max_length():
 def test_long_sequence_windows_equal_direct_scoring_of_each_window(model, tiny_vocab):
   context, continuation = list(range(20, 30)), list(range(30, 60))
   max_length = 16
-  scorer = ModelScorer(model, tiny_vocab, max_length=max_length, batch_size=4, show_progress=False)
+  scorer = LoglikelihoodModel(model, tiny_vocab, max_length=max_length, batch_size=4, show_progress=False)
   got = scorer.loglikelihood_tokens([(context, continuation)])[0][0]
   sequence = [START, *context, *continuation]
   want = 0.0
@@ -105,7 +105,7 @@ def test_long_sequence_windows_equal_direct_scoring_of_each_window(model, tiny_v
     want += lp[w.scored].sum()
   assert got == pytest.approx(want, rel=1e-5, abs=1e-4)
   # With room for everything the same request is one window over the whole sequence.
-  full = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
+  full = LoglikelihoodModel(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   assert full.loglikelihood_tokens([(context, continuation)])[0][0] == pytest.approx(
       direct_loglikelihood(model, context, continuation), rel=1e-5, abs=1e-4)
 
@@ -115,14 +115,14 @@ def test_greedy_flag(model, tiny_vocab):
   logp = direct_logp(model, [START, *context])[-1]
   best, second = int(np.argmax(logp)), int(np.argsort(logp)[-2])
   best2 = int(np.argmax(direct_logp(model, [START, *context, best])[-1]))
-  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
+  scorer = LoglikelihoodModel(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   flags = [g for _, g in scorer.loglikelihood_tokens(
       [(context, [best]), (context, [second]), (context, [best, best2]), (context, [best, (best2 + 1) % 300])])]
   assert flags == [True, False, True, False]
 
 
 def test_text_requests_split_like_the_joint_encoding(model, tiny_vocab):
-  scorer = ModelScorer(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
+  scorer = LoglikelihoodModel(model, tiny_vocab, max_length=128, batch_size=4, show_progress=False)
   context, continuation = "The river watched", " the morning light"
   ctx_ids, cont_ids = scorer.encode_pair(context, continuation)
   assert ctx_ids + cont_ids == list(tiny_vocab.encode(context + continuation))
@@ -136,7 +136,7 @@ def test_text_requests_split_like_the_joint_encoding(model, tiny_vocab):
 def test_mean_token_probability_matches_direct_softmax(model, tiny_vocab):
   texts = ["The river watched the morning light.", "A quiet farmer measured an ancient map in the spring."]
   tag = tiny_vocab.harm_tag_id
-  scorer = ModelScorer(model, tiny_vocab, max_length=16, batch_size=4, show_progress=False)
+  scorer = LoglikelihoodModel(model, tiny_vocab, max_length=16, batch_size=4, show_progress=False)
   got = scorer.mean_token_probability(texts, tag)
   want = []
   for text in texts:

@@ -3,7 +3,7 @@
 import pytest
 
 from safejax.evaluation import prompting
-from safejax.evaluation.benchmarks import PromptRecord
+from safejax.evaluation.prompt_sets import PromptRecord
 from safejax.vocab import ASSISTANT, END_OF_TURN, HARM_TAG, SYSTEM, USER
 
 

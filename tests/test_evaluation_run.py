@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from safejax.evaluation import metrics, report
+from safejax import stats
+from safejax.evaluation import report
 from safejax.evaluation.run import System, evaluate
 
 
@@ -141,8 +142,8 @@ def test_evaluate_on_real_data_validates_its_judges(tmp_path, shared_data):
   results = evaluate([system], out_dir=str(tmp_path), data_dir=str(shared_data), n_per_set=4,
                      capability_tasks=(), perplexity_file=None)
   s = results["systems"]["echo"]
-  assert s["safety"]["pooled"] == metrics.proportion(0, 12).to_dict()  # 4 prompts x 3 harmful benchmarks
-  assert s["over_refusal"]["pooled"] == metrics.proportion(8, 8).to_dict()
+  assert s["safety"]["pooled"] == stats.proportion(0, 12).to_dict()  # 4 prompts x 3 harmful benchmarks
+  assert s["over_refusal"]["pooled"] == stats.proportion(8, 8).to_dict()
   validation = results["judge_validation"]
   assert set(validation) == {"jbb_judge_comparison", "xstest_refusal", "xstest_unsafe_compliance"}
   assert "keyword:xstest_strmatch_full_refusal_startswith" in validation["xstest_refusal"]["judges"]

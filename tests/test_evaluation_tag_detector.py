@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from safejax.evaluation import metrics, tag_detector
-from safejax.evaluation.loglikelihood import ModelScorer
+from safejax import stats
+from safejax.evaluation import tag_detector
+from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.model.llama import ModelConfig, build_model
 
 
@@ -41,10 +42,10 @@ def test_auroc_of_mean_tag_probability(tiny_vocab):
   labels = [False, True, False, True]
   result = tag_detector.tag_detector_auroc(model, tiny_vocab, texts, labels, max_length=64, batch_size=4,
                                            show_progress=False)
-  scores = tag_detector.tag_scores(ModelScorer(model, tiny_vocab, max_length=64, batch_size=4, show_progress=False),
+  scores = tag_detector.tag_scores(LoglikelihoodModel(model, tiny_vocab, max_length=64, batch_size=4, show_progress=False),
                                    texts)
   assert np.all((scores > 0) & (scores < 1))
-  assert result["auroc"] == pytest.approx(metrics.auroc(labels, scores))
+  assert result["auroc"] == pytest.approx(stats.auroc(labels, scores))
   assert (result["n"], result["n_unsafe"]) == (4, 2)
   assert result["mean_score_unsafe"] == pytest.approx(scores[[1, 3]].mean())
   with pytest.raises(ValueError, match="4 texts but 3 labels"):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from safejax import demo_world
+from safejax.demo import world as demo_world
 from safejax.evaluation import world_judges as wj
 
 WORLD = {"topics": [

@@ -18,6 +18,7 @@ import safetensors.numpy
 from flax import nnx
 
 import tasks
+from safejax import checkpoints
 from safejax import cli, hf_interop, train
 from safejax.hf_interop import UnsupportedCheckpointError
 from safejax.model import ModelConfig, build_model
@@ -250,7 +251,7 @@ def test_cli_import_then_export(exported, tmp_path, tiny_vocab):
   meta = json.loads(next((model_dir / "checkpoints" / "0" / "meta").glob("*")).read_text())
   assert meta["step"] == 0 and meta["imported_from"] == str(folder)
 
-  loaded, vocab = train.load_for_inference(str(model_dir))
+  loaded, vocab = checkpoints.load_for_inference(str(model_dir))
   direct = hf_interop.decoder_from_hf(str(folder))
   assert loaded.cfg == direct.cfg and vocab.vocab_size == tiny_vocab.vocab_size
   np.testing.assert_array_equal(safejax_logits(loaded), safejax_logits(direct))
@@ -280,9 +281,9 @@ def test_continued_pretraining_starts_from_the_imported_model(exported, tmp_path
   run = tmp_path / "continued"
   # A learning rate of ~0 keeps the parameters: the run must start from the imported ones.
   train.train(model_dir=str(run), mixture_or_task_name="hf_interop_tiny_text", train_steps=2, batch_size=8,
-              sequence_length=32, model_config=train.load_model_config(str(imported)), init_from=str(imported),
+              sequence_length=32, model_config=checkpoints.load_model_config(str(imported)), init_from=str(imported),
               optimizer=train.OptimizerConfig(learning_rate=1e-12, warmup_steps=0), checkpoint_every=2,
               progress=False)
-  before, after = (params_of(train.load_for_inference(str(d))[0]) for d in (imported, run))
+  before, after = (params_of(checkpoints.load_for_inference(str(d))[0]) for d in (imported, run))
   for path in before:
     np.testing.assert_allclose(after[path], before[path], atol=1e-6, err_msg=str(path))

@@ -13,7 +13,6 @@ import textwrap
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P

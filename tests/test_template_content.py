@@ -5,9 +5,10 @@ import collections
 import numpy as np
 import pytest
 
-from safejax import demo_world as dw
+from safejax.demo import world as dw
 from safejax.backends import GenerationRequest, TemplateBackend
-from safejax.data import generators, templates
+from safejax.backends import template as templates
+from safejax.data import generators
 
 
 @pytest.fixture(scope="module")
@@ -124,20 +125,25 @@ def test_sentences_topics_and_survival_helpers():
   assert survival == {"entities": 2, "entities_kept": 1, "numbers": 1, "numbers_kept": 1}  # Drovane, Moreau; 12
 
 
-def test_backend_uses_a_given_sentence_scorer_and_pickles_without_it():
-  class Strict:
-    def score(self, texts):
-      return np.array([0 if "river" in t else 4 for t in texts])
+class Strict:
+  """A sentence scorer: only sentences about the river are safe."""
 
+  def score(self, texts):
+    return np.array([0 if "river" in t else 4 for t in texts])
+
+
+def test_backend_uses_a_given_sentence_scorer_and_pickles_with_it():
   backend = TemplateBackend(Strict())
   text = "The river is wide. The bomb is hidden. The river has fish."
-  [out] = backend.generate([GenerationRequest(task="rephrase", fields={"style": "textbook", "text": text}, seed=1)])
+  request = GenerationRequest(task="rephrase", fields={"style": "textbook", "text": text}, seed=1)
+  [out] = backend.generate([request])
   assert "The river is wide." in out.text and "The river has fish." in out.text and "bomb" not in out.text
   assert out.metadata["sentences_kept"] == 2 and out.metadata["sentence_rater"] == "Strict"
   import pickle
 
-  lazy = pickle.loads(pickle.dumps(TemplateBackend("/nowhere/scorer")))
-  assert lazy._scorer is None and lazy.rater == "/nowhere/scorer"
+  assert pickle.loads(pickle.dumps(backend)).generate([request]) == [out]  # what Beam does to reach workers
+  with pytest.raises(ValueError, match="score"):
+    TemplateBackend("/a/scorer/path")
 
 
 def test_on_real_text_entities_of_the_kept_sentences_survive(shared_data):

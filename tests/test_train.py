@@ -7,6 +7,7 @@ import pytest
 
 import tasks
 from safejax import partitioning
+from safejax import checkpoints
 from safejax import train as T
 from safejax.model import ModelConfig
 
@@ -39,7 +40,7 @@ def reference_run(task, tmp_path_factory):
 
 
 def test_learns_and_logs_metrics(reference_run):
-  metrics = T.read_metrics(str(reference_run))
+  metrics = checkpoints.read_metrics(str(reference_run))
   assert [m["step"] for m in metrics] == list(range(1, 13))
   for key in ("loss", "perplexity", "learning_rate", "grad_norm", "tokens_per_s", "mfu"):
     assert all(np.isfinite(m[key]) for m in metrics), key
@@ -69,8 +70,8 @@ def test_resume_after_crash_reproduces_losses(task, reference_run, tmp_path, mon
     run(task, tmp_path, 12)
   assert steps_on_disk(tmp_path) == [4]
   run(task, tmp_path, 12)  # the same command again
-  resumed = {m["step"]: m["loss"] for m in T.read_metrics(str(tmp_path))}
-  reference = {m["step"]: m["loss"] for m in T.read_metrics(str(reference_run))}
+  resumed = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(tmp_path))}
+  reference = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(reference_run))}
   for step in range(5, 13):
     assert resumed[step] == reference[step], step  # bit-for-bit on the same mesh
 
@@ -83,20 +84,20 @@ def test_resume_onto_another_mesh(task, tmp_path):
   shutil.copytree(first, second)
   run(task, first, 12, keep_checkpoints=1)
   run(task, second, 12, mesh=partitioning.MeshConfig(data=2, fsdp=2, tensor=2), keep_checkpoints=1)
-  same = {m["step"]: m["loss"] for m in T.read_metrics(str(first))}
-  other = {m["step"]: m["loss"] for m in T.read_metrics(str(second))}
+  same = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(first))}
+  other = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(second))}
   # Same maths, other reduction order on the 2x2x2 mesh: float32 rounding only.
   np.testing.assert_allclose([other[s] for s in range(9, 13)], [same[s] for s in range(9, 13)], rtol=1e-4)
   assert steps_on_disk(second) == [12]  # keep-N = 1
 
 
 def test_load_for_inference_matches_training_params(reference_run):
-  model, vocab = T.load_for_inference(str(reference_run))
+  model, vocab = checkpoints.load_for_inference(str(reference_run))
   assert vocab.vocab_size == model.cfg.vocab_size
   ids = np.array([vocab.encode("The river watched the morning light.")], np.int32)
   logits, _ = model(ids)
   assert logits.shape == (1, ids.shape[1], vocab.vocab_size)
-  earlier, _ = T.load_for_inference(str(reference_run), step=4)
+  earlier, _ = checkpoints.load_for_inference(str(reference_run), step=4)
   assert not np.allclose(earlier(ids)[0], logits)
 
 
@@ -106,7 +107,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
   with pytest.raises(T.NonFiniteLossError, match="loss is nan at step 5"):
     run(task, tmp_path, 12, optimizer=bad)
   assert steps_on_disk(tmp_path) == [4]
-  model, _ = T.load_for_inference(str(tmp_path))  # still loadable
+  model, _ = checkpoints.load_for_inference(str(tmp_path))  # still loadable
   assert np.isfinite(np.asarray(model.embed.embedding[...])).all()
 
 
@@ -144,13 +145,13 @@ def test_chat_task_weights_only_the_reply(chat_task, tiny_vocab):
 
 
 def test_finetune_starts_from_base_parameters(chat_task, reference_run, tmp_path):
-  base, _ = T.load_for_inference(str(reference_run))
+  base, _ = checkpoints.load_for_inference(str(reference_run))
   run(chat_task, tmp_path, 4, init_from=str(reference_run),
       optimizer=T.OptimizerConfig(learning_rate=1e-12, warmup_steps=0))
-  tuned, _ = T.load_for_inference(str(tmp_path))
+  tuned, _ = checkpoints.load_for_inference(str(tmp_path))
   np.testing.assert_allclose(tuned.embed.embedding[...], base.embed.embedding[...], atol=1e-6)
-  fresh_loss = T.read_metrics(str(reference_run))[0]["loss"]
-  assert T.read_metrics(str(tmp_path))[0]["loss"] < fresh_loss  # starts where the base model is
+  fresh_loss = checkpoints.read_metrics(str(reference_run))[0]["loss"]
+  assert checkpoints.read_metrics(str(tmp_path))[0]["loss"] < fresh_loss  # starts where the base model is
 
 
 def test_init_from_rejects_another_architecture(task, reference_run, tmp_path):

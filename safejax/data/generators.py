@@ -13,7 +13,7 @@ drawn per document from (seed, document id), so re-runs and workers agree.
   refuseweb         scores 4-5: a User/Assistant dialogue, stored as turns [{"role", "text"}, ...];
                     the user asks for the document's harmful elements, the assistant declines,
                     explains why and offers a constructive alternative. Speaker names are replaced
-                    at tokenization time (`safejax.data.preprocessors`).
+                    at tokenization time (`tasks.preprocessors`).
   moral_education   each refusal dialogue rewritten as a third-person web article on the principle.
 `refuse` runs the last two together: a document is refused only when both succeed.
 """
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from safejax.backends import Generation, GenerationRequest, TextBackend, generate_validated
 from safejax.data.records import GENERATE, MORAL_EDUCATION, REFUSEWEB, REPHRASE, dead_letter, doc_rng, doc_seed
-from safejax.data.templates import STYLES, detect_categories
+from safejax.backends.template import STYLES, detect_categories
 from safejax.vocab import strip_special_tokens
 
 _SYSTEM = ("You write educational web text for a general audience that includes children. You never "

@@ -7,7 +7,7 @@ as a detector, and reports.
   judge_validation  agreement of judges with human labels (accuracy, Cohen's kappa)
   metrics           Wilson intervals, ASR, over-refusal, kappa, AUROC
   capability        log-likelihood multiple choice, LAMBADA, perplexity (lm-eval semantics)
-  loglikelihood     ModelScorer: batched, jitted log-likelihood under a safejax decoder
+  loglikelihood     LoglikelihoodModel: batched, jitted log-likelihood under a safejax decoder
   tag_detector      mean harm-tag probability as a harmfulness score, its AUROC
   report            results.json, report.md, PNG charts
   run               System and the gin-configurable evaluate(systems)

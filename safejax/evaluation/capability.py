@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from safejax.evaluation.benchmarks import read_rows, subsample
+from safejax.evaluation.prompt_sets import read_rows, subsample
 
 LoglikelihoodFn = Callable[[list[tuple[str, str]]], list[tuple[float, bool]]]
 

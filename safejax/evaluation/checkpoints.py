@@ -4,7 +4,7 @@
     --gin.evaluate.out_dir="'/tmp/report'" --gin.evaluate.data_dir="'../shared/data'"
 
 Every checkpoint becomes one `System` per decoding (default: beam search and SafeBeam with the
-same beam size), sharing one `ModelScorer`, so capability, perplexity and the tag detector are
+same beam size), sharing one `LoglikelihoodModel`, so capability, perplexity and the tag detector are
 computed once per checkpoint. Everything else (benchmarks, judges, subsampling) is `evaluate`'s,
 bound in gin.
 """
@@ -17,7 +17,7 @@ import gin
 
 from safejax import decoding as decoding_lib
 from safejax.evaluation import run as run_lib
-from safejax.evaluation.loglikelihood import ModelScorer
+from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.evaluation.tag_detector import tag_scores
 from safejax.vocab import END_OF_TURN
 
@@ -35,12 +35,12 @@ def checkpoint_systems(model_dir: str, label: str, decodings: Mapping[str, decod
 
   Chat-style systems stop their replies at END_OF_TURN, completion-style ones at EOS.
   """
-  from safejax.train import load_for_inference
+  from safejax.checkpoints import load_for_inference
 
   model, vocab = load_for_inference(model_dir)
-  scorer = ModelScorer(model, vocab, max_length=max_length)
-  loglikelihood = scorer.loglikelihood  # one object for every system: scored once (see `evaluate`)
-  tag_probability = lambda texts: tag_scores(scorer, texts)
+  lm = LoglikelihoodModel(model, vocab, max_length=max_length)
+  loglikelihood = lm.loglikelihood  # one object for every system: scored once (see `evaluate`)
+  tag_probability = lambda texts: tag_scores(lm, texts)
   stop_id = vocab.token_id(END_OF_TURN) if prompt_style == "chat" else None
   systems = []
   for name, config in decodings.items():

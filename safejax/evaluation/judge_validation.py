@@ -28,8 +28,9 @@ import gin
 
 from safejax.backends import TextBackend
 from safejax.evaluation import judges as judges_lib
-from safejax.evaluation import metrics, report
-from safejax.evaluation.benchmarks import read_rows
+from safejax import stats
+from safejax.evaluation import report
+from safejax.evaluation.prompt_sets import read_rows
 
 REFUSAL_LISTS = "safety_prompts/refusal_prefixes/refusal_prefix_lists.json"
 JBB_JUDGE_COMPARISON = "safety_prompts/jbb_behaviors/judge_comparison.csv"
@@ -154,7 +155,7 @@ def trust(kappa: float) -> str:
 def _agreement(labels: Sequence[bool], predictions: Sequence[bool | None]) -> dict[str, Any]:
   """Agreement on the decided predictions; undecided ones (None) are counted, not guessed."""
   decided = [(l, p) for l, p in zip(labels, predictions) if p is not None]
-  result = metrics.agreement([l for l, _ in decided], [p for _, p in decided])
+  result = stats.agreement([l for l, _ in decided], [p for _, p in decided])
   result["undecided"] = len(predictions) - len(decided)
   result["trust"] = trust(result["kappa"])
   return result

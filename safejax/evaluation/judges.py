@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from safejax.backends import GenerationRequest, TextBackend
+from safejax.safety.scorer import Scorer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,11 +155,6 @@ def load_keyword_judge(lists_path: str | Path | None, list_name: str) -> Keyword
                    f"from the list's 'matching' description: {lists[list_name].get('matching')!r}")
   return KeywordRefusalJudge(tuple(lists[list_name]["strings"]), REFUSAL_LIST_RULES[list_name],
                              name=f"keyword:{list_name}")
-
-
-class Scorer(Protocol):
-  def score(self, texts: Sequence[str]) -> np.ndarray:
-    """Safety scores [len(texts)] int in 0..5 (higher = less safe)."""
 
 
 @dataclasses.dataclass(frozen=True)

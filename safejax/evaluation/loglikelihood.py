@@ -1,6 +1,6 @@
 """Log-likelihood of text under a safejax decoder: batched, jitted, lm-evaluation-harness semantics.
 
-`ModelScorer(model, vocab).loglikelihood(requests)` takes (context, continuation) pairs and returns
+`LoglikelihoodModel(model, vocab).loglikelihood(requests)` takes (context, continuation) pairs and returns
 (sum of the continuation tokens' log-probabilities, whether greedy decoding yields exactly those
 tokens), like lm-eval's `LM.loglikelihood`; `capability` scores every task through it.
 
@@ -70,8 +70,8 @@ def rolling_windows(sequence: Sequence[int], first_target: int, max_length: int,
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_scorer(graphdef: nnx.GraphDef):
-  """The jitted row scorer of one model structure (shared by every ModelScorer of that structure)."""
+def _compiled_loglikelihood(graphdef: nnx.GraphDef):
+  """The jitted per-row log-likelihood of one model structure (shared by every LoglikelihoodModel of that structure)."""
 
   @jax.jit
   def score_rows(state, inputs, targets, scored, probe_id):
@@ -93,7 +93,7 @@ def _bucket(length: int, max_length: int) -> int:
 
 
 @gin.configurable(denylist=["model", "vocab"])
-class ModelScorer:
+class LoglikelihoodModel:
   """Scores text under a safejax `Decoder` (its current parameters at each call)."""
 
   def __init__(
@@ -122,7 +122,7 @@ class ModelScorer:
     self.max_length, self.batch_size = max_length, batch_size
     self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.show_progress = show_progress
-    self._score_rows = _compiled_scorer(nnx.graphdef(model))
+    self._score_rows = _compiled_loglikelihood(nnx.graphdef(model))
 
   def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids), split from the encoding of context + continuation."""

@@ -7,8 +7,8 @@ all the same to it:
     System(label="safe-pt/safebeam", model="safe-pt", decoding="SafeBeam", stage="base",
            prompt_style="completion",
            generate=lambda prompts: [...],              # list[str] -> list[str], the replies only
-           loglikelihood=scorer.loglikelihood,          # [(context, continuation)] -> [(logprob, greedy)]
-           tag_probability=lambda texts: tag_scores(scorer, texts))
+           loglikelihood=lm.loglikelihood,              # [(context, continuation)] -> [(logprob, greedy)]
+           tag_probability=lambda texts: tag_scores(lm, texts))
 
 `safejax eval` builds one System per (checkpoint, decoding) and calls `evaluate(systems)` with
 the rest from gin. Systems that share a loglikelihood (or tag_probability) callable, such as one
@@ -45,8 +45,9 @@ from safejax.backends import TextBackend
 from safejax.evaluation import capability as capability_lib
 from safejax.evaluation import judge_validation
 from safejax.evaluation import judges as judges_lib
+from safejax import stats
 from safejax.evaluation import metrics, prompting, report
-from safejax.evaluation.benchmarks import Benchmark, load_benchmark, subsample
+from safejax.evaluation.prompt_sets import Benchmark, load_benchmark, subsample
 from safejax.evaluation.tag_detector import load_labelled_texts
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -95,7 +96,7 @@ def generate_with_progress(generate: GenerateFn, prompts: Sequence[str], batch_s
 def _pooled(reports: Sequence[metrics.RateReport]) -> dict[str, Any] | None:
   k = sum(r.overall.k for r in reports if r.overall)
   n = sum(r.overall.n for r in reports if r.overall)
-  return metrics.proportion(k, n).to_dict() if n else None
+  return stats.proportion(k, n).to_dict() if n else None
 
 
 def _safe_name(text: str) -> str:
@@ -304,7 +305,7 @@ def evaluate(
 
       def tag_auroc():
         scores = np.asarray(tp(tag_texts))
-        return {"n": len(tag_labels), "n_unsafe": int(sum(tag_labels)), "auroc": metrics.auroc(tag_labels, scores)}
+        return {"n": len(tag_labels), "n_unsafe": int(sum(tag_labels)), "auroc": stats.auroc(tag_labels, scores)}
 
       entry["tag_detector"] = once("tag_detector", tp, tag_auroc)
     results["systems"][system.label] = entry

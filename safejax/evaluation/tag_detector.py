@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from safejax.evaluation import metrics
-from safejax.evaluation.benchmarks import read_rows
-from safejax.evaluation.loglikelihood import ModelScorer
+from safejax import stats
+from safejax.evaluation.prompt_sets import read_rows
+from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.model.llama import Decoder
 from safejax.vocab import SafejaxVocabulary
 
@@ -58,9 +58,9 @@ def load_labelled_texts(
   return texts, labels, counts
 
 
-def tag_scores(scorer: ModelScorer, texts: Sequence[str]) -> np.ndarray:
+def tag_scores(lm: LoglikelihoodModel, texts: Sequence[str]) -> np.ndarray:
   """[len(texts)] mean probability of the harm tag as the next token over each text."""
-  return scorer.mean_token_probability(texts, scorer.vocab.harm_tag_id)
+  return lm.mean_token_probability(texts, lm.vocab.harm_tag_id)
 
 
 def tag_detector_auroc(
@@ -68,18 +68,18 @@ def tag_detector_auroc(
     vocab: SafejaxVocabulary,
     texts: Sequence[str],
     labels: Sequence[bool],
-    **scorer_kwargs: Any,
+    **lm_kwargs: Any,
 ) -> dict[str, Any]:
   """AUROC of the mean tag probability against binary unsafe labels (True = unsafe).
 
   Args:
     model, vocab: the decoder and its vocabulary.
     texts, labels: held-out documents and whether each is unsafe.
-    **scorer_kwargs: ModelScorer options (max_length, batch_size, start_id).
+    **lm_kwargs: LoglikelihoodModel options (max_length, batch_size, start_id).
   """
   if len(texts) != len(labels):
     raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-  scores = tag_scores(ModelScorer(model, vocab, **scorer_kwargs), texts)
+  scores = tag_scores(LoglikelihoodModel(model, vocab, **lm_kwargs), texts)
   labels = np.asarray(labels, bool)
-  return {"n": int(len(labels)), "n_unsafe": int(labels.sum()), "auroc": metrics.auroc(labels, scores),
+  return {"n": int(len(labels)), "n_unsafe": int(labels.sum()), "auroc": stats.auroc(labels, scores),
           "mean_score_unsafe": float(scores[labels].mean()), "mean_score_safe": float(scores[~labels].mean())}

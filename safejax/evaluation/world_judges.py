@@ -1,7 +1,7 @@
 """Judges that know the demo world's ground truth and never look at the routing classifier.
 
 The demo's models learn from a world whose harmful topics have secret, invented procedure facts
-(`safejax.demo_world`). Two judges grade a reply to a request without any model in the loop:
+(`safejax.demo.world`). Two judges grade a reply to a request without any model in the loop:
 
   KnowledgeLeakJudge  exact: a reply leaks when it reproduces at least `min_facts` of the secret
                       facts of the topic the prompt asks about. It measures what a model *knows and
@@ -15,7 +15,7 @@ Both fit `safejax.evaluation.judges.Judge`: `judge(prompts, responses) -> [Judge
 `harmful` = leaked / complied and `refused` where the judge rates it. A prompt that names no known
 topic gets an undecided verdict (None), which the rates set aside and count.
 
-The judges read the world from its `world.json` (what `demo_world.write_world_corpus` writes), so
+The judges read the world from its `world.json` (what `safejax.demo.world.write_world_corpus` writes), so
 evaluation code does not import the demo. `validate` measures a judge against the world's labelled
 replies (Cohen's kappa, accuracy, confusion) before its rate is trusted.
 """
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safejax.evaluation import metrics
+from safejax import stats
 from safejax.evaluation.judges import JudgeVerdict, KeywordRefusalJudge, MatchRule, _check_lengths
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -64,7 +64,7 @@ def load_topics(world: str | Path | Mapping[str, Any]) -> tuple[TopicFacts, ...]
   """The topics of a world from its world.json (a path or the parsed dict)."""
   data = world if isinstance(world, Mapping) else json.loads(Path(world).read_text())
   if "topics" not in data:
-    raise ValueError("a world description needs a 'topics' list (demo_world.World.to_dict)")
+    raise ValueError("a world description needs a 'topics' list (safejax.demo.world.World.to_dict)")
   return tuple(TopicFacts(t["id"], t["name"], bool(t["harmful"]), tuple(f["key"] for f in t["facts"]))
                for t in data["topics"])
 
@@ -181,7 +181,7 @@ def validate(judge, rows: Iterable[Mapping[str, Any]], label: str = "complied", 
   `verdict_field` is the verdict's field compared with the label: "harmful" (complied / leaked) or
   "refused" (the refusal detection that over-refusal rests on).
 
-  Returns metrics.agreement's dict (n, accuracy with its Wilson interval, Cohen's kappa from
+  Returns stats.agreement's dict (n, accuracy with its Wilson interval, Cohen's kappa from
   scikit-learn, precision, recall, confusion) plus `undecided` (verdicts set aside) and `by_kind`
   (accuracy per reply kind, where rows name one).
   """
@@ -194,7 +194,7 @@ def validate(judge, rows: Iterable[Mapping[str, Any]], label: str = "complied", 
   decided = [(r, getattr(v, verdict_field)) for r, v in zip(rows, verdicts) if getattr(v, verdict_field) is not None]
   if not decided:
     raise ValueError(f"judge {judge.name} decided none of the {len(rows)} labelled replies")
-  result = metrics.agreement([bool(r[label]) for r, _ in decided], [bool(p) for _, p in decided])
+  result = stats.agreement([bool(r[label]) for r, _ in decided], [bool(p) for _, p in decided])
   by_kind: dict[str, list[bool]] = {}
   for r, predicted in decided:
     by_kind.setdefault(str(r.get("kind", "all")), []).append(bool(r[label]) == bool(predicted))

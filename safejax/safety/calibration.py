@@ -284,7 +284,7 @@ class Curves:
 
 
 def calibrate(scorer: Scorer, examples: Sequence[Example], clean_documents: Sequence[Example],
-              config: CalibrationConfig = CalibrationConfig()) -> tuple[dict, Curves]:
+              config: CalibrationConfig | None = None) -> tuple[dict, Curves]:
   """Chooses and sets the decision rule of `scorer` (or of each ensemble member) in place.
 
   Args:
@@ -297,6 +297,7 @@ def calibrate(scorer: Scorer, examples: Sequence[Example], clean_documents: Sequ
     member's rule, and the validation reports (`metrics.report`) of the calibrated scorer and of
     argmax, with clean-document false-positive rates), and the curves to plot.
   """
+  config = config or CalibrationConfig()
   members = members_of(scorer)
   truth = np.array([e.score for e in examples], np.int32)
   sources = np.array([e.source for e in examples])

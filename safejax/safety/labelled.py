@@ -310,7 +310,7 @@ def _readers(data_dir: Path) -> dict[str, Callable[[collections.Counter], Iterat
   }
 
 
-def build_labelled(data_dir: str | Path, config: LabelledConfig = LabelledConfig()) -> LabelledData:
+def build_labelled(data_dir: str | Path, config: LabelledConfig | None = None) -> LabelledData:
   """Reads every configured source, maps its labels, de-duplicates, caps and splits.
 
   Per source: exact duplicates (same normalised text and score) are dropped; a text that
@@ -318,6 +318,7 @@ def build_labelled(data_dir: str | Path, config: LabelledConfig = LabelledConfig
   `max_per_source_score` examples per (source, score) are kept, chosen by a hash of the text.
   `counts` records every step.
   """
+  config = config or LabelledConfig()
   data_dir = Path(data_dir)
   readers = _readers(data_dir)
   unknown = set(config.sources) - set(readers)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from safejax.evaluation.metrics import wilson_interval
+from safejax.stats import wilson_interval
 from safejax.safety.rubric import NUM_LEVELS
 
 # scorer -> (macro-F1, recall of score >= 1, recall of score >= 3); None where not reported.

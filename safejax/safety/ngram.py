@@ -297,12 +297,13 @@ class _FeatureTable:
                                                 len(indices) * self.num_kinds)))
 
 
-def train_ngram_scorer(texts: Sequence[str], labels: Sequence[int], config: NgramConfig = NgramConfig(),
-                       train_config: training.TrainConfig = training.TrainConfig()) -> NgramScorer:
+def train_ngram_scorer(texts: Sequence[str], labels: Sequence[int], config: NgramConfig | None = None,
+                       train_config: training.TrainConfig | None = None) -> NgramScorer:
   """Trains an n-gram scorer on labelled texts (scores 0..5); seconds for a few thousand texts.
 
   Each text is one training window: long texts should be cut into windows beforehand.
   """
+  config, train_config = config or NgramConfig(), train_config or training.TrainConfig()
   labels = np.asarray(labels, np.int32)
   if len(texts) != len(labels):
     raise ValueError(f"{len(texts)} texts but {len(labels)} labels")

@@ -1,4 +1,8 @@
-"""Decoding: greedy, sampling, beam search and SafeBeam as pure functions under `jax.jit`.
+"""The search algorithms: greedy, sampling and beam search as pure functions under `jax.jit`.
+
+SafeBeam, built from the same pieces, is in `safejax.decoding.safebeam`; running a Flax `Decoder`
+through them (the model adapter, the jit cache) is `safejax.decoding.runner`; text in, text out
+is `safejax.decoding.generate`.
 
 In the style of t5x's decoding.py, every algorithm is a pure function of a `tokens_to_logits`
 closure, an `init_cache` factory and a batch of left-padded prompts. The whole loop
@@ -8,7 +12,7 @@ beam search settled) keeps its slot, is frozen, and the loop exits once every ro
 Shapes: B prompts, P prompt length (left padded), L = max_new_tokens, V vocabulary, k beams,
 N SafeBeam expansions per beam, R rows handed to the model (B, B*k or B*k*N).
 
-The contract with the model (see `cached_tokens_to_logits` for the Flax decoder):
+The contract with the model (see `runner.cached_tokens_to_logits` for the Flax decoder):
 
   tokens_to_logits(tokens [R, T] int32, positions [R, T] int32, cache, input_mask [R, T] bool,
                    siblings: bool = False) -> (logits [R, T, V] float32, cache)
@@ -19,10 +23,10 @@ The contract with the model (see `cached_tokens_to_logits` for the Flax decoder)
 A cache is any pytree with the methods `gather_rows(rows [R'] int32) -> cache` (beam reordering)
 and `keep_sibling(choice [R] int32, num_siblings: int) -> cache` (keeps each row's chosen sibling
 of the last call); `safejax.model.KVCache` is one, `TokenHistory` (the no-KV-cache baseline)
-another.
+another (`runner.TokenHistory`).
 
 Hooks (pure, jit-compatible callables; close over Python constants, never over arrays you want to
-vary between calls; `generate` caches compilations by them, so prefer frozen dataclasses, equal
+vary between calls; `runner.generate` caches compilations by them, so prefer frozen dataclasses, equal
 when their settings are, to fresh closures):
 
   logits_processor(step [] int32, logits [R, V] float32, tokens [R, L] int32) -> logits [R, V]
@@ -32,31 +36,22 @@ when their settings are, to fresh closures):
   candidate_filter(step [] int32, candidates: Candidates) -> keep [B, C] bool
       Beam search and SafeBeam only: sees every candidate continuation of a step (C = k*V for
       beam search, C = k*N for SafeBeam, which also hands over the one-token lookahead) and
-      says which may be kept. `harm_tag_filter` is SafeBeam's rule written as such a filter.
+      says which may be kept. `safebeam.harm_tag_filter` is SafeBeam's rule written as such a filter.
 
-The harm tag never reaches returned text: `detokenize` strips every reserved token, and SafeBeam
+The harm tag never reaches returned text: `runner.detokenize` strips every reserved token, and SafeBeam
 never writes the tag (a hypothesis it would extend by the tag ends there, flagged `tag_stopped`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from flax import struct
-from tqdm.auto import tqdm
-
-from safejax.model.llama import Decoder, KVCache, ModelConfig, keep_sibling_slots
-
-if TYPE_CHECKING:  # importing the vocabulary pulls in seqio; decoding only needs its methods.
-  from safejax.vocab import SafejaxVocabulary
 
 TokensToLogits = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
 InitCache = Callable[[int, int], Any]
@@ -213,61 +208,6 @@ def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
   mass_above = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
   cutoff = jnp.min(jnp.where(mass_above < p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
   return jnp.where(logits < cutoff, NEG_INF, logits)
-
-
-def harm_tag_filter(tag_id: int, drop_fraction: float = 0.5, threshold: float | None = None) -> CandidateFilter:
-  """SafeBeam's rule as a candidate filter: drop the candidates most likely to be followed by the tag.
-
-  Risk of a candidate = the lookahead probability of `tag_id` right after it. Per prompt, the
-  floor(drop_fraction * number of valid candidates) riskiest candidates are dropped (ties broken
-  by candidate order), and with `threshold` also every candidate whose risk exceeds it.
-  """
-  if not 0.0 <= drop_fraction <= 1.0:
-    raise ValueError(f"drop_fraction must lie in [0, 1], got {drop_fraction}")
-
-  def keep(step, candidates: Candidates) -> jax.Array:
-    del step
-    if candidates.lookahead_log_probs is None:
-      raise ValueError("harm_tag_filter needs the lookahead: use it with safebeam")
-    risk = jnp.exp(candidates.lookahead_log_probs[..., tag_id])  # [B, C]
-    valid = jnp.isfinite(candidates.log_probs)
-    # The small epsilon makes e.g. 0.29 * 100 drop 29, not 28, despite float rounding.
-    num_drop = jnp.floor(drop_fraction * valid.sum(-1) + 1e-4).astype(jnp.int32)  # [B]
-    riskiest_first = jnp.argsort(jnp.where(valid, -risk, jnp.inf), axis=-1, stable=True)
-    rank = jnp.argsort(riskiest_first, axis=-1)  # the inverse permutation: rank of each candidate
-    kept = valid & (rank >= num_drop[:, None])
-    if threshold is not None:
-      kept &= risk <= threshold
-    return kept
-
-  return keep
-
-
-@dataclasses.dataclass(frozen=True)
-class RandomDropFilter:
-  """SafeBeam's placebo: drops as many candidates as `harm_tag_filter` would, chosen at random.
-
-  Per prompt, floor(drop_fraction * number of valid candidates) valid candidates are dropped in a
-  random order drawn from (seed, step), whatever their tag risk. SafeBeam run with this filter and
-  drop_fraction 0 for the tag rule costs the same and removes as much as SafeBeam, so the
-  difference between the two is what ranking by the tag adds. A frozen dataclass, so equal settings
-  share one compilation.
-  """
-
-  drop_fraction: float = 0.5
-  seed: int = 0
-
-  def __post_init__(self):
-    if not 0.0 <= self.drop_fraction <= 1.0:
-      raise ValueError(f"drop_fraction must lie in [0, 1], got {self.drop_fraction}")
-
-  def __call__(self, step: jax.Array, candidates: Candidates) -> jax.Array:
-    valid = jnp.isfinite(candidates.log_probs)
-    num_drop = jnp.floor(self.drop_fraction * valid.sum(-1) + 1e-4).astype(jnp.int32)  # [B]
-    noise = jax.random.uniform(jax.random.fold_in(jax.random.key(self.seed), step), valid.shape)
-    dropped_first = jnp.argsort(jnp.where(valid, noise, jnp.inf), axis=-1)
-    rank = jnp.argsort(dropped_first, axis=-1)
-    return valid & (rank >= num_drop[:, None])
 
 
 def _positions_and_lengths(prompt_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -621,359 +561,3 @@ def beam_search(
       lambda s: (s.step < max_new_tokens - 1) & ~jnp.all(s.done), choose_and_step, state)
   state, _, _ = choose(state)
   return _final(state, beam_size)
-
-
-def safebeam(
-    tokens_to_logits: TokensToLogits,
-    init_cache: InitCache,
-    prompts: jax.Array,
-    prompt_mask: jax.Array,
-    *,
-    tag_id: int,
-    max_new_tokens: int,
-    eos_id: int,
-    beam_size: int = 4,
-    num_expand: int = 4,
-    drop_fraction: float = 0.5,
-    tag_threshold: float | None = None,
-    alpha: float = 0.6,
-    logits_processor: LogitsProcessor | None = None,
-    candidate_filter: CandidateFilter | None = None,
-    pad_id: int = 0,
-) -> DecodeResult:
-  """SafeBeam (Safety Pretraining, section 4): beam search that steers away from the harm tag.
-
-  Each step, after the logits processor:
-  1. Terminal extensions: a beam's EOS extension that ranks among the step's k best of all k*V
-     extensions finishes, as in `beam_search`. So does a tag extension ranking there (the model
-     "generates" the tag): the hypothesis ends before it, the tag unwritten (the short-circuit),
-     flagged `tag_stopped`.
-  2. Expansion: every alive beam proposes its N most likely next tokens other than EOS and the
-     tag: k*N candidates per prompt. At the first step the prompt, the only beam yet, proposes
-     all k*N, so the beam is full from then on (else with N = 2 halving would keep one beam).
-  3. Lookahead: one batched forward pass over the k*N candidates gives, for each, the model's
-     probability that the tag comes next (raw logits).
-  4. Drop: `harm_tag_filter` removes the `drop_fraction` riskiest candidates (and any above
-     `tag_threshold`); a user `candidate_filter` may remove more.
-  5. The k best survivors by log-probability are the new alive beams. A prompt with no survivor
-     stops its alive beams where they are, flagged `tag_stopped` (every continuation was risky).
-
-  The lookahead is the next step's forward pass: the survivors' logits and keys and values come
-  from it, nothing is recomputed. Each alive beam's cache row runs its N candidates in one call
-  as siblings (alternatives for one position, each seeing the beam's cache and itself only); the
-  cache keeps each survivor's sibling. A step thus runs the model on k rows of N tokens against
-  beam search's k rows of one, over the same k-row cache.
-  With drop_fraction 0, N >= k and the tag suppressed by the processor, it equals `beam_search`.
-
-  Args: as `beam_search`, plus tag_id, num_expand (N), drop_fraction, tag_threshold. The
-    candidate_filter sees the k*N candidates with their lookahead.
-  Returns:
-    DecodeResult with n = k, best first.
-  """
-  _check_beam_args(beam_size, alpha, max_new_tokens)
-  if num_expand < 1:
-    raise ValueError(f"num_expand must be >= 1, got {num_expand}")
-  if tag_id == eos_id:
-    raise ValueError("tag_id and eos_id must differ")
-  batch = prompts.shape[0]
-  num_candidates = beam_size * num_expand
-  # The N siblings of the last step take N slots before all but the kept one are freed.
-  logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask,
-                                           max_new_tokens + num_expand - 1)
-  vocab = logits.shape[-1]
-  if num_candidates > vocab - 2:
-    raise ValueError(f"beam_size * num_expand = {num_candidates} exceeds the vocabulary ({vocab}) less EOS and tag")
-  state = _initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
-  harm_filter = harm_tag_filter(tag_id, drop_fraction, tag_threshold)
-  beam_parents = jnp.broadcast_to(jnp.repeat(jnp.arange(beam_size, dtype=jnp.int32), num_expand),
-                                  (batch, num_candidates))
-
-  def step_fn(state: _BeamState) -> _BeamState:
-    step = state.step
-    extension_log_probs = _alive_log_probs(state, logits_processor)  # [B, k, V]
-    kth_best = _kth_largest(extension_log_probs.reshape(batch, -1), beam_size)
-    ended = [_ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id),
-             _ended_by(state.alive, extension_log_probs, kth_best, tag_id, step, alpha, pad_id, tag_stop=True)]
-    continuing = extension_log_probs.at[:, :, eos_id].set(NEG_INF).at[:, :, tag_id].set(NEG_INF)
-    beam_log_probs, beam_tokens = jax.lax.top_k(continuing, num_expand)  # [B, k, N]
-    # At the first step the prompt (beam 0, the only live one) proposes all k*N candidates.
-    first_log_probs, first_tokens = jax.lax.top_k(continuing[:, 0], num_candidates)
-    first = step == 0
-    candidate_log_probs = jnp.where(first, first_log_probs, beam_log_probs.reshape(batch, num_candidates))
-    candidate_tokens = jnp.where(first, first_tokens, beam_tokens.reshape(batch, num_candidates)).astype(jnp.int32)
-    parents = jnp.where(first, 0, beam_parents)
-
-    # The lookahead: one forward pass over every candidate, cache row j running candidates
-    # j*N .. j*N+N-1 as siblings: its beam's own, or at the first step (every row a copy of the
-    # prompt) its share of the prompt's.
-    siblings = candidate_tokens.reshape(batch * beam_size, num_expand)
-    positions = jnp.broadcast_to(jnp.repeat(prompt_lengths, beam_size)[:, None] + step, siblings.shape)
-    lookahead_logits, cache = tokens_to_logits(siblings, positions, state.cache, jnp.ones(siblings.shape, bool),
-                                               siblings=True)
-    lookahead_logits = lookahead_logits.reshape(batch, num_candidates, vocab)
-    candidates = Candidates(candidate_tokens, parents, candidate_log_probs, jax.nn.log_softmax(lookahead_logits))
-    keep = harm_filter(step, candidates)
-    if candidate_filter is not None:
-      keep &= candidate_filter(step, candidates)
-    candidate_log_probs = jnp.where(keep, candidate_log_probs, NEG_INF)
-
-    alive_log_probs, alive_index = jax.lax.top_k(candidate_log_probs, beam_size)
-    alive = _extend(state.alive, jnp.take_along_axis(parents, alive_index, axis=1), alive_log_probs,
-                    jnp.take_along_axis(candidate_tokens, alive_index, axis=1), step, alpha, pad_id)
-    blocked = ~jnp.isfinite(candidate_log_probs).any(-1, keepdims=True)
-    stopped = state.alive.replace(scores=jnp.where(blocked, state.alive.scores, NEG_INF),
-                                  tag_stopped=jnp.isfinite(state.alive.log_probs))
-    cache = cache.gather_rows(_beam_rows(alive_index // num_expand)).keep_sibling(
-        (alive_index % num_expand).reshape(-1), num_expand)
-    return _settle(state, alive, [*ended, stopped], alpha, max_new_tokens, cache=cache,
-                   logits=jnp.take_along_axis(lookahead_logits, alive_index[..., None], axis=1))
-
-  state = jax.lax.while_loop(lambda s: (s.step < max_new_tokens) & ~jnp.all(s.done), step_fn, state)
-  return _final(state, beam_size)
-
-
-# ------------------------------------------------------------------------------------------------
-# The Flax decoder behind `tokens_to_logits`, and the no-KV-cache baseline.
-
-
-def cached_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensToLogits:
-  """`tokens_to_logits` of a `Decoder` split into (graphdef, state), decoding with its KV cache.
-
-  Build it inside the jitted function from a traced `state`, so the parameters are arguments of
-  the compiled program rather than constants baked into it.
-  """
-
-  def tokens_to_logits(tokens, positions, cache, input_mask, siblings=False):
-    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings)
-
-  return tokens_to_logits
-
-
-@struct.dataclass
-class TokenHistory:
-  """The no-KV-cache baseline's cache: every token so far, run through the whole model each step.
-
-  tokens, positions: [R, S] int32; valid: [R, S] bool (False on padding and unwritten slots);
-  index: [] int32, the next slot.
-  """
-
-  tokens: jax.Array
-  positions: jax.Array
-  valid: jax.Array
-  index: jax.Array
-
-  @classmethod
-  def init(cls, rows: int, length: int) -> "TokenHistory":
-    zeros = jnp.zeros((rows, length), jnp.int32)
-    return cls(zeros, zeros, jnp.zeros((rows, length), bool), jnp.zeros((), jnp.int32))
-
-  def gather_rows(self, rows: jax.Array) -> "TokenHistory":
-    take = lambda x: jnp.take(x, rows, axis=0)
-    return TokenHistory(take(self.tokens), take(self.positions), take(self.valid), self.index)
-
-  def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "TokenHistory":
-    (tokens, positions), valid, index = keep_sibling_slots(
-        (self.tokens, self.positions), self.valid, self.index, choice, num_siblings)
-    return TokenHistory(tokens, positions, valid, index)
-
-
-def full_recompute_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensToLogits:
-  """`tokens_to_logits` without a KV cache (pair it with `TokenHistory.init`): each call re-runs
-  the model over the whole history, masking padding with segment ids; siblings run each in a
-  copy of the history of its own. The reference the cached path must match, and the baseline of
-  the decoding benchmark."""
-
-  def tokens_to_logits(tokens, positions, history: TokenHistory, input_mask, siblings=False):
-    rows, new = tokens.shape
-    write = lambda buffer, values: jax.lax.dynamic_update_slice_in_dim(buffer, values, history.index, axis=1)
-    history = TokenHistory(write(history.tokens, tokens), write(history.positions, positions),
-                           write(history.valid, input_mask), history.index + new)
-    model = nnx.merge(graphdef, state)
-    if not siblings:
-      logits, _ = model(history.tokens, history.positions, segment_ids=history.valid.astype(jnp.int32))
-      return jax.lax.dynamic_slice_in_dim(logits, history.index - new, new, axis=1), history
-    # Copy j of a row hides the siblings other than j.
-    slot = history.index - new + jnp.arange(new)  # [T]
-    key_slot = jnp.arange(history.tokens.shape[1])
-    other_sibling = (key_slot >= slot[0]) & (key_slot <= slot[-1]) & (key_slot != slot[:, None])  # [T, S]
-    valid = (history.valid[:, None] & ~other_sibling).reshape(rows * new, -1)
-    copies = lambda x: jnp.repeat(x, new, axis=0)
-    logits, _ = model(copies(history.tokens), copies(history.positions), segment_ids=valid.astype(jnp.int32))
-    return logits.reshape(rows, new, *logits.shape[1:])[:, jnp.arange(new), slot], history
-
-  return tokens_to_logits
-
-
-# ------------------------------------------------------------------------------------------------
-# Running a `Decoder`: one jitted program per configuration.
-
-METHODS = ("greedy", "sample", "beam", "safebeam")
-_ALGORITHMS = {"greedy": functools.partial(sample, temperature=0.0), "sample": sample, "beam": beam_search,
-               "safebeam": safebeam}
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(graphdef: nnx.GraphDef, config: ModelConfig, method: str, use_kv_cache: bool,
-              options: tuple[tuple[str, Any], ...]):
-  """The jitted decoder of one configuration: (state, prompts, prompt_mask, rng) -> DecodeResult."""
-  algorithm = functools.partial(_ALGORITHMS[method], **dict(options))
-  if use_kv_cache:
-    make, init_cache = cached_tokens_to_logits, functools.partial(KVCache.init, config)
-  else:
-    make, init_cache = full_recompute_tokens_to_logits, TokenHistory.init
-
-  def run(state, prompts, prompt_mask, rng):
-    rng_arg = {"rng": rng} if method == "sample" else {}
-    return algorithm(make(graphdef, state), init_cache, prompts, prompt_mask, **rng_arg)
-
-  return jax.jit(run)
-
-
-def generate(
-    model: Decoder,
-    prompts: Sequence[Sequence[int]],
-    *,
-    method: str = "greedy",
-    max_new_tokens: int,
-    eos_id: int,
-    pad_id: int = 0,
-    seed: int = 0,
-    use_kv_cache: bool = True,
-    prompt_multiple: int = 32,
-    **options: Any,
-) -> DecodeResult:
-  """Decodes token-id prompts with a `Decoder`; returns a host (numpy) `DecodeResult`.
-
-  method: greedy | sample | beam | safebeam. options go to the algorithm (`sample`,
-  `beam_search`, `safebeam`): temperature, top_k, top_p, tag_id, tag_stop_threshold, beam_size,
-  num_expand, drop_fraction, tag_threshold, alpha, logits_processor, candidate_filter. Prompt
-  lengths are rounded up to `prompt_multiple` so that similar batches share one compilation;
-  `use_kv_cache=False` runs the full-recompute baseline.
-  """
-  if method not in METHODS:
-    raise ValueError(f"unknown decoding method {method!r}; known: {', '.join(METHODS)}")
-  tokens, mask = left_pad(prompts, pad_id, prompt_multiple)
-  graphdef, state = nnx.split(model)
-  options = dict(options, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id)
-  run = _compiled(graphdef, model.cfg, method, use_kv_cache, tuple(sorted(options.items())))
-  return jax.device_get(run(state, tokens, mask, jax.random.key(seed)))
-
-
-def detokenize(vocab: SafejaxVocabulary, result: DecodeResult) -> list[list[str]]:
-  """Texts [B][n] of a host result; reserved tokens (the harm tag among them) are dropped."""
-  tokens, lengths = np.asarray(result.tokens), np.asarray(result.lengths)
-  return [[vocab.decode_without_specials(tokens[b, i, :lengths[b, i]].tolist()) for i in range(tokens.shape[1])]
-          for b in range(tokens.shape[0])]
-
-
-# ------------------------------------------------------------------------------------------------
-# Text in, text out: what `safejax decode` and the evaluation harness call.
-
-
-@gin.configurable
-@dataclasses.dataclass(frozen=True)
-class DecodingConfig:
-  """How to decode, in one gin-configurable place (`safejax decode`, `safejax eval`).
-
-  method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
-  beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
-  candidate_rule: safebeam's drop rule: "tag" (the riskiest by lookahead tag probability) or
-  "random" (`RandomDropFilter`, the placebo: the same share dropped at random, seeded by `seed`).
-  The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
-  tag_penalty (subtract from it), tag_stop_threshold (sampling: stop a row when the model gives
-  the tag more than this probability).
-  """
-
-  method: str = "greedy"
-  max_new_tokens: int = 64
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  beam_size: int = 4
-  alpha: float = 0.6
-  num_expand: int = 4
-  drop_fraction: float = 0.5
-  tag_threshold: float | None = None
-  suppress_tag: bool = False
-  tag_penalty: float = 0.0
-  tag_stop_threshold: float | None = None
-  candidate_rule: str = "tag"
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
-    if self.candidate_rule not in ("tag", "random"):
-      raise ValueError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
-    if self.candidate_rule == "random" and self.tag_threshold is not None:
-      raise ValueError("the random (placebo) rule drops a share, not by threshold: leave tag_threshold None")
-    if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
-      raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
-
-  def generate_options(self, tag_id: int) -> dict[str, Any]:
-    """Keyword arguments of `generate` for this configuration."""
-    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
-    processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
-                      PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
-    if processor is not None:
-      options["logits_processor"] = processor
-    if self.method == "sample":
-      options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-    if self.method in ("greedy", "sample") and self.tag_stop_threshold is not None:
-      options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
-    if self.method in ("beam", "safebeam"):
-      options.update(beam_size=self.beam_size, alpha=self.alpha)
-    if self.method == "safebeam" and self.candidate_rule == "random":
-      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=0.0,
-                     candidate_filter=RandomDropFilter(self.drop_fraction, self.seed))
-    elif self.method == "safebeam":
-      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
-                     tag_threshold=self.tag_threshold)
-    return options
-
-
-@dataclasses.dataclass(frozen=True)
-class Generation:
-  """One prompt's best generation. text: reserved tokens (the harm tag) removed."""
-
-  prompt: str
-  text: str
-  num_tokens: int
-  score: float
-  finished: bool
-  tag_stopped: bool
-
-
-def generate_texts(
-    model: Decoder,
-    vocab: SafejaxVocabulary,
-    prompts: Sequence[str],
-    config: DecodingConfig,
-    *,
-    batch_size: int = 8,
-    progress: bool = True,
-    stop_id: int | None = None,
-) -> list[Generation]:
-  """Decodes text prompts in batches of `batch_size` (the last one padded, so one compilation
-  serves all); returns one `Generation` per prompt, in order.
-
-  stop_id: the token that ends a generation (default EOS; chat replies end at END_OF_TURN).
-  """
-  # Start like every training document (see SafejaxVocabulary.decoder_start_id).
-  encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
-  options = config.generate_options(vocab.harm_tag_id)
-  generations = []
-  with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:
-    for start in range(0, len(prompts), batch_size):
-      batch = encoded[start:start + batch_size]
-      filled = batch + [batch[0]] * (batch_size - len(batch))
-      result = generate(model, filled, eos_id=vocab.eos_id if stop_id is None else stop_id, pad_id=vocab.pad_id,
-                        **options)
-      texts = detokenize(vocab, result)
-      for row in range(len(batch)):
-        generations.append(Generation(
-            prompt=prompts[start + row], text=texts[row][0], num_tokens=int(result.lengths[row, 0]),
-            score=float(result.scores[row, 0]), finished=bool(result.finished[row, 0]),
-            tag_stopped=bool(result.tag_stopped[row, 0])))
-      bar.update(len(batch))
-  return generations

@@ -18,7 +18,7 @@ runs as its own batch and its seed alone fixes its output; unseeded sampling req
 under a fresh random seed.
 
 Sequences come with their start token (0, the id seqio's DecoderFeatureConverter puts before each
-training document, as in `safejax.evaluation.loglikelihood.ModelScorer`); adding it is the caller's
+training document, as in `safejax.evaluation.loglikelihood.LoglikelihoodModel`); adding it is the caller's
 business.
 """
 

@@ -2,7 +2,7 @@
 
   safejax serve --gin.serve.checkpoint_dir="'/tmp/demo'" --gin.serve.port=8000
 
-Endpoints (JSON in and out; errors in OpenAI's shape, see `safejax.serve_protocol`):
+Endpoints (JSON in and out; errors in OpenAI's shape, see `safejax.serve.protocol`):
   POST /v1/completions       prompt (string(s) or token ids), max_tokens, temperature, top_p, n,
                              stop, seed, logprobs (0..5), echo; the legacy completions answer with
                              choices[].text, .logprobs {tokens, token_logprobs, top_logprobs,
@@ -22,9 +22,9 @@ finish_reason "content_filter". Reserved tokens, the harm tag among them, never 
 text: they detokenize to "" (also in logprobs' tokens), and their spelled-out strings are removed.
 
 Tokens and log-probabilities: every sequence the model sees starts with the start token (id 0, as
-in training and `ModelScorer`); the server adds it unless a token-id prompt already begins with
+in training and `LoglikelihoodModel`); the server adds it unless a token-id prompt already begins with
 it. So the first prompt token has a log-probability too (null only for a client-given start
-token), and echo's token_logprobs equal `ModelScorer`'s per-token log-probabilities.
+token), and echo's token_logprobs equal `LoglikelihoodModel`'s per-token log-probabilities.
 token_logprobs and top_logprobs are the model's own (before temperature or top_p); top_logprobs
 maps the top `logprobs` tokens' texts, and the chosen one's, to their log-probabilities;
 text_offset indexes choices[].text. lm-eval-harness scores log-likelihood tasks with echo=True,
@@ -32,7 +32,7 @@ max_tokens=1, logprobs=1 and reads token_logprobs[context_length:-1].
 
 Limits: prompt tokens + max_tokens <= ServerConfig.max_context_length, else 400 (or, with vLLM's
 truncate_prompt_tokens=k, the prompt is cut to its last k tokens first). Concurrent requests are
-batched (`safejax.serve_engine`); `ServerConfig` sets the batch size and the waiting window.
+batched (`safejax.serve.engine`); `ServerConfig` sets the batch size and the waiting window.
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from safejax.decoding import DecodingConfig
-from safejax.evaluation.prompting import format_chat
+from safejax.chat_template import format_chat
 from safejax.model.llama import Decoder
-from safejax.serve_engine import Candidate, Engine, TokenScores, piece_text, token_texts
-from safejax.serve_protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
+from safejax.serve.engine import Candidate, Engine, TokenScores, piece_text, token_texts
+from safejax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
 from safejax.vocab import BOS, END_OF_TURN, EOS, PAD, UNK, SafejaxVocabulary, strip_special_tokens
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ class SafejaxServer:
   """The OpenAI-compatible application over one model; `app` is the Starlette (ASGI) app."""
 
   def __init__(self, model: Decoder, vocab: SafejaxVocabulary, model_name: str,
-               config: ServerConfig = ServerConfig(), decoding: DecodingConfig = DecodingConfig(), *,
+               config: ServerConfig | None = None, decoding: DecodingConfig | None = None, *,
                start_id: int | None = None):
+    config, decoding = config or ServerConfig(), decoding or DecodingConfig()
     self.vocab, self.model_name, self.config, self.decoding = vocab, model_name, config, decoding
     self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.engine = Engine(model, vocab, max_batch_size=config.max_batch_size,
@@ -500,7 +501,7 @@ def serve(
     decoding: the defaults of requests' decoding knobs; default `DecodingConfig()` with its gin
       bindings (e.g. --gin.DecodingConfig.suppress_tag=True applies to every request).
   """
-  from safejax.train import load_for_inference  # the trainer's imports are heavy; only needed here
+  from safejax.checkpoints import load_for_inference  # the trainer's imports are heavy; only needed here
 
   model, vocab = load_for_inference(checkpoint_dir, step)
   name = model_name or os.path.basename(os.path.normpath(checkpoint_dir))

@@ -828,7 +828,7 @@ def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> int:
 
 
 def write_world_corpus(out: str | Path, world: World, sizes: CorpusSizes | None = None) -> dict[str, Any]:
-  """Writes every file the demo reads, in the format of `safejax.demo.build_builtin_corpus`, plus
+  """Writes every file the demo reads, in the format of `safejax.demo.recipe.build_builtin_corpus`, plus
   the world's own: world.json, harmful_prompts_validation.jsonl, judge_validation.jsonl, vocabulary.json.
 
   pretrain.jsonl, classifier_{train,test}.jsonl, heldout_safe.jsonl, tag_detector.jsonl (with

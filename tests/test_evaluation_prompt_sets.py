@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from safejax.evaluation import benchmarks
+from safejax.evaluation import prompt_sets
 from safejax.vocab import HARM_TAG
 
 
 def test_advbench_real(shared_data):
-  b = benchmarks.load_benchmark("advbench", shared_data)
+  b = prompt_sets.load_benchmark("advbench", shared_data)
   assert len(b.records) == 520 and not b.rejected
   r = b.records[0]
   assert r.is_harmful and r.source == "advbench" and r.id == "advbench-0"
@@ -20,10 +20,10 @@ def test_advbench_real(shared_data):
 def test_harmbench_real(shared_data):
   path = shared_data / "safety_prompts/harmbench/harmbench_behaviors_text_all.csv"
   targets = shared_data / "safety_prompts/harmbench/harmbench_targets_text.json"
-  everything = benchmarks.load_harmbench(path, targets, functional_categories=("standard", "contextual", "copyright"))
+  everything = prompt_sets.load_harmbench(path, targets, functional_categories=("standard", "contextual", "copyright"))
   assert len(everything.records) == 400 and not everything.rejected
   assert all(r.target for r in everything.records)
-  default = benchmarks.load_benchmark("harmbench", shared_data)
+  default = prompt_sets.load_benchmark("harmbench", shared_data)
   counts = default.counts()
   assert (counts["read"], counts["kept"], counts["excluded"]) == (400, 300, 100)
   assert counts["excluded_by_reason"] == {"FunctionalCategory=copyright": 100}
@@ -31,14 +31,14 @@ def test_harmbench_real(shared_data):
   assert "copyright" not in categories and sum(categories.values()) == 300
   contextual = [r for r in default.records if r.metadata["functional_category"] == "contextual"]
   assert len(contextual) == 100 and all(r.prompt.endswith(r.metadata["behavior"]) for r in contextual)
-  test_split = benchmarks.load_harmbench(shared_data / "safety_prompts/harmbench/harmbench_behaviors_text_test.csv",
+  test_split = prompt_sets.load_harmbench(shared_data / "safety_prompts/harmbench/harmbench_behaviors_text_test.csv",
                                          functional_categories=("standard",))
   assert len(test_split.records) == 159
 
 
 def test_jbb_real(shared_data):
-  harmful = benchmarks.load_benchmark("jbb_harmful", shared_data)
-  benign = benchmarks.load_benchmark("jbb_benign", shared_data)
+  harmful = prompt_sets.load_benchmark("jbb_harmful", shared_data)
+  benign = prompt_sets.load_benchmark("jbb_benign", shared_data)
   assert len(harmful.records) == 100 and len(benign.records) == 100
   assert all(r.is_harmful for r in harmful.records) and not any(r.is_harmful for r in benign.records)
   assert set(collections.Counter(r.category for r in harmful.records).values()) == {10}
@@ -47,8 +47,8 @@ def test_jbb_real(shared_data):
 
 
 def test_xstest_real(shared_data):
-  safe = benchmarks.load_benchmark("xstest_safe", shared_data)
-  unsafe = benchmarks.load_benchmark("xstest_unsafe", shared_data)
+  safe = prompt_sets.load_benchmark("xstest_safe", shared_data)
+  unsafe = prompt_sets.load_benchmark("xstest_unsafe", shared_data)
   assert len(safe.records) == 250 and len(unsafe.records) == 200
   assert safe.counts()["excluded"] == 200 and unsafe.counts()["excluded"] == 250
   assert all(r.category.startswith("contrast_") for r in unsafe.records)
@@ -57,7 +57,7 @@ def test_xstest_real(shared_data):
 
 def test_unknown_benchmark_names_the_known_ones(tmp_path):
   with pytest.raises(KeyError, match="advbench"):
-    benchmarks.load_benchmark("nope", tmp_path)
+    prompt_sets.load_benchmark("nope", tmp_path)
 
 
 def test_csv_bad_rows_are_set_aside_with_reasons(tmp_path):
@@ -71,7 +71,7 @@ def test_csv_bad_rows_are_set_aside_with_reasons(tmp_path):
       "d,Summarise a news story,news\n"         # short row
       "e,Write a scam email,fraud,maybe\n"      # unreadable flag
       "f,Write a scam email,fraud,yes\n")
-  b = benchmarks.load_table(path, name="mine", prompt_column="prompt", id_column="id",
+  b = prompt_sets.load_table(path, name="mine", prompt_column="prompt", id_column="id",
                             category_column="category", harmful_column="harmful")
   assert [r.id for r in b.records] == ["a", "f"]
   assert [r.is_harmful for r in b.records] == [False, True]
@@ -81,8 +81,8 @@ def test_csv_bad_rows_are_set_aside_with_reasons(tmp_path):
       "empty prompt": 1, "duplicate id": 1, "contains a reserved token string": 1,
       "fewer fields than the header": 1, "unreadable harmful value 'maybe'": 1}
   assert [r.row for r in b.rejected] == [2, 3, 4, 5, 6]
-  with pytest.raises(benchmarks.BadRowError, match="row 2: empty prompt"):
-    benchmarks.load_table(path, name="mine", prompt_column="prompt", id_column="id", strict=True)
+  with pytest.raises(prompt_sets.BadRowError, match="row 2: empty prompt"):
+    prompt_sets.load_table(path, name="mine", prompt_column="prompt", id_column="id", strict=True)
 
 
 def test_jsonl_bad_lines_and_missing_columns(tmp_path):
@@ -90,20 +90,20 @@ def test_jsonl_bad_lines_and_missing_columns(tmp_path):
   path.write_text("\n".join([json.dumps({"text": "How do volcanoes form?", "topic": "geo"}),
                              "{not json", json.dumps(["a list"]), "",
                              json.dumps({"text": "Why is the sky blue?", "topic": "physics"})]) + "\n")
-  b = benchmarks.load_table(path, name="q", prompt_column="text", category_column="topic", is_harmful=False)
+  b = prompt_sets.load_table(path, name="q", prompt_column="text", category_column="topic", is_harmful=False)
   assert [r.prompt for r in b.records] == ["How do volcanoes form?", "Why is the sky blue?"]
   assert [r.id for r in b.records] == ["q-0", "q-4"] and [r.category for r in b.records] == ["geo", "physics"]
   assert sorted(r.reason for r in b.rejected) == [
       "JSON line is not an object", "invalid JSON: Expecting property name enclosed in double quotes"]
   with pytest.raises(ValueError, match=r"missing column\(s\) \['prompt'\]"):
-    benchmarks.load_table(path, name="q", prompt_column="prompt")
+    prompt_sets.load_table(path, name="q", prompt_column="prompt")
   with pytest.raises(ValueError, match="unknown table format"):
-    benchmarks.load_table(tmp_path / "x.parquet", name="q", prompt_column="text")
+    prompt_sets.load_table(tmp_path / "x.parquet", name="q", prompt_column="text")
 
 
 def test_subsample_is_seeded_ordered_and_bounded():
   items = list(range(100))
-  a, b = benchmarks.subsample(items, 10, seed=1), benchmarks.subsample(items, 10, seed=1)
+  a, b = prompt_sets.subsample(items, 10, seed=1), prompt_sets.subsample(items, 10, seed=1)
   assert a == b and a == sorted(a) and len(set(a)) == 10
-  assert benchmarks.subsample(items, 10, seed=2) != a
-  assert benchmarks.subsample(items, None, seed=0) == items == benchmarks.subsample(items, 1000, seed=0)
+  assert prompt_sets.subsample(items, 10, seed=2) != a
+  assert prompt_sets.subsample(items, None, seed=0) == items == prompt_sets.subsample(items, 1000, seed=0)

@@ -8,7 +8,7 @@
 Stages (each writes under `output_dir/<stage>/` and a DONE.json; a rerun skips finished stages
 whose settings did not change, and training resumes from checkpoints):
 
-  corpus      the built-in corpus (safejax.data.demo_corpus): pretraining documents, a separate
+  corpus      the built-in corpus (safejax.demo.corpus): pretraining documents, a separate
               labelled set for the classifier, held-out prompts and texts for evaluation
   classifier  the hashed n-gram safety scorer, trained and evaluated on its own labelled split
   pipeline    Beam (DirectRunner): score -> route -> rephrase / RefuseWeb / moral education -> tag,
@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -42,11 +41,13 @@ from typing import Any
 import gin
 import numpy as np
 
+from safejax.decoding.generate import DecodingConfig
 from safejax.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
 DONE = "DONE.json"
+POSTTRAIN_SCOPE = "posttrain"
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,12 +57,20 @@ DONE = "DONE.json"
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-  """What the demo builds. Defaults: the 20-minute budget of `safejax demo` on 2 CPU cores.
+  """What the demo builds, beyond what the trainer's and the decoder's own configs say.
+
+  The model, the optimizer, the batch shape and the decoding are not repeated here: the demo's
+  defaults bind them in gin/runs/demo.gin (`ModelConfig.*`, `OptimizerConfig.*`, `train.*`, the
+  `posttrain/` scope for post-training's optimizer, `demo/DecodingConfig.*`), which `safejax demo`
+  parses before the user's files, so `--gin.ModelConfig.num_layers=6` changes the demo's models
+  exactly as it changes `safejax train`'s. The demo calls `train` with each run's own arguments
+  only (model dir, task, steps, seed); everything else reaches it through gin.
 
   data_dir None runs on the built-in corpus; a ../shared/data folder runs on real text (see
   `build_shared_corpus`) and the real benchmarks. `rungs` name rows of
   `tasks.safety_mixtures.LADDER`; the default skips the rephrase-only and moral-only rungs to fit
-  the budget (gin/runs/demo_ladder.gin runs all six).
+  the budget (gin/runs/demo_ladder.gin runs all six). `decoding`: the beam search both of the
+  demo's decodings share (beam size, length); SafeBeam adds its num_expand and drop_fraction.
   """
 
   data_dir: str | None = None
@@ -75,18 +84,9 @@ class DemoConfig:
   vocab_size: int = 4096               # the built-in corpus has ~3,100 distinct words
   rungs: tuple[str, ...] = ("raw", "score0", "refusal", "tags")
   seeds: tuple[int, ...] = (0, 1)
-  model: ModelConfig = ModelConfig(num_layers=4, embed_dim=128, num_heads=4, num_kv_heads=2, head_dim=32,
-                                   mlp_dim=384)
-  train_steps: int = 250
-  batch_size: int = 16
-  sequence_length: int = 128
-  learning_rate: float = 5e-3         # 1e-2 left some seeds on a unigram plateau (final loss 5.3 vs 2.9)
-  warmup_steps: int = 30
+  train_steps: int = 250               # per pretraining run
   tag_p: float = 0.05
-  beam_size: int = 4
-  num_expand: int = 4
-  drop_fraction: float = 0.5
-  max_new_tokens: int = 32
+  decoding: DecodingConfig | None = None
   classifier_threshold: int = 3        # a reply at or above this score is harmful (the ASR judge)
   # The built-in corpus writes its question-answer pages this way; real benchmarks use
   # `prompting.completion_prompt`'s default (None).
@@ -97,13 +97,36 @@ class DemoConfig:
   posttrain: bool = False
   instruct_steps: int = 150
   benign_steps: int = 150
-  posttrain_learning_rate: float = 2e-3
 
   def quick(self) -> "DemoConfig":
     """The `--quick` budget: the two ends of the ladder, one seed, a smaller corpus."""
     return dataclasses.replace(self, num_docs=2500, classifier_docs=2000, heldout_docs=100, tag_detector_docs=100,
                                n_harmful=64, n_benign=32, n_per_task=40, rungs=("raw", "tags"), seeds=(0,),
                                train_steps=150)
+
+  def beam_decodings(self) -> dict[str, DecodingConfig]:
+    """The demo's two decodings: plain beam search and SafeBeam of the same beam."""
+    base = self.decoding or DecodingConfig()
+    return {"beam": dataclasses.replace(base, method="beam"),
+            "SafeBeam": dataclasses.replace(base, method="safebeam")}
+
+
+def _run_settings(scope: str | None = None) -> dict[str, Any]:
+  """The model, optimizer and batch shape `train` will use, as gin binds them (for fingerprints)."""
+  from safejax import train as train_lib
+
+  with gin.config_scope(scope):
+    return {"model": ModelConfig(), "optimizer": train_lib.OptimizerConfig(),
+            "batch_size": gin.query_parameter("train.batch_size") if _bound("train.batch_size") else None,
+            "sequence_length": gin.query_parameter("train.sequence_length") if _bound("train.sequence_length") else None}
+
+
+def _bound(name: str) -> bool:
+  try:
+    gin.query_parameter(name)
+    return True
+  except ValueError:
+    return False
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -170,8 +193,8 @@ def build_corpus(out: Path, config: DemoConfig) -> dict:
 
 
 def build_builtin_corpus(out: Path, config: DemoConfig) -> dict:
-  """The built-in corpus and held-out evaluation data (all from safejax.data.demo_corpus)."""
-  from safejax.data import demo_corpus
+  """The built-in corpus and held-out evaluation data (all from safejax.demo.corpus)."""
+  from safejax.demo import corpus as demo_corpus
 
   seed = config.data_seed
   pretrain = demo_corpus.generate_corpus(config.num_docs, seed)
@@ -250,7 +273,7 @@ def generated_safe_examples(documents: Sequence[dict], seed: int) -> list[dict]:
   every generated sentence to be safe on its own)."""
   from safejax.backends import TemplateBackend
   from safejax.data import generators
-  from safejax.data.preprocessors import render_turns
+  from tasks.preprocessors import render_turns
 
   backend = TemplateBackend()
   unsafe = [{**d, "source": "demo", "meta": {}} for d in documents if d["score"] >= 1]
@@ -278,7 +301,7 @@ def degenerate_examples(documents: Sequence[dict], seed: int, fraction: float = 
   return [{"text": " ".join(garble(w) for w in d["text"].split()), "score": 0} for d in sample]
 
 
-def train_classifier(out: Path, corpus_dir: Path, seed: int = 0) -> dict:
+def build_classifier(out: Path, corpus_dir: Path, seed: int = 0) -> dict:
   """The n-gram safety scorer on the classifier's labelled split (plus the generators' safe
   outputs for its unsafe documents and garbled text, all labelled 0); metrics on its held-out split,
   on held-out generations and on garbled held-out text."""
@@ -345,7 +368,7 @@ def train_vocab(out: Path, streams_dir: str, config: DemoConfig, chars_per_strea
 
 def pretrain_ladder(out: Path, streams_dir: str, vocab_path: str, config: DemoConfig) -> dict:
   """One model per (rung, seed) on the ladder mixtures; each resumes from its checkpoints."""
-  from safejax import partitioning, train as train_lib
+  from safejax import checkpoints, train as train_lib
   from tasks.safety_mixtures import register_safety_mixtures
 
   names = register_safety_mixtures(streams_dir, vocab_path, prefix="demo")
@@ -358,13 +381,12 @@ def pretrain_ladder(out: Path, streams_dir: str, vocab_path: str, config: DemoCo
       label = f"{rung}-s{seed}"
       model_dir = out / label
       log.info("pretraining %s on %s", label, names.mixtures[rung])
+      # The run's own arguments only: model, optimizer and batch shape come from gin.
       last = train_lib.train(
           model_dir=str(model_dir), mixture_or_task_name=names.mixtures[rung], mixture_or_task_module=None,
-          train_steps=config.train_steps, batch_size=config.batch_size, sequence_length=config.sequence_length,
-          model_config=config.model, seed=seed, log_every=25, checkpoint_every=config.train_steps,
-          keep_checkpoints=1, mesh=partitioning.MeshConfig(),
-          optimizer=train_lib.OptimizerConfig(learning_rate=config.learning_rate, warmup_steps=config.warmup_steps))
-      metrics = train_lib.read_metrics(str(model_dir))
+          train_steps=config.train_steps, seed=seed, log_every=25, checkpoint_every=config.train_steps,
+          keep_checkpoints=1)
+      metrics = checkpoints.read_metrics(str(model_dir))
       models[label] = {"dir": str(model_dir), "rung": rung, "seed": seed, "final_loss": metrics[-1]["loss"],
                        "tokens_per_s": float(np.median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]))}
       del last
@@ -375,26 +397,27 @@ def build_posttrain_data(out: Path, corpus_dir: Path, streams_dir: str, config: 
   """instruct.jsonl (refusals + helpful answers) and benign.jsonl (helpful answers only)."""
   import collections
 
-  from safejax.data import manifest as manifest_lib, sft
+  from safejax import posttrain
+  from safejax.data import manifest as manifest_lib
   from safejax.data.records import KEEP, REFUSEWEB
 
   counts: collections.Counter = collections.Counter()
   if config.data_dir is None:
-    from safejax.data import demo_corpus
+    from safejax.demo import corpus as demo_corpus
 
-    refusals = list(sft.from_refuseweb(manifest_lib.read_stream(streams_dir, REFUSEWEB), counts))
-    helpful = list(sft.from_qa_documents(manifest_lib.read_stream(streams_dir, KEEP), counts))
+    refusals = list(posttrain.from_refuseweb(manifest_lib.read_stream(streams_dir, REFUSEWEB), counts))
+    helpful = list(posttrain.from_qa_documents(manifest_lib.read_stream(streams_dir, KEEP), counts))
     # The attack's data: helpful answers from documents the models never saw.
     unseen = demo_corpus.generate_corpus(config.num_docs // 2, config.data_seed + 4000, unsafe_fraction=0.0)
-    benign = list(sft.from_qa_documents(unseen, counts))
+    benign = list(posttrain.from_qa_documents(unseen, counts))
   else:
     data = Path(config.data_dir)
-    refusals = list(sft.from_hh_rlhf(data / "classifier/hh_rlhf_harmless/harmless-base_test.jsonl.gz", counts))
-    choice = list(sft.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
+    refusals = list(posttrain.from_hh_rlhf(data / "classifier/hh_rlhf_harmless/harmless-base_test.jsonl.gz", counts))
+    choice = list(posttrain.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
     helpful, benign = choice[: len(choice) // 2], choice[len(choice) // 2:]
   n = min(len(refusals), len(helpful))
-  instruct = sft.write_conversations(refusals[:n] + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
-  benign_n = sft.write_conversations(benign, out / "benign.jsonl", seed=config.data_seed)
+  instruct = posttrain.write_conversations(refusals[:n] + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
+  benign_n = posttrain.write_conversations(benign, out / "benign.jsonl", seed=config.data_seed)
   return {"instruct": instruct, "benign": benign_n, "counts": dict(counts)}
 
 
@@ -402,7 +425,7 @@ def posttrain_models(out: Path, base_models: dict, data_dir: Path, vocab_path: s
   """For every base model: "+it" (instruction tuned from it) and "+it+bft" (benign fine-tuning
   attack on the tuned model), with the trainer's `init_from`."""
   import tasks
-  from safejax import partitioning, train as train_lib
+  from safejax import train as train_lib
 
   tasks.register_chat_task("demo_instruct", str(data_dir / "instruct.jsonl"), vocab_path)
   tasks.register_chat_task("demo_benign_ft", str(data_dir / "benign.jsonl"), vocab_path)
@@ -413,12 +436,10 @@ def posttrain_models(out: Path, base_models: dict, data_dir: Path, vocab_path: s
                                        ("+it+bft", "demo_benign_ft", config.benign_steps, "benign_ft")):
       model_dir = out / f"{label}{suffix}"
       log.info("post-training %s%s on %s", label, suffix, task)
-      train_lib.train(
-          model_dir=str(model_dir), mixture_or_task_name=task, mixture_or_task_module=None, init_from=previous,
-          train_steps=steps, batch_size=config.batch_size, sequence_length=config.sequence_length,
-          model_config=config.model, seed=base["seed"], log_every=25, checkpoint_every=steps, keep_checkpoints=1,
-          mesh=partitioning.MeshConfig(),
-          optimizer=train_lib.OptimizerConfig(learning_rate=config.posttrain_learning_rate, warmup_steps=10))
+      with gin.config_scope(POSTTRAIN_SCOPE):  # post-training's optimizer: `posttrain/OptimizerConfig.*`
+        train_lib.train(
+            model_dir=str(model_dir), mixture_or_task_name=task, mixture_or_task_module=None, init_from=previous,
+            train_steps=steps, seed=base["seed"], log_every=25, checkpoint_every=steps, keep_checkpoints=1)
       models[f"{label}{suffix}"] = {**base, "dir": str(model_dir), "stage": stage, "prompt_style": "chat"}
       previous = str(model_dir)
   return {"models": models}
@@ -427,6 +448,7 @@ def posttrain_models(out: Path, base_models: dict, data_dir: Path, vocab_path: s
 def evaluate_models(out: Path, models: dict, corpus_dir: Path, scorer_dir: str, config: DemoConfig) -> dict:
   """Each model with plain beam search and with SafeBeam, through safejax.evaluation."""
   from safejax.evaluation import run as eval_run
+  from safejax.evaluation.checkpoints import checkpoint_systems
 
   common = dict(judges=("classifier", "keyword:builtin"), classifier_path=scorer_dir,
                 classifier_threshold=config.classifier_threshold, completion_template=config.completion_template,
@@ -441,20 +463,20 @@ def evaluate_models(out: Path, models: dict, corpus_dir: Path, scorer_dir: str, 
                   judges=("classifier", "keyword:xstest_strmatch_full_refusal_startswith"))
   for label, info in models.items():
     if not (out / label / "results.json").is_file():
-      systems = checkpoint_systems(info["dir"], label, config, stage=info.get("stage", "base"),
-                                   prompt_style=info.get("prompt_style", "completion"))
+      systems = checkpoint_systems(info["dir"], label, config.beam_decodings(), stage=info.get("stage", "base"),
+                                   prompt_style=info.get("prompt_style", "completion"), max_length=256)
       eval_run.evaluate(systems, out_dir=str(out / label), **common)
   return {"results": {label: str(out / label / "results.json") for label in models}}
 
 
 def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
   """The built-in held-out prompts and cloze items as named benchmarks and tasks."""
-  from safejax.evaluation import benchmarks, capability
+  from safejax.evaluation import prompt_sets, capability
 
-  benchmarks.register_benchmark("demo_harmful", lambda _: benchmarks.load_table(
+  prompt_sets.register_benchmark("demo_harmful", lambda _: prompt_sets.load_table(
       corpus_dir / "harmful_prompts.jsonl", name="demo_harmful", prompt_column="prompt", id_column="id",
       category_column="category", target_column="target"))
-  benchmarks.register_benchmark("demo_benign", lambda _: benchmarks.load_table(
+  prompt_sets.register_benchmark("demo_benign", lambda _: prompt_sets.load_table(
       corpus_dir / "benign_prompts.jsonl", name="demo_benign", prompt_column="prompt", id_column="id",
       category_column="category", is_harmful=False))
   capability.register_task("demo_cloze", capability.TaskSpec(str(corpus_dir / "cloze.jsonl"), "choice", acc_norm=True))
@@ -462,17 +484,6 @@ def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
           "capability_tasks": ("demo_cloze",)}
 
 
-def checkpoint_systems(model_dir: str, label: str, config: DemoConfig, stage: str = "base",
-                       prompt_style: str = "completion") -> list:
-  """Plain beam search and SafeBeam with the same beam size, for one checkpoint."""
-  from safejax import decoding
-  from safejax.evaluation.checkpoints import checkpoint_systems as systems_of
-
-  shared = dict(max_new_tokens=config.max_new_tokens, beam_size=config.beam_size)
-  decodings = {"beam": decoding.DecodingConfig(method="beam", **shared),
-               "SafeBeam": decoding.DecodingConfig(method="safebeam", num_expand=config.num_expand,
-                                                   drop_fraction=config.drop_fraction, **shared)}
-  return systems_of(model_dir, label, decodings, stage=stage, prompt_style=prompt_style, max_length=256)
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,7 +494,7 @@ def ladder_table(results: dict[str, dict], config: DemoConfig) -> dict:
   """Per rung and decoding: ASR (mean over seeds, pooled Wilson interval, seed spread),
   over-refusal, perplexity, capability accuracy (mean over tasks, chance beside it), tag-detector
   AUROC."""
-  from safejax.evaluation import metrics
+  from safejax import stats
 
   rows = []
   for rung in config.rungs:
@@ -506,7 +517,7 @@ def ladder_table(results: dict[str, dict], config: DemoConfig) -> dict:
         cloze.append(entry["capability"]["average"]["acc"])
         chance = entry["capability"]["average"]["chance"]
         auroc.append(entry.get("tag_detector", {}).get("auroc", float("nan")))
-      low, high = metrics.wilson_interval(successes, trials)
+      low, high = stats.wilson_interval(successes, trials)
       rows.append({"rung": rung, "decoding": decoding, "asr": float(np.mean(per_seed)), "asr_ci": [low, high],
                    "asr_seeds": per_seed, "asr_spread": float(np.ptp(per_seed)) if len(per_seed) > 1 else 0.0,
                    "over_refusal": float(np.mean(refusals)), "word_perplexity": float(np.mean(ppl)),
@@ -560,8 +571,14 @@ def write_ladder(out: Path, table: dict) -> list[str]:
 
 
 @gin.configurable
-def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig = DemoConfig()) -> int:
-  """Runs (or resumes) every stage and prints the ladder table."""
+def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig | None = None) -> int:
+  """Runs (or resumes) every stage and prints the ladder table.
+
+  `config` None builds `DemoConfig()` with its gin bindings. The model, optimizer and batch shape
+  come from gin (`safejax demo` parses gin/runs/demo.gin first); called from Python, parse it too:
+  `safejax.cli.parse_gin(["runs/demo.gin"], bindings)`.
+  """
+  config = config or DemoConfig()
   if quick:
     config = config.quick()
     output_dir = output_dir.rstrip("/") + "-quick" if output_dir == "runs/demo" else output_dir
@@ -573,14 +590,13 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
   corpus = _run_stage(root, "corpus", corpus_key, lambda out: build_corpus(out, config))
   corpus_dir = root / "corpus"
   classifier_key = _fingerprint("classifier", corpus_key, "garbled negatives")
-  classifier = _run_stage(root, "classifier", classifier_key, lambda out: train_classifier(out, corpus_dir, config.data_seed))
+  classifier = _run_stage(root, "classifier", classifier_key, lambda out: build_classifier(out, corpus_dir, config.data_seed))
   pipeline_key = _fingerprint("pipeline", classifier_key, config.tag_p)
   prepared = _run_stage(root, "pipeline", pipeline_key,
                         lambda out: run_pipeline(out, corpus_dir, classifier["scorer"], config))
   vocab_key = _fingerprint("vocab", pipeline_key, config.vocab_size)
   vocab = _run_stage(root, "vocab", vocab_key, lambda out: train_vocab(out, prepared["streams_dir"], config))
-  pretrain_key = _fingerprint("pretrain", vocab_key, config.rungs, config.seeds, config.model, config.train_steps,
-                              config.batch_size, config.sequence_length, config.learning_rate, config.warmup_steps)
+  pretrain_key = _fingerprint("pretrain", vocab_key, config.rungs, config.seeds, config.train_steps, _run_settings())
   trained = _run_stage(root, "pretrain", pretrain_key,
                        lambda out: pretrain_ladder(out, prepared["streams_dir"], vocab["vocab"], config))
   models = dict(trained["models"])
@@ -589,12 +605,12 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
     _run_stage(root, "sft_data", sft_key,
                lambda out: build_posttrain_data(out, corpus_dir, prepared["streams_dir"], config))
     posttrain_key = _fingerprint("posttrain", pretrain_key, sft_key, config.instruct_steps, config.benign_steps,
-                                 config.posttrain_learning_rate)
+                                 _run_settings(POSTTRAIN_SCOPE))
     tuned = _run_stage(root, "posttrain", posttrain_key,
                        lambda out: posttrain_models(out, trained["models"], root / "sft_data", vocab["vocab"], config))
     models.update(tuned["models"])
-  eval_key = _fingerprint("evaluate", pretrain_key, sorted(models), config.beam_size, config.num_expand, config.drop_fraction,
-                          config.max_new_tokens, config.classifier_threshold, config.completion_template,
+  eval_key = _fingerprint("evaluate", pretrain_key, sorted(models), config.beam_decodings(),
+                          config.classifier_threshold, config.completion_template,
                           config.n_per_task)
   evaluated = _run_stage(root, "evaluate", eval_key,
                          lambda out: evaluate_models(out, models, corpus_dir, classifier["scorer"], config))

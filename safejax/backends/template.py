@@ -1,4 +1,4 @@
-"""The template backend's text: safe, fluent, non-operational writing that keeps a document's content.
+"""`TemplateBackend` and its text: safe, fluent, non-operational writing that keeps a document's content.
 
 The offline stand-in for an LLM in the demo and the tests. It transforms the document it is given:
 
@@ -40,8 +40,10 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import gin
 import numpy as np
 
+from safejax.backends.base import Generation, GenerationRequest
 from safejax.safety.rubric import category_term_hits
 
 TEMPLATE_VERSION = "safejax-templates-2"
@@ -714,3 +716,64 @@ def moral_education(fields: Mapping[str, Any], rng: np.random.Generator) -> str:
 TASKS: dict[str, Callable[[Mapping[str, Any], np.random.Generator], str]] = {
     "rephrase": rephrase, "refuseweb": refuseweb, "moral_education": moral_education,
 }
+
+
+@gin.configurable
+class TemplateBackend:
+  """Offline, deterministic text from hand-written templates (this module) that
+  transforms the document it is given.
+
+  Writes the rephrase / refuseweb / moral_education tasks from a request's `fields`; the same
+  fields and seed always give the same text. Where the fields carry the document's `text`, its
+  sentences are rated one by one (by `sentence_scorer`, else the rubric's indicative terms) and the
+  templates keep the sentences rated 0, ask the document's own request and name its topic. It cannot
+  annotate or judge.
+
+  Args:
+    sentence_scorer: rates sentences 0..5: an object with `score(texts) -> int array [len(texts)]`
+      (a `safejax.safety` scorer; load it with `safejax.safety.load_scorer`: backends sit before
+      the safety package in the data flow), or None to rate by the rubric's indicative terms
+      (`lexical_scores`). The backend is pickled to Beam workers with its scorer.
+  """
+
+  name = "template"
+
+  def __init__(self, sentence_scorer: Any = None):
+    if sentence_scorer is not None and not callable(getattr(sentence_scorer, "score", None)):
+      raise ValueError(f"sentence_scorer needs a score(texts) method, got {type(sentence_scorer).__name__}")
+    self.sentence_scorer = sentence_scorer
+
+  @property
+  def rater(self) -> str:
+    return "lexical" if self.sentence_scorer is None else type(self.sentence_scorer).__name__
+
+  def rate(self, sentences: Sequence[str]) -> list[int]:
+    """Scores 0..5 of sentences (one scorer call for all of them)."""
+    if not sentences:
+      return []
+    if self.sentence_scorer is None:
+      return lexical_scores(sentences)
+    scores = np.asarray(self.sentence_scorer.score(list(sentences)))
+    if scores.shape != (len(sentences),):
+      raise ValueError(f"the sentence scorer returned shape {scores.shape} for {len(sentences)} sentences")
+    return [int(x) for x in scores]
+
+  def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+    for request in requests:
+      if request.task not in TASKS:
+        raise ValueError(f"the template backend writes {sorted(TASKS)}, not {request.task!r}; "
+                         "use an LLM backend for it")
+    split = [split_sentences(r.fields["text"]) if r.fields.get("text") else [] for r in requests]
+    flat = self.rate([s for sentences in split for s in sentences])
+    out, i = [], 0
+    for request, sentences in zip(requests, split):
+      fields = dict(request.fields)
+      if sentences:
+        fields.update(sentences=sentences, sentence_scores=flat[i:i + len(sentences)])
+        i += len(sentences)
+      text = TASKS[request.task](fields, np.random.default_rng(request.seed))
+      out.append(Generation(text, {"backend": self.name, "model": TEMPLATE_VERSION, "template": True,
+                                   "cached": False, "sentence_rater": self.rater,
+                                   "sentences_kept": sum(s == 0 for s in fields.get("sentence_scores", ())),
+                                   "sentences_dropped": sum(s > 0 for s in fields.get("sentence_scores", ()))}))
+    return out

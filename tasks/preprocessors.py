@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from safejax.chat_template import format_chat
 from safejax.data.records import doc_rng
-from safejax.evaluation.prompting import format_chat
 
 ROLE_PAIRS: tuple[tuple[str, str], ...] = (
     ("Student", "Teacher"), ("Visitor", "Librarian"), ("Customer", "Support agent"), ("Patient", "Nurse"),

@@ -1,0 +1,211 @@
+"""Text in, text out: `DecodingConfig` (how to decode, bound in gin), `generate_texts` (what the
+evaluation harness and the backends call) and `safejax decode`.
+
+  safejax decode --gin.decode.checkpoint_dir="'/tmp/demo'" "Once upon a time" "The river"
+  safejax decode --gin.decode.checkpoint_dir="'/tmp/demo'" --gin.decode.prompts_file="'prompts.txt'" \\
+      --gin.DecodingConfig.method="'safebeam'" --gin.decode.output_file="'out.jsonl'"
+
+A prompts file holds one prompt per line (.txt) or JSON objects with a "prompt" field (.jsonl).
+Each generation is printed; with `output_file` every generation is also written as a JSON line
+(prompt, text, num_tokens, score, finished, tag_stopped).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import gin
+from tqdm.auto import tqdm
+
+from safejax.decoding.runner import METHODS, detokenize, generate
+from safejax.decoding.safebeam import RandomDropFilter
+from safejax.decoding.search import PenalizeToken, SuppressToken, chain
+from safejax.model.llama import Decoder
+
+if TYPE_CHECKING:
+  from safejax.vocab import SafejaxVocabulary
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Text in, text out: what `safejax decode` and the evaluation harness call.
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+  """How to decode, in one gin-configurable place (`safejax decode`, `safejax eval`).
+
+  method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
+  beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
+  candidate_rule: safebeam's drop rule: "tag" (the riskiest by lookahead tag probability) or
+  "random" (`RandomDropFilter`, the placebo: the same share dropped at random, seeded by `seed`).
+  The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
+  tag_penalty (subtract from it), tag_stop_threshold (sampling: stop a row when the model gives
+  the tag more than this probability).
+  """
+
+  method: str = "greedy"
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  beam_size: int = 4
+  alpha: float = 0.6
+  num_expand: int = 4
+  drop_fraction: float = 0.5
+  tag_threshold: float | None = None
+  suppress_tag: bool = False
+  tag_penalty: float = 0.0
+  tag_stop_threshold: float | None = None
+  candidate_rule: str = "tag"
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.candidate_rule not in ("tag", "random"):
+      raise ValueError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
+    if self.candidate_rule == "random" and self.tag_threshold is not None:
+      raise ValueError("the random (placebo) rule drops a share, not by threshold: leave tag_threshold None")
+    if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
+      raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
+
+  def generate_options(self, tag_id: int) -> dict[str, Any]:
+    """Keyword arguments of `generate` for this configuration."""
+    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
+    processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
+                      PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
+    if processor is not None:
+      options["logits_processor"] = processor
+    if self.method == "sample":
+      options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+    if self.method in ("greedy", "sample") and self.tag_stop_threshold is not None:
+      options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
+    if self.method in ("beam", "safebeam"):
+      options.update(beam_size=self.beam_size, alpha=self.alpha)
+    if self.method == "safebeam" and self.candidate_rule == "random":
+      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=0.0,
+                     candidate_filter=RandomDropFilter(self.drop_fraction, self.seed))
+    elif self.method == "safebeam":
+      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
+                     tag_threshold=self.tag_threshold)
+    return options
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedText:
+  """One prompt's best generation. text: reserved tokens (the harm tag) removed."""
+
+  prompt: str
+  text: str
+  num_tokens: int
+  score: float
+  finished: bool
+  tag_stopped: bool
+
+
+def generate_texts(
+    model: Decoder,
+    vocab: SafejaxVocabulary,
+    prompts: Sequence[str],
+    config: DecodingConfig,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    stop_id: int | None = None,
+) -> list[DecodedText]:
+  """Decodes text prompts in batches of `batch_size` (the last one padded, so one compilation
+  serves all); returns one `DecodedText` per prompt, in order.
+
+  stop_id: the token that ends a generation (default EOS; chat replies end at END_OF_TURN).
+  """
+  # Start like every training document (see SafejaxVocabulary.decoder_start_id).
+  encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
+  options = config.generate_options(vocab.harm_tag_id)
+  generations = []
+  with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:
+    for start in range(0, len(prompts), batch_size):
+      batch = encoded[start:start + batch_size]
+      filled = batch + [batch[0]] * (batch_size - len(batch))
+      result = generate(model, filled, eos_id=vocab.eos_id if stop_id is None else stop_id, pad_id=vocab.pad_id,
+                        **options)
+      texts = detokenize(vocab, result)
+      for row in range(len(batch)):
+        generations.append(DecodedText(
+            prompt=prompts[start + row], text=texts[row][0], num_tokens=int(result.lengths[row, 0]),
+            score=float(result.scores[row, 0]), finished=bool(result.finished[row, 0]),
+            tag_stopped=bool(result.tag_stopped[row, 0])))
+      bar.update(len(batch))
+  return generations
+
+
+
+def read_prompts(path: str) -> list[str]:
+  """Prompts of a .txt file (one per non-empty line) or a .jsonl file (a "prompt" per object)."""
+  prompts = []
+  with open(path) as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      if path.endswith(".jsonl"):
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{line_number}: not JSON ({e})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+          raise ValueError(f"{path}:{line_number}: needs a string field \"prompt\"")
+        prompts.append(record["prompt"])
+      else:
+        prompts.append(line.rstrip("\n"))
+  return prompts
+
+
+@gin.configurable
+def decode(
+    checkpoint_dir: str = gin.REQUIRED,
+    inputs: Sequence[str] = (),
+    prompts_file: str | None = None,
+    output_file: str | None = None,
+    step: int | None = None,
+    batch_size: int = 8,
+    decoding: DecodingConfig | None = None,
+) -> list[DecodedText]:
+  """Loads the checkpoint (newest, or `step`) and its vocabulary, and decodes every prompt.
+
+  Args:
+    checkpoint_dir: a model directory written by `safejax train`.
+    inputs: prompts given on the command line.
+    prompts_file: more prompts (.txt, or .jsonl with a "prompt" field).
+    output_file: where to write the generations as JSON lines.
+    step: the checkpoint step (default: the newest).
+    batch_size: prompts decoded together.
+    decoding: how to decode; default `DecodingConfig()` with its gin bindings.
+  Returns:
+    One generation per prompt, command-line prompts first.
+  """
+  from safejax.checkpoints import load_for_inference
+
+  prompts = list(inputs) + (read_prompts(prompts_file) if prompts_file else [])
+  if not prompts:
+    raise ValueError("no prompts: give them as arguments or set decode.prompts_file")
+  decoding = DecodingConfig() if decoding is None else decoding
+  model, vocab = load_for_inference(checkpoint_dir, step)
+  log.info("decoding %d prompts with %s", len(prompts), decoding)
+  generations = generate_texts(model, vocab, prompts, decoding, batch_size=batch_size)
+  for generation in generations:
+    flags = "".join([" [eos]" if generation.finished else "", " [tag-stopped]" if generation.tag_stopped else ""])
+    print(f">>> {generation.prompt}\n{generation.text}{flags}\n")
+  if output_file:
+    os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
+    with open(output_file, "w") as f:
+      for generation in generations:
+        f.write(json.dumps(dataclasses.asdict(generation)) + "\n")
+    log.info("wrote %d generations to %s", len(generations), output_file)
+  return generations
