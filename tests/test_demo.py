@@ -56,13 +56,22 @@ def test_ladder_table_has_every_rung_and_decoding(toy_run):
   assert table["stages"] == ["base"]
   rows = table["tables"]["compliance"]["base"]
   assert [r["system"] for r in rows] == ["raw/beam", "raw/SafeBeam", "raw/placebo",
-                                         "tags/beam", "tags/SafeBeam", "tags/placebo"]
+                                         "tags/beam", "tags/SafeBeam", "tags/placebo", "tags/threshold"]
   for row in rows:
     assert len(row["values"]) == 1 and 0 <= row["mean"] <= 1  # one seed: per-seed value, no interval
   assert set(table["tables"]) >= {"compliance", "leak", "over_refusal", "tag_auroc", "oov_share"}
   assert {c["status"] for c in table["claims"]} <= {"holds", "does not hold", "inconclusive", "not run"}
   assert (toy_run / "report" / "ladder.png").stat().st_size > 5_000
   assert "| claim | verdict |" in (toy_run / "report" / "claims.md").read_text()
+
+
+def test_the_threshold_variant_is_chosen_on_validation_prompts(toy_run):
+  chosen = json.loads((toy_run / "evaluate" / "tags-s0" / "threshold.json").read_text())
+  grid = demo_lib.DemoConfig().threshold_grid
+  assert chosen["tau"] in grid and [c[0] for c in chosen["candidates"]] == list(grid)
+  assert all(0 <= rate <= 1 for _, rate, _ in chosen["candidates"])
+  results = json.loads((toy_run / "evaluate" / "tags-s0" / "results.json").read_text())
+  assert "tags-s0/threshold" in results["systems"] and not (toy_run / "evaluate" / "raw-s0" / "threshold.json").exists()
 
 
 def test_the_routing_classifier_never_judges_and_the_world_judges_are_validated(toy_run):
@@ -143,5 +152,18 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
   table = json.loads((tmp_path / "report" / "ladder.json").read_text())
   assert table["stages"] == ["base", "instruct", "benign_ft"]
   for stage in table["stages"]:
-    assert [r["system"] for r in table["tables"]["compliance"][stage]] == ["tags/beam", "tags/SafeBeam", "tags/placebo"]
+    systems = ["tags/beam", "tags/SafeBeam", "tags/placebo"] + (["tags/threshold"] if stage == "benign_ft" else [])
+    assert [r["system"] for r in table["tables"]["compliance"][stage]] == systems
   assert "compliance at benign_ft" in (tmp_path / "report" / "ladder.md").read_text()
+
+
+def test_the_pipelines_sentence_rater_pickles_as_a_path(toy_run):
+  import pickle
+
+  from safejax.safety import load_scorer
+
+  scorer_dir = json.loads((toy_run / "classifier" / demo_lib.DONE).read_text())["summary"]["scorer"]
+  rater = demo_lib.ScorerFromPath(scorer_dir)
+  assert len(pickle.dumps(rater)) < 1_000  # Beam ships it with every bundle
+  texts = ["A calm walk by the river.", "Another sentence about the festival."]
+  assert list(pickle.loads(pickle.dumps(rater)).score(texts)) == list(load_scorer(scorer_dir).score(texts))
