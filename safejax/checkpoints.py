@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import jax
@@ -21,11 +22,12 @@ from etils import epath
 from flax import nnx
 
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary, load_vocabulary, save_vocabulary
 
 VOCAB_FILE = "vocab.model"
 CONFIG_FILE = "model_config.json"
 METRICS_FILE = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def model_path(path: str) -> epath.Path:
@@ -42,14 +44,12 @@ def checkpoint_manager(model_dir: str, *, keep: int = 3, save_every: int | None 
                                item_names=("params", "opt_state", "meta"), options=options)
 
 
-def write_model_files(model_dir: str, config: ModelConfig, vocab: SafejaxVocabulary) -> None:
+def write_model_files(model_dir: str, config: ModelConfig, vocab: Vocabulary) -> None:
   """Copies the vocabulary and writes the model config beside the checkpoints (once)."""
   model_path(model_dir).mkdir(parents=True, exist_ok=True)
   if jax.process_index() != 0:
     return
-  vocab_src, vocab_dst = model_path(vocab.sentencepiece_model_file), model_path(model_dir) / VOCAB_FILE
-  if vocab_src != vocab_dst:
-    vocab_src.copy(vocab_dst, overwrite=True)
+  save_vocabulary(vocab, model_dir)
   (model_path(model_dir) / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
 
@@ -57,10 +57,10 @@ def load_model_config(model_dir: str) -> ModelConfig:
   return ModelConfig(**json.loads((model_path(model_dir) / CONFIG_FILE).read_text()))
 
 
-def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, SafejaxVocabulary]:
+def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder, Vocabulary]:
   """The model (parameters of the newest or given checkpoint) and vocabulary of a model dir."""
   config = load_model_config(model_dir)
-  vocab = SafejaxVocabulary(os.path.join(model_dir, VOCAB_FILE))
+  vocab = load_vocabulary(model_dir)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
   manager = checkpoint_manager(model_dir, async_save=False)
   step = manager.latest_step() if step is None else step
@@ -74,10 +74,22 @@ def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder
 
 
 def read_metrics(model_dir: str) -> list[dict[str, float]]:
-  """The logged metrics; after resumes the newest record of each step wins."""
+  """The logged metrics; after resumes the newest record of each step wins.
+
+  A last line without its newline is a record still being written (or cut by a crash): it is left
+  out. A damaged line anywhere else raises ValueError naming the file and line.
+  """
   by_step = {}
-  with (model_path(model_dir) / METRICS_FILE).open() as f:
-    for line in f:
+  path = model_path(model_dir) / METRICS_FILE
+  with path.open() as f:
+    lines = f.readlines()
+  for number, line in enumerate(lines, start=1):
+    try:
       record = json.loads(line)
-      by_step[record["step"]] = record
+    except json.JSONDecodeError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        log.warning("%s: leaving out the unfinished last line %d", path, number)
+        break
+      raise ValueError(f"{path}:{number}: not a metrics record ({e})") from None
+    by_step[record["step"]] = record
   return [by_step[s] for s in sorted(by_step)]

@@ -13,21 +13,33 @@ Flags:
                          (the repository's gin/ folder is always searched last)
   --gin.NAME=VALUE       repeatable; a gin binding, e.g. --gin.train.batch_size=16
   --gin_search_paths=A,B
+  -v, --verbose          show TensorFlow's, absl's and JAX's start-up lines (CUDA-driver probes,
+                         oneDNN and CPU-feature notices), kept off the console otherwise
+  -h, --help             after a command: its docstring, gin parameters with defaults, an example
 Positional arguments are the command's inputs (prompts for decode, files for classify score) and
 reach the function as its `inputs` parameter; a bare --NAME turns on a boolean parameter of the
 command (`safejax demo --quick`). Bindings are parsed and checked before anything is
-computed: a misspelled or unknown name fails at once with gin's message naming it.
+computed: a misspelled or unknown name fails at once with gin's message naming it, and so does a
+macro set with --gin.NAME=VALUE that no parsed file or binding uses (`--gin.TRAIN_STEP=3` for
+TRAIN_STEPS); required bindings left unset are named in one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import difflib
 import importlib
 import inspect
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+import typing
+import warnings
+from collections.abc import Iterator, Sequence
 
 import gin
 
@@ -52,6 +64,34 @@ COMMANDS: dict[str, str] = {
 
 # Gin files a command parses before the user's: its defaults, overridable by any later binding.
 DEFAULT_GIN_FILES: dict[str, tuple[str, ...]] = {"demo": ("runs/demo.gin",)}
+
+# One example per command, for `safejax COMMAND --help`.
+EXAMPLES: dict[str, str] = {
+    "train": "safejax train --gin_file=models/demo.gin --gin_file=runs/pretrain_text.gin \\\n"
+             "    --gin.MODEL_DIR=\"'/tmp/m'\" --gin.TEXT_FILES=\"'corpus/*.jsonl'\" --gin.VOCAB=\"'vocab.model'\"",
+    "finetune": "safejax finetune --gin_file=models/demo.gin --gin_file=runs/finetune_chat.gin \\\n"
+                "    --gin.finetune.init_from=\"'/tmp/base'\" --gin.MODEL_DIR=\"'/tmp/tuned'\" "
+                "--gin.CHAT_FILES=\"'sft/*.jsonl'\" --gin.VOCAB=\"'/tmp/base/vocab.model'\"",
+    "sft-data": "safejax sft-data --gin.build_sft_data.output_file=\"'/tmp/benign.jsonl'\" \\\n"
+                "    --gin.build_sft_data.choice_files=\"['../shared/data/capability/mc_evals/commonsense_qa.jsonl']\"",
+    "demo": "safejax demo --quick",
+    "decode": "safejax decode --gin.decode.checkpoint_dir=\"'/tmp/demo'\" \"Once upon a time\" \"The river\"",
+    "eval": "safejax eval --gin_file=runs/eval.gin --gin.eval_checkpoints.checkpoints=\"{'raw': '/tmp/raw'}\" \\\n"
+            "    --gin.evaluate.out_dir=\"'/tmp/report'\" --gin.evaluate.data_dir=\"'../shared/data'\"",
+    "classify train": "safejax classify train --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR=\"'/tmp/clf'\"",
+    "classify calibrate": "safejax classify calibrate --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR=\"'/tmp/clf'\"",
+    "classify eval": "safejax classify eval --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR=\"'/tmp/clf'\"",
+    "classify score": "safejax classify score --gin.score_files.model_dir=\"'/tmp/clf'\" docs.jsonl notes.txt",
+    "prepare": "safejax prepare --gin_file=pipeline/shared_data.gin",
+    "judges validate": "safejax judges validate --gin.validate_judges_main.data_dir=\"'../shared/data'\" \\\n"
+                       "    --gin.validate_judges_main.out_dir=\"'/tmp/judges'\"",
+    "import-hf": "safejax import-hf --gin.import_hf.hf_dir=\"'SmolLM2-135M'\" --gin.import_hf.model_dir=\"'/tmp/smollm2'\" \\\n"
+                 "    --gin.import_hf.vocab_file=\"'/tmp/run/vocab.model'\"",
+    "export-hf": "safejax export-hf --gin.export_hf.model_dir=\"'/tmp/m'\" --gin.export_hf.hf_dir=\"'/tmp/m_hf'\"",
+    "serve": "safejax serve --gin.serve.checkpoint_dir=\"'/tmp/demo'\" --gin.serve.port=8000",
+}
+VERBOSE_FLAGS = ("-v", "--verbose")
+HELP_FLAGS = ("-h", "--help")
 
 REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -110,6 +150,8 @@ def _resolve(command: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = any(a in VERBOSE_FLAGS for a in argv)
+  argv = [a for a in argv if a not in VERBOSE_FLAGS]
   names = sorted(COMMANDS)
   parser = argparse.ArgumentParser(
       prog="safejax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,8 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   else:
     parser.error(f"unknown command {' '.join(argv[:2])!r}; commands: {', '.join(names)}")
 
+  with quiet_startup(verbose):
+    func = _resolve(command)  # importing registers the command's configurables with gin
+  if any(a in HELP_FLAGS for a in argv):
+    print(command_help(command, func))
+    return 0
   files, bindings, search_paths, rest = _split_gin_flags(argv)
-  func = _resolve(command)  # importing registers the command's configurables with gin
   # A bare --NAME switches on a boolean parameter of the command (`safejax demo --quick`).
   switches = {p.name for p in inspect.signature(func).parameters.values() if isinstance(p.default, bool)}
   kwargs = {a[2:]: True for a in rest if a.startswith("--") and a[2:] in switches}
@@ -143,12 +189,167 @@ def main(argv: Sequence[str] | None = None) -> int:
     parse_gin([*DEFAULT_GIN_FILES.get(command, ()), *files], bindings, search_paths)
   except (ValueError, KeyError, IOError) as e:
     raise SystemExit(f"safejax {command}: bad gin configuration: {e}") from None
+  check_bindings(command, func, bindings, supplied=kwargs)
   if rest:
     if "inputs" not in inspect.signature(func).parameters:
       parser.error(f"safejax {command} takes no positional inputs, got {rest}")
     kwargs["inputs"] = rest
-  result = func(**kwargs)
+  try:
+    result = func(**kwargs)
+  except RuntimeError as e:  # a configurable called during the run, its REQUIRED binding unset
+    if not str(e).startswith("Required bindings for"):
+      raise
+    raise SystemExit(f"safejax {command}: missing gin binding: {str(e).splitlines()[0]}") from None
   return result if isinstance(result, int) else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Checks before compute, per-command help and a quiet start-up (issue 13).
+
+def _macro_references() -> set[str]:
+  """The macros referenced (%NAME) by the parsed configuration, files and bindings alike."""
+  return set(re.findall(r"%([A-Za-z_][\w.]*)", gin.config_str()))
+
+
+def check_bindings(command: str, func, bindings: Sequence[str], supplied: Sequence[str] = ()) -> None:
+  """Fails (SystemExit, one line) before anything is computed when
+
+    * a macro set with --gin.NAME=VALUE is referenced by no parsed file or binding (a typo such
+      as --gin.TRAIN_STEP=3 for TRAIN_STEPS would otherwise be accepted and ignored);
+    * a referenced macro is unset or still %gin.REQUIRED (e.g. MODEL_DIR of runs/pretrain.gin);
+    * a parameter of the command marked gin.REQUIRED is neither bound nor `supplied`.
+  """
+  references = _macro_references()
+  macros = [b.split("=", 1)[0].strip() for b in bindings]
+  macros = [m for m in macros if "." not in m and "/" not in m]
+  unused = [m for m in macros if m not in references]
+  if unused:
+    close = difflib.get_close_matches(unused[0], sorted(references - {"gin.REQUIRED"}), n=1)
+    raise SystemExit(f"safejax {command}: --gin.{unused[0]}=... sets a macro that nothing uses: no parsed file or "
+                     f"binding references %{unused[0]}" + (f" (did you mean {close[0]}?)" if close else " (misspelled?)")
+                     + (f"; also unused: {', '.join(unused[1:])}" if unused[1:] else ""))
+  missing = []
+  for name in sorted(references - {"gin.REQUIRED"}):
+    try:
+      value = gin.query_parameter(f"%{name}")
+    except ValueError:
+      missing.append(f"--gin.{name}=... (referenced as %{name}, never set)")
+      continue
+    if repr(value) == "%gin.REQUIRED":
+      missing.append(f"--gin.{name}=...")
+  selector = func.__name__
+  for p in inspect.signature(func).parameters.values():
+    if p.default is gin.REQUIRED and p.name not in supplied and p.name != "inputs":
+      try:
+        gin.query_parameter(f"{selector}.{p.name}")
+      except ValueError:
+        missing.append(f"--gin.{selector}.{p.name}=...")
+  if missing:
+    raise SystemExit(f"safejax {command}: missing required gin binding(s): {', '.join(missing)} "
+                     f"(see `safejax {command} --help`)")
+
+
+def _short(value, limit: int = 100) -> str:
+  text = "REQUIRED" if value is gin.REQUIRED else repr(value)
+  if " object at 0x" in text:  # a default repr: the class is what matters
+    text = f"{type(value).__name__}()"
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _config_class(func, p: inspect.Parameter) -> type | None:
+  """The gin-configurable dataclass a parameter takes (`x: C = C()` or `x: C | None = None`), or None."""
+  if dataclasses.is_dataclass(p.default):
+    cls = type(p.default)
+  else:
+    try:
+      hint = typing.get_type_hints(inspect.unwrap(func)).get(p.name)
+    except Exception:  # noqa: BLE001  an annotation that does not resolve: no class to show
+      return None
+    classes = [c for c in (typing.get_args(hint) or (hint,)) if isinstance(c, type) and dataclasses.is_dataclass(c)]
+    if len(classes) != 1:
+      return None
+    cls = classes[0]
+  try:
+    gin.get_configurable(cls)
+  except (ValueError, KeyError):
+    return None
+  return cls
+
+
+def command_help(command: str, func) -> str:
+  """`safejax COMMAND --help`: usage, the docstring, the gin parameters with their defaults (and
+  those of the config classes they take), the switches, and an example."""
+  params = [p for p in inspect.signature(func).parameters.values() if p.kind != p.VAR_KEYWORD]
+  takes_inputs = any(p.name == "inputs" for p in params)
+  switches = [p.name for p in params if isinstance(p.default, bool)]
+  lines = [f"usage: safejax {command} [--gin_file=FILE ...] [--gin.NAME=VALUE ...] [--gin_search_paths=A,B]"
+           + "".join(f" [--{name}]" for name in switches) + (" [INPUT ...]" if takes_inputs else "") + " [-v]",
+           "", inspect.getdoc(func) or "", "",
+           f"gin parameters (--gin.{func.__name__}.NAME=VALUE), with their defaults:"]
+  classes = []
+  for p in params:
+    if p.name == "inputs":
+      continue
+    lines.append(f"  {func.__name__}.{p.name} = {_short(p.default)}")
+    cls = _config_class(func, p)
+    if cls is not None:
+      classes.append(cls)
+  for cls in classes:
+    lines.append(f"{cls.__name__} (--gin.{cls.__name__}.NAME=VALUE):")
+    for field in dataclasses.fields(cls):
+      if field.default is not dataclasses.MISSING:
+        default = field.default
+      elif field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+      else:
+        default = gin.REQUIRED
+      lines.append(f"  {cls.__name__}.{field.name} = {_short(default)}")
+  if switches:
+    lines.append("switches: " + ", ".join(f"--{name}" for name in switches) + " (a bare flag sets it to True)")
+  if takes_inputs:
+    lines.append("positional INPUTs reach the command as `inputs`.")
+  lines += ["", "example:", "  " + EXAMPLES.get(command, f"safejax {command} --gin_file=...")]
+  return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def quiet_startup(verbose: bool) -> Iterator[None]:
+  """Keeps TensorFlow's, absl's and JAX's start-up lines off the console unless `verbose`.
+
+  TensorFlow's C++ code logs through absl straight to file descriptor 2 as its libraries load
+  ("Could not find cuda drivers", the oneDNN and CPU-feature notices), before any level set in
+  Python applies; so TensorFlow is imported (with the command's module) while that descriptor
+  points at a temporary file, which is replayed if the import fails. TF_CPP_MIN_LOG_LEVEL=3 (unless
+  already set) quiets its later C++ lines (a failed cuInit probe); Python libraries' import-time
+  log lines and warnings are dropped, and JAX's "falling back to CPU" notice is kept at ERROR.
+  """
+  if verbose:
+    yield
+    return
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
+  root = logging.getLogger()
+  level = root.level
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as sink:
+    os.dup2(sink.fileno(), 2)
+    root.setLevel(logging.ERROR)
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import tensorflow  # noqa: F401  the loudest start-up, done here
+        yield
+    except BaseException:
+      os.dup2(saved, 2)
+      sink.seek(0)
+      sys.stderr.write(sink.read().decode("utf-8", errors="replace"))
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      root.setLevel(level)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import gin
 
-from safejax.vocab import strip_special_tokens
+from safejax.vocab import RejectedText, sanitize_text
 
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _QA_RE = re.compile(r"(?:^|\n)(?:Q|Question|Reader question):\s*(?P<q>[^\n]+)\n(?:A|Answer|Our answer):\s*(?P<a>[^\n]+)")
@@ -44,20 +44,35 @@ def _open(path: str | Path):
   return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
-def _jsonl(path: str | Path) -> Iterator[dict]:
+def _jsonl(path: str | Path, counts: collections.Counter) -> Iterator[dict]:
+  """The JSON objects of a jsonl file; a line that is not one is counted as skipped, by file."""
   with _open(path) as f:
     for line in f:
-      if line.strip():
-        yield json.loads(line)
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except (json.JSONDecodeError, RecursionError):
+        record = None
+      if isinstance(record, dict):
+        yield record
+      else:
+        counts[f"{Path(path).name}: skipped, not a JSON object"] += 1
 
 
-def _clean(text: str) -> str:
-  return strip_special_tokens(text)[0].strip()
+def _clean(text: str) -> str | None:
+  """Untrusted text through the one sanitiser; None when it cannot be used (not valid Unicode)."""
+  try:
+    return sanitize_text(text)[0].strip()
+  except RejectedText:
+    return None
 
 
 def conversation(turns: Sequence[tuple[str, str]]) -> dict | None:
   """{"messages": ...} from (role, text) turns, trimmed to end with the assistant; None if unusable."""
   messages = [{"role": role, "content": _clean(text)} for role, text in turns]
+  if any(m["content"] is None for m in messages):
+    return None
   while messages and messages[-1]["role"] != "assistant":
     messages.pop()
   if len(messages) < 2 or any(not m["content"] for m in messages) or messages[0]["role"] != "user":
@@ -67,7 +82,7 @@ def conversation(turns: Sequence[tuple[str, str]]) -> dict | None:
 
 def from_hh_rlhf(path: str | Path, counts: collections.Counter) -> Iterator[dict]:
   """HH-RLHF harmless dialogues, the chosen reply as the last assistant turn."""
-  for record in _jsonl(path):
+  for record in _jsonl(path, counts):
     parts = _TURN_RE.split(record["chosen"])
     turns = [("user" if parts[i] == "Human" else "assistant", parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
     item = conversation(turns)
@@ -81,7 +96,7 @@ def from_choice_task(path: str | Path, counts: collections.Counter) -> Iterator[
 
   Lettered items ("Choices:\\nA. ...", choices ["A", "B", ...]) answer with the letter's text.
   """
-  for record in _jsonl(path):
+  for record in _jsonl(path, counts):
     query, choices, gold = record["query"], record["choices"], record["gold"]
     lettered = _LETTERED.search(query)
     if lettered:

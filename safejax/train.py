@@ -39,10 +39,10 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from safejax import partitioning
-from safejax.checkpoints import (METRICS_FILE, VOCAB_FILE, checkpoint_manager, load_model_config,
+from safejax.checkpoints import (METRICS_FILE, checkpoint_manager, load_model_config,
                                  model_path, write_model_files)
 from safejax.model import Decoder, ModelConfig, build_model
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import ReservedTokens, Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,13 @@ def import_task_module(module: str | None) -> None:
     importlib.import_module(module)
 
 
-def task_vocabulary(mixture_or_task_name: str) -> SafejaxVocabulary:
+def task_vocabulary(mixture_or_task_name: str) -> Vocabulary:
   import seqio
 
   vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
-  if not isinstance(vocab, SafejaxVocabulary):
-    raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, "
-                    "expected safejax.vocab.SafejaxVocabulary (reserved harm tag and chat tokens)")
+  if not isinstance(vocab, ReservedTokens):
+    raise TypeError(f"{mixture_or_task_name}: targets vocabulary is {type(vocab).__name__}, expected "
+                    "safejax.vocab's SafejaxVocabulary or HfTokenizerVocabulary (reserved harm tag and chat tokens)")
   return vocab
 
 
@@ -159,14 +159,15 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
   if batch_size % num_hosts:
     raise ValueError(f"batch_size {batch_size} is not divisible by the {num_hosts} processes")
   task = seqio.get_mixture_or_task(mixture_or_task_name)
+  start_id = task.output_features["targets"].vocabulary.decoder_start_id  # shifted in before every document
   if "inputs" in task.output_features:
     # Prompt/response data (instruction tuning): one causal sequence, loss on the response only.
     # The converter's decoder_causal_attention (a prefix-LM mask) is ignored: the model is causal.
     lengths = {"inputs": sequence_length // 2, "targets": sequence_length - sequence_length // 2}
-    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True)
+    converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True, bos_id=start_id)
   else:
     lengths = {"targets": sequence_length}
-    converter = seqio.DecoderFeatureConverter(pack=True)
+    converter = seqio.DecoderFeatureConverter(pack=True, bos_id=start_id)
   ds = task.get_dataset(sequence_length=lengths, split=split, shuffle=True, seed=seed, num_epochs=None,
                         shard_info=seqio.ShardInfo(index=host, num_shards=num_hosts), use_cached=False)
   ds = converter(ds, lengths)
@@ -384,14 +385,14 @@ def _restore(manager: ocp.CheckpointManager, step: int, state: nnx.State, shardi
   return state
 
 
-def _initial_params(init_from: str, config: ModelConfig, vocab: SafejaxVocabulary, target: nnx.State) -> nnx.State:
+def _initial_params(init_from: str, config: ModelConfig, vocab: Vocabulary, target: nnx.State) -> nnx.State:
   """The newest parameters of another model dir, laid out like `target` (any mesh)."""
   source_config = load_model_config(init_from)
   # init_std only says how fresh weights are drawn (imports keep the default).
   if dataclasses.replace(source_config, dtype=config.dtype, remat=config.remat, init_std=config.init_std) != config:
     raise ValueError(f"{init_from} holds a different architecture:\n  {source_config}\nvs\n  {config}")
-  if (model_path(init_from) / VOCAB_FILE).read_bytes() != model_path(vocab.sentencepiece_model_file).read_bytes():
-    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab.sentencepiece_model_file}")
+  if load_vocabulary(init_from) != vocab:
+    raise ValueError(f"{init_from} was trained with another vocabulary than {vocab}")
   manager = checkpoint_manager(init_from, async_save=False)
   step = manager.latest_step()
   if step is None:

@@ -6,8 +6,9 @@ template, ending with the ASSISTANT marker) becomes `inputs`; the reply and END_
 `targets`. The trainer packs them into one causal sequence with the loss on `targets` only
 (seqio.PrefixLMFeatureConverter).
 
-The reply is tokenized on its own without a leading space: SentencePiece's dummy prefix then gives
-the same pieces as the whole conversation tokenized at once ("<|assistant|> reply").
+The reply is tokenized on its own, so that prompt + reply ids are those of the whole conversation
+tokenized at once ("<|assistant|> reply"): without a leading space for SentencePiece, whose dummy
+prefix supplies the word boundary, and with the template's space for byte-level BPE tokenizers.
 """
 
 from __future__ import annotations
@@ -19,31 +20,41 @@ import seqio
 import tensorflow as tf
 
 from safejax.chat_template import format_chat
-from safejax.vocab import END_OF_TURN, SafejaxVocabulary
+from safejax.vocab import END_OF_TURN, load_vocabulary, sanitize_text
 
 
-def split_conversation(messages: list[dict]) -> tuple[str, str]:
-  """(prompt, reply) of a conversation whose last message is the assistant's reply."""
+def split_conversation(messages: list[dict], *, reply_space: bool = False) -> tuple[str, str]:
+  """(prompt, reply) of a conversation whose last message is the assistant's reply.
+
+  Every message's content is untrusted text: `sanitize_text` removes reserved-token strings from
+  it (until none is left), so a conversation file cannot teach the model to emit a harm tag or
+  a role marker of its own.
+
+  reply_space: start the reply with the template's space after the ASSISTANT marker (for
+  vocabularies without SentencePiece's dummy prefix).
+  """
   if not messages or messages[-1].get("role") != "assistant":
     raise ValueError("a training conversation must end with an assistant message")
-  return format_chat(messages[:-1], add_generation_prompt=True), messages[-1]["content"].strip() + END_OF_TURN
+  messages = [{**m, "content": sanitize_text(m["content"])[0]} for m in messages]
+  reply = (" " if reply_space else "") + messages[-1]["content"].strip() + END_OF_TURN
+  return format_chat(messages[:-1], add_generation_prompt=True), reply
 
 
-def _parse(line: tf.Tensor) -> dict[str, tf.Tensor]:
+def _parse(line: tf.Tensor, reply_space: bool) -> dict[str, tf.Tensor]:
   def parse(raw: bytes):
-    prompt, reply = split_conversation(json.loads(raw)["messages"])
+    prompt, reply = split_conversation(json.loads(raw)["messages"], reply_space=reply_space)
     return prompt.encode(), reply.encode()
 
   inputs, targets = tf.numpy_function(parse, [line], (tf.string, tf.string), stateful=False)
   return {"inputs": tf.reshape(inputs, []), "targets": tf.reshape(targets, [])}
 
 
-def chat_file_source(file_pattern: str) -> seqio.DataSource:
+def chat_file_source(file_pattern: str, *, reply_space: bool = False) -> seqio.DataSource:
   compression = "GZIP" if file_pattern.endswith(".gz") else None
 
   def read(path):
     lines = tf.data.TextLineDataset(path, compression_type=compression)
-    return lines.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return lines.map(lambda line: _parse(line, reply_space), num_parallel_calls=tf.data.AUTOTUNE)
 
   return seqio.FileDataSource(read_file_fn=read, split_to_filepattern={"train": file_pattern})
 
@@ -53,11 +64,11 @@ def register_chat_task(name: str, file_pattern: str, vocab_path: str) -> seqio.T
   """Registers (or re-registers) a prompt/response task over conversation jsonl files."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  vocab = SafejaxVocabulary(vocab_path)
+  vocab = load_vocabulary(vocab_path)
   features = {
       "inputs": seqio.Feature(vocabulary=vocab, add_eos=False, dtype=tf.int32),
       "targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32),
   }
   return seqio.TaskRegistry.add(
-      name, source=chat_file_source(file_pattern), output_features=features,
+      name, source=chat_file_source(file_pattern, reply_space=not vocab.adds_dummy_prefix), output_features=features,
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos])

@@ -52,7 +52,7 @@ import tensorflow as tf
 from safejax.data import manifest as manifest_lib, shards
 from tasks.preprocessors import render_refuseweb, render_turns
 from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import ReservedTokens, Vocabulary, load_vocabulary
 from tasks.text import lm_preprocessors, output_features
 
 log = logging.getLogger(__name__)
@@ -85,20 +85,20 @@ def _training_text(stream: str, record: dict, *, seed: int, chat_template_rate: 
   return record["text"]
 
 
-def estimate_tokens(files: Sequence[str], stream: str, chars: int, vocab: SafejaxVocabulary, *,
+def estimate_tokens(files: Sequence[str], stream: str, chars: int, vocab: Vocabulary, *,
                     sample_size: int, seed: int = 0, chat_template_rate: float = 0.0) -> int:
   """Tokens in a stream: `chars` / (characters per token on the first `sample_size` records)."""
   sample_chars = sample_tokens = 0
   for record in itertools.islice(shards.read_shards(files), sample_size):
     text = _training_text(stream, record, seed=seed, chat_template_rate=chat_template_rate)
     sample_chars += len(text)
-    sample_tokens += len(vocab.tokenizer.encode(text))
+    sample_tokens += len(vocab.encode(text))
   if sample_chars == 0:
     return 0
   return round(chars * sample_tokens / sample_chars)
 
 
-def stream_task(name: str, files: Sequence[str], stream: str, vocab: SafejaxVocabulary, num_examples: int, *,
+def stream_task(name: str, files: Sequence[str], stream: str, vocab: Vocabulary, num_examples: int, *,
                 seed: int = 0, chat_template_rate: float = 0.0) -> seqio.Task:
   """A language-modelling task over one stream's TFRecord shards."""
   if name in seqio.TaskRegistry.names():
@@ -115,7 +115,7 @@ def stream_task(name: str, files: Sequence[str], stream: str, vocab: SafejaxVoca
 
 
 @gin.configurable
-def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: SafejaxVocabulary | str = gin.REQUIRED, *,
+def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabulary | str = gin.REQUIRED, *,
                              prefix: str = "safejax", stream_weights: Mapping[str, float] | None = None,
                              refuseweb_seed: int = 0, refuseweb_chat_template_rate: float = 0.0,
                              token_sample_size: int = 1000) -> SafetyTaskNames:
@@ -123,7 +123,8 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: SafejaxVo
 
   Args:
     data_dir: the pipeline's output_dir (holding manifest.json).
-    vocabulary: a SafejaxVocabulary or the path of its SentencePiece model.
+    vocabulary: a vocabulary, or a path `safejax.vocab.load_vocabulary` reads (a SentencePiece
+      model; a model directory holding an imported Hugging Face tokenizer).
     prefix: names are "{prefix}_{stream}" and "{prefix}_ladder_{rung}".
     stream_weights: multiplies each stream's token count in the rates (missing streams: 1.0).
     refuseweb_seed: seeds the speaker renaming of dialogues.
@@ -132,7 +133,7 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: SafejaxVo
   Returns:
     The registered names and the token estimates.
   """
-  vocab = vocabulary if isinstance(vocabulary, SafejaxVocabulary) else SafejaxVocabulary(vocabulary)
+  vocab = vocabulary if isinstance(vocabulary, ReservedTokens) else load_vocabulary(vocabulary)
   data_dir = data_dir.rstrip("/")
   manifest = manifest_lib.read_manifest(data_dir)
   weights = {s: 1.0 for s in STREAMS}

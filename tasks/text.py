@@ -8,52 +8,114 @@ Formats, chosen by file name:
   *.txt, *.txt.gz       one document per line
 Documents are tokenized, given an EOS, and split into chunks of the feature length, so a long
 document feeds several training sequences instead of being truncated (the trainer then packs).
+
+jsonl and txt corpora are untrusted text: every document goes through `safejax.vocab.sanitize_text`
+(reserved-token strings removed until none is left), so a corpus cannot plant a harm tag or a
+chat marker in training. TFRecord streams are the pipeline's own output, sanitized when read and
+tagged on purpose afterwards, and are read as they are.
+
+Bad input (a line that is not a JSON object, lacks the text field, or is not valid Unicode)
+stops the run with an error naming the file, the line and the reason (`on_bad_record="error"`,
+the default), or is skipped with a logged warning naming the same (`"skip"`). A damaged file (a
+.gz cut short or corrupt) always stops the run naming the file: TensorFlow's own gzip reader ends
+a truncated file without a word, losing its tail. `safejax prepare` sets bad documents aside as
+dead letters, with accounting, before training.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
+import json
+import logging
+import zlib
+from collections.abc import Iterator
 
 import gin
 import seqio
 import tensorflow as tf
 
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import RejectedText, Vocabulary, load_vocabulary, sanitize_text
+
+log = logging.getLogger(__name__)
+ON_BAD_RECORD = ("error", "skip")
 
 
-def _gzip(pattern: str) -> str | None:
-  return "GZIP" if pattern.endswith(".gz") else None
+class CorpusError(ValueError):
+  """A corpus file or record that cannot be trained on; the message names the file (and line)."""
 
 
-def _parse_json_text(line: tf.Tensor, text_field: str) -> tf.Tensor:
-  import json
-
-  def parse(raw: bytes) -> bytes:
-    record = json.loads(raw)
+def _document(line: bytes, jsonl: bool, text_field: str) -> str:
+  """The sanitized document of one corpus line; raises RejectedText with the reason."""
+  try:
+    text = line.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise RejectedText("bad_encoding", str(e)) from None
+  if jsonl:
+    try:
+      record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+      raise RejectedText("malformed_json", str(e) if isinstance(e, json.JSONDecodeError) else "nested too deeply") from None
+    if not isinstance(record, dict):
+      raise RejectedText("malformed_json", f"a JSON {type(record).__name__}, not an object")
     text = record.get(text_field)
     if not isinstance(text, str):
-      raise ValueError(f"jsonl record without a string {text_field!r}: {raw[:200]!r}")
-    return text.encode("utf-8")
-
-  return tf.reshape(tf.numpy_function(parse, [line], tf.string, stateful=False), [])
+      raise RejectedText("missing_field", f"no string field {text_field!r}")
+  return sanitize_text(text)[0]
 
 
-def text_file_source(file_pattern: str | dict[str, str], text_field: str = "text") -> seqio.DataSource:
-  """A file-sharded seqio source yielding {"text": string} from jsonl / TFRecord / txt files."""
+def corpus_documents(path: str, jsonl: bool, text_field: str = "text", on_bad_record: str = "error") -> Iterator[str]:
+  """The sanitized documents of one jsonl or txt file (optionally .gz), one per non-blank line.
+
+  Raises:
+    CorpusError: a bad record (with on_bad_record="error"), or a damaged file, naming the file.
+  """
+  if on_bad_record not in ON_BAD_RECORD:
+    raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, not {on_bad_record!r}")
+  line_no = 0
+  try:
+    with tf.io.gfile.GFile(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
+      for line_no, line in enumerate(iter(f.readline, b""), start=1):
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+          continue
+        try:
+          yield _document(line, jsonl, text_field)
+        except RejectedText as e:
+          where = f"{path}:{line_no}: {e.reason} ({e.detail[:200]})"
+          if on_bad_record == "error":
+            raise CorpusError(f"bad record in {where}; fix or remove it, set "
+                              "register_text_task.on_bad_record='skip', or run the corpus through "
+                              "`safejax prepare`, which sets bad documents aside") from None
+          log.warning("skipped a bad record in %s", where)
+  except (EOFError, OSError, zlib.error) as e:
+    raise CorpusError(f"{path} is damaged after line {line_no} ({type(e).__name__}: {e}); the rest of the "
+                      "file cannot be read: repair or remove it") from None
+
+
+def text_file_source(file_pattern: str | dict[str, str], text_field: str = "text",
+                     on_bad_record: str = "error") -> seqio.DataSource:
+  """A file-sharded seqio source of documents from jsonl / TFRecord / txt files: TFRecord files
+  yield {text_field: string}, the others the bare (sanitized) text."""
   split_to_pattern = file_pattern if isinstance(file_pattern, dict) else {"train": file_pattern}
   pattern = next(iter(split_to_pattern.values()))
   if ".tfrecord" in pattern:
     return seqio.TFExampleDataSource(
         split_to_pattern, feature_description={text_field: tf.io.FixedLenFeature([], tf.string)})
-  compression = _gzip(pattern)
-  if ".jsonl" in pattern:
-    def read(path):
-      lines = tf.data.TextLineDataset(path, compression_type=compression)
-      return lines.map(lambda l: _parse_json_text(l, text_field), num_parallel_calls=tf.data.AUTOTUNE)
-  elif ".txt" in pattern:
-    read = lambda path: tf.data.TextLineDataset(path, compression_type=compression)
+  if ".jsonl" in pattern or ".txt" in pattern:
+    jsonl = ".jsonl" in pattern
   else:
     raise ValueError(f"{pattern}: unknown text format (jsonl[.gz], txt[.gz] or tfrecord)")
+  if on_bad_record not in ON_BAD_RECORD:
+    raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, not {on_bad_record!r}")
+
+  def generate(path: bytes):
+    for text in corpus_documents(path.decode("utf-8"), jsonl, text_field, on_bad_record):
+      yield text.encode("utf-8")
+
+  def read(path):
+    return tf.data.Dataset.from_generator(generate, args=(path,), output_signature=tf.TensorSpec([], tf.string))
+
   return seqio.FileDataSource(read_file_fn=read, split_to_filepattern=split_to_pattern)
 
 
@@ -96,18 +158,24 @@ def lm_preprocessors(text_field: str = "text") -> list:
   ]
 
 
-def output_features(vocab: SafejaxVocabulary) -> dict[str, seqio.Feature]:
+def output_features(vocab: Vocabulary) -> dict[str, seqio.Feature]:
   return {"targets": seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)}
 
 
 @gin.configurable
 def register_text_task(name: str, file_pattern: str | dict[str, str], vocab_path: str,
-                       text_field: str = "text") -> seqio.Task:
-  """Registers (or re-registers) a language-modelling task over text files."""
+                       text_field: str = "text", on_bad_record: str = "error") -> seqio.Task:
+  """Registers (or re-registers) a language-modelling task over text files.
+
+  vocab_path: a SentencePiece model, or a folder or file `safejax.vocab.load_vocabulary` reads (a
+  model directory holding an imported Hugging Face tokenizer).
+  on_bad_record: "error" stops at a bad jsonl / txt record naming its file and line; "skip"
+    skips it with a logged warning (see the module docstring).
+  """
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
-  vocab = SafejaxVocabulary(vocab_path)
-  source = text_file_source(file_pattern, text_field)
+  vocab = load_vocabulary(vocab_path)
+  source = text_file_source(file_pattern, text_field, on_bad_record)
   # File sources other than TFRecord already yield the bare text.
   preprocessors = lm_preprocessors(text_field if isinstance(source, seqio.TFExampleDataSource) else "text")
   return seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocab),

@@ -77,3 +77,31 @@ def tiny_checkpoint(tmp_path_factory, tiny_corpus, tiny_vocab) -> str:
               model_config=ModelConfig(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16,
                                        mlp_dim=64))
   return str(model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_dir(tmp_path_factory) -> Path:
+  """A Hugging Face tokenizer folder like SmolLM2's: byte-level BPE (400 ids, trained with
+  `tokenizers` on tiny_documents), <|endoftext|> (id 0) its bos and eos, no pad token."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+  tokenizer = Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+  trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"], show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator(tiny_documents(400), trainer)
+  folder = tmp_path_factory.mktemp("bpe")
+  tokenizer.save(str(folder / "tokenizer.json"))
+  config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+  (folder / "tokenizer_config.json").write_text(json.dumps(config))
+  return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_vocab(tiny_bpe_dir):
+  """tiny_bpe_dir as a safejax vocabulary: the reserved tokens and <pad> appended (406 ids)."""
+  from safejax.vocab import HfTokenizerVocabulary
+
+  return HfTokenizerVocabulary.from_pretrained(str(tiny_bpe_dir))

@@ -161,11 +161,11 @@ def test_every_command_named_in_the_docs_exists():
   for path in _doc_files():
     text = _doc_text(path)
     # Command lines (`safejax demo ...` in backticks, or a line that starts with it).
-    for match in re.finditer(r"(?:`|^[ \t]*|\$ )safejax ([a-z][a-z-]*)(?: ([a-z]+))?", text, re.M):
+    for match in re.finditer(r"(?:`|^[ \t]*|\$ )safejax ([a-z][a-z-]*)(?: ([a-z]+))?(?=[\s`'\"|]|$)", text, re.M):
       word, second = match.groups()
       if word not in first_words:
         missing.append(f"{path.relative_to(ROOT)}: safejax {word}")
-      elif f"{word} {second}" not in COMMANDS and word not in COMMANDS:
+      elif second and word not in COMMANDS and f"{word} {second}" not in COMMANDS:
         missing.append(f"{path.relative_to(ROOT)}: safejax {word} {second}")
   assert not missing, "\n".join(missing)
 

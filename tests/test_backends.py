@@ -255,3 +255,26 @@ def test_generate_validated_does_not_repeat_backend_failures(server):
   [(value, g)] = generate_validated(_backend(server), [_request("q")], str.upper, attempts=3)
   assert value is None and "HTTP 400" in g.error
   assert len(server.requests) == 1
+
+
+def test_the_cache_key_holds_the_endpoint(server, tmp_path):
+  """Two endpoints may serve different models under one name: they never share cached answers."""
+  cache = str(tmp_path / "cache")
+  (here,) = _backend(server, cache_dir=cache).generate([_request("a")])
+  other = ChatServer()
+  try:
+    (there,) = _backend(other, cache_dir=cache).generate([_request("a")])
+  finally:
+    other.close()
+  assert here.metadata["cache_key"] != there.metadata["cache_key"] and not there.metadata["cached"]
+  assert len(other.requests) == 1
+
+
+def test_a_damaged_cache_entry_is_a_miss_not_a_crash(server, tmp_path):
+  backend = _backend(server, cache_dir=str(tmp_path / "cache"))
+  (first,) = backend.generate([_request("a")])
+  entry = next((tmp_path / "cache").rglob("*.json"))
+  entry.write_text('{"text": "half a wri')
+  (again,) = backend.generate([_request("a")])
+  assert again.ok and not again.metadata["cached"] and again.text == first.text
+  assert json.loads(entry.read_text())["text"] == first.text  # rewritten whole

@@ -81,3 +81,99 @@ def _record_demo(config: demo_config.DemoConfig | None = None) -> int:
   _RECORDED.append(config or demo_config.DemoConfig())
   _RECORDED_LR.append(OptimizerConfig().learning_rate)
   return 0
+
+
+# -- issue 13: every typo fails, required bindings are named, every command explains itself -----
+
+_TEXT_RUN = ["--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin", "--gin.MODEL_DIR='/nonexistent/m'",
+             "--gin.TEXT_FILES='/nonexistent/*.jsonl'", "--gin.VOCAB='/nonexistent/v.model'"]
+
+
+@pytest.mark.parametrize("binding, named, suggestion", [
+    ("--gin.NOT_A_BINDING=1", "NOT_A_BINDING", None),
+    ("--gin.TRAIN_STEP=3", "TRAIN_STEP", "TRAIN_STEPS"),
+    ("--gin.BATCH_SIZ=4", "BATCH_SIZ", "BATCH_SIZE"),
+])
+def test_a_macro_nothing_references_fails_before_compute(binding, named, suggestion):
+  with pytest.raises(SystemExit) as error:
+    cli.main(["train", *_TEXT_RUN, binding])
+  message = str(error.value)
+  assert f"--gin.{named}=" in message and "nothing uses" in message
+  if suggestion:
+    assert f"did you mean {suggestion}?" in message
+
+
+def test_used_macros_and_macros_used_by_bindings_pass_the_check(monkeypatch):
+  monkeypatch.setattr(cli, "_resolve", lambda command: _record_sft)
+  assert cli.main(["sft-data", "--gin._record_sft.output_file=%OUT", "--gin.OUT='/tmp/x.jsonl'"]) == 0
+  assert _SFT[-1] == "/tmp/x.jsonl"
+
+
+@gin.configurable
+def _record_sft(output_file: str = gin.REQUIRED) -> int:
+  _SFT.append(output_file)
+  return 0
+
+
+_SFT = []
+
+
+def test_missing_required_bindings_are_named_in_one_line():
+  with pytest.raises(SystemExit) as error:
+    cli.main(["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin"])
+  message = str(error.value)
+  assert "\n" not in message
+  for name in ("--gin.MODEL_DIR=", "--gin.TEXT_FILES=", "--gin.VOCAB="):
+    assert name in message
+  with pytest.raises(SystemExit, match=r"--gin\.train\.model_dir=.*--gin\.train\.train_steps="):
+    cli.main(["train"])
+
+
+@gin.configurable
+def _inner_needs(value: str = gin.REQUIRED) -> str:
+  return value
+
+
+@gin.configurable
+def _outer_calls_inner() -> int:
+  _inner_needs()
+  return 0
+
+
+def test_a_required_binding_found_missing_mid_run_is_one_line(monkeypatch):
+  monkeypatch.setattr(cli, "_resolve", lambda command: _outer_calls_inner)
+  with pytest.raises(SystemExit) as error:
+    cli.main(["demo"])
+  assert "missing gin binding" in str(error.value) and "_inner_needs" in str(error.value)
+  assert "value" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_command_answers_help(command, capsys):
+  assert cli.main([*command.split(), "--help"]) == 0
+  out = capsys.readouterr().out
+  func = cli._resolve(command)
+  assert out.startswith(f"usage: safejax {command} ")
+  assert (func.__doc__ or "").strip().splitlines()[0] in out
+  assert f"gin parameters (--gin.{func.__name__}.NAME=VALUE)" in out
+  assert "example:\n  safejax " + command in out
+  first = next(p for p in __import__("inspect").signature(func).parameters if p != "inputs")
+  assert f"  {func.__name__}.{first} = " in out
+
+
+def test_help_shows_config_class_defaults(capsys):
+  assert cli.main(["prepare", "-h"]) == 0
+  out = capsys.readouterr().out
+  assert "PipelineConfig.num_shards = 4" in out and "prepare.config = REQUIRED" in out
+  assert "unknown flags" not in out
+
+
+def test_start_up_noise_stays_off_the_console_unless_verbose():
+  quiet = run_cli("prepare", "--help")
+  assert quiet.returncode == 0 and "PipelineConfig.num_shards" in quiet.stdout
+  noise = ("absl::InitializeLog", "cuda", "oneDNN", "cpu_feature_guard", "apitools")
+  assert not [line for line in quiet.stderr.splitlines() if any(n in line for n in noise)], quiet.stderr
+  missing = run_cli("train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin")
+  assert missing.returncode != 0 and "Traceback" not in missing.stderr
+  assert missing.stderr.strip().count("\n") == 0 and "--gin.MODEL_DIR=" in missing.stderr
+  assert run_cli("prepare", "--help", "--verbose").returncode == 0

@@ -116,3 +116,84 @@ def test_gzipped_csv(tmp_path):
     f.write("text\n" + "".join(f"row {i}\n" for i in range(500)))
   records, dead = _read(SourceSpec(name="z", pattern=str(tmp_path / "k.csv.gz"), format="csv"))
   assert len(records) == 500 and not dead and records[-1]["text"] == "row 499"
+
+
+# -- hostile inputs (issue 13) ------------------------------------------------------------------
+
+def test_nested_reserved_token_fragments_leave_no_token(tmp_path):
+  rows = [{"text": "a<potentially_<|user|>unsafe_content>b"},
+          {"text": "c<potentially_unsafe_<potentially_unsafe_content>content>d"}]
+  (tmp_path / "n.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  records, dead = _read(SourceSpec(name="n", pattern=str(tmp_path / "n.jsonl")))
+  assert [(r["text"], r["special_tokens_removed"]) for r in records] == [("ab", 2), ("cd", 2)] and not dead
+
+
+def test_lone_surrogates_are_dead_letters(tmp_path):
+  # JSON may spell a lone surrogate, which is no character and cannot be written as UTF-8.
+  lines = ['{"text": "a \\ud800 b"}', '{"id": "x\\udfff", "text": "fine"}', '{"text": "ok", "title": ["\\ud834"]}',
+           '{"text": "good \\ud83d\\ude00"}']  # the last is a valid pair: an emoji
+  (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
+  records, dead = _read(SourceSpec(name="s", pattern=str(tmp_path / "s.jsonl"), id_field=None, keep_fields=("title",)))
+  assert [r["text"] for r in records] == ["fine", "good \U0001F600"]  # the id field is not used here
+  assert [d["reason"] for d in dead] == ["bad_encoding"] * 2
+  assert "\\ud800" in dead[0]["raw"] and all(json.dumps(d, ensure_ascii=False).encode() for d in dead)
+  records, dead = _read(SourceSpec(name="s", pattern=str(tmp_path / "s.jsonl"), id_field="id"))
+  assert not records and [d["reason"] for d in dead] == ["missing_field", "bad_encoding", "missing_field",
+                                                          "missing_field"]
+  assert "lone surrogate" in dead[1]["detail"] and dead[1]["id"] == "s/x\\udfff"
+
+
+def _jsonl_bytes(n: int) -> bytes:
+  return "".join(json.dumps({"text": f"document {i} " + "word " * 40}) + "\n" for i in range(n)).encode()
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+  import bz2
+  import lzma
+  import zlib
+
+  import zstandard
+
+  return {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zst": zstandard.ZstdCompressor().compress,
+          "deflate": zlib.compress}[kind](data)
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst", "deflate"])
+def test_truncated_archives_are_a_dead_letter_not_a_silent_loss(tmp_path, kind):
+  data = _compress(kind, _jsonl_bytes(2000))
+  (tmp_path / f"whole.jsonl.{kind}").write_bytes(data)
+  records, dead = _read(SourceSpec(name="z", pattern=str(tmp_path / f"whole.jsonl.{kind}")))
+  assert len(records) == 2000 and not dead
+  (tmp_path / f"half.jsonl.{kind}").write_bytes(data[: len(data) // 2])
+  records, dead = _read(SourceSpec(name="z", pattern=str(tmp_path / f"half.jsonl.{kind}")))
+  assert len(records) < 2000 and [d["reason"] for d in dead] == ["unreadable_file"]
+  assert dead[0]["location"].endswith(f"half.jsonl.{kind}")
+  assert f"after {len(records)} items" in dead[0]["detail"] and "Error" in dead[0]["detail"]
+
+
+def test_a_file_that_is_not_its_format_is_a_dead_letter(tmp_path):
+  (tmp_path / "a.parquet").write_bytes(b"PAR1 this is not a parquet file at all PAR1")
+  (tmp_path / "b.parquet").write_bytes(b"")
+  pq.write_table(pa.table({"text": ["kept"]}), tmp_path / "c.parquet")
+  whole = (tmp_path / "c.parquet").read_bytes()
+  (tmp_path / "d.parquet").write_bytes(whole[:4] + bytes(len(whole) - 8) + whole[-4:])  # zeroed body
+  (tmp_path / "e.jsonl.gz").write_bytes(b"plain text with a .gz name\n")
+  records, dead = _read(SourceSpec(name="p", pattern=str(tmp_path / "*.parquet"), format="parquet"))
+  assert [r["text"] for r in records] == ["kept"]
+  assert [(d["reason"], d["location"].rsplit("/", 1)[1]) for d in dead] == [
+      ("unreadable_file", "a.parquet"), ("unreadable_file", "b.parquet"), ("unreadable_file", "d.parquet")]
+  _, dead = _read(SourceSpec(name="g", pattern=str(tmp_path / "e.jsonl.gz")))
+  assert [d["reason"] for d in dead] == ["unreadable_file"] and "Not a gzipped file" in dead[0]["detail"]
+
+
+def test_json_nested_too_deep_is_malformed(tmp_path):
+  (tmp_path / "d.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n" + json.dumps({"text": "after"}) + "\n")
+  records, dead = _read(SourceSpec(name="d", pattern=str(tmp_path / "d.jsonl"), max_chars=100_000))
+  assert [r["text"] for r in records] == ["after"] and [d["reason"] for d in dead] == ["malformed_json"]
+
+
+def test_csv_field_over_the_csv_module_limit_is_a_dead_letter_and_reading_goes_on(tmp_path):
+  (tmp_path / "big.csv").write_text("id,text\n1,first\n2," + "x" * 200_000 + "\n3,third\n")
+  records, dead = _read(SourceSpec(name="c", pattern=str(tmp_path / "big.csv"), format="csv", id_field="id"))
+  assert [r["text"] for r in records] == ["first", "third"]
+  assert [d["reason"] for d in dead] == ["malformed_row"] and "field limit" in dead[0]["detail"]

@@ -1,5 +1,7 @@
 """safejax.hf_interop: logits agree with transformers' LlamaForCausalLM both ways, weights round-trip
-exactly, imported models load as safejax model directories, unsupported checkpoints are refused.
+exactly, imported models load as safejax model directories, unsupported checkpoints are refused;
+imports keep the checkpoint's tokenizer, exports write one transformers loads, and transformers'
+greedy generations equal safejax's token for token.
 
 Tolerance: max |logit difference| < 1e-4 in float32 on random weights with logits of magnitude
 about 5 (measured: 5e-6 to 1.1e-5 over three seeds of each case). transformers and torch are
@@ -9,6 +11,7 @@ test-only extras: the tests that need them skip without them.
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +22,11 @@ from flax import nnx
 
 import tasks
 from safejax import checkpoints
-from safejax import cli, hf_interop, train
+from safejax import cli, decoding, hf_interop, train
+from safejax.chat_template import format_chat
 from safejax.hf_interop import UnsupportedCheckpointError
 from safejax.model import ModelConfig, build_model
+from safejax.vocab import HARM_TAG, SPECIAL_TOKENS, load_vocabulary
 
 LOGIT_TOLERANCE = 1e-4
 VOCAB_SIZE = 320  # larger than the 300-piece tiny_vocab, as a real checkpoint's is
@@ -113,12 +118,14 @@ def test_import_matches_transformers(case, torch, transformers, tmp_path):
 def test_export_matches_transformers(case, torch, transformers, tmp_path, tiny_vocab):
   model = random_safejax_model(**CASES[case])
   hf_interop.save_hf(model, tiny_vocab, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "vocab.model"]
+  assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json", "model.safetensors",
+                                          "tokenizer.json", "tokenizer_config.json", "vocab.model"]
   hf_model, info = transformers.LlamaForCausalLM.from_pretrained(
       tmp_path, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
   assert {k: list(v) for k, v in info.items() if v} == {}  # nothing missing, unexpected or mismatched
   assert hf_model.config.tie_word_embeddings == CASES[case]["tie_word_embeddings"]
-  assert (hf_model.config.bos_token_id, hf_model.config.eos_token_id, hf_model.config.pad_token_id) == (3, 1, 0)
+  # bos is the start token every safejax sequence begins with (id 0, <pad>)
+  assert (hf_model.config.bos_token_id, hf_model.config.eos_token_id, hf_model.config.pad_token_id) == (0, 1, 0)
   expected = hf_logits(torch, hf_model.eval())
   assert np.abs(expected).max() > 1.0
   np.testing.assert_allclose(safejax_logits(model), expected, rtol=0, atol=LOGIT_TOLERANCE)
@@ -287,3 +294,165 @@ def test_continued_pretraining_starts_from_the_imported_model(exported, tmp_path
   before, after = (params_of(checkpoints.load_for_inference(str(d))[0]) for d in (imported, run))
   for path in before:
     np.testing.assert_allclose(after[path], before[path], atol=1e-6, err_msg=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Tokenizers: imports keep the checkpoint's, exports write one that transformers loads
+
+BPE_SIZE = 400  # tiny_bpe_dir's ids; the vocabulary appends 6 (5 reserved markers and <pad>)
+PROMPTS = ["The river watched", "A small bird", "Our teacher explained the old",
+           f"The city council{HARM_TAG} visited", format_chat([{"role": "user", "content": "How do tides work?"}])]
+NEW_TOKENS = 8
+CONVERSATIONS = [
+    [{"role": "user", "content": "How do tides work?"}],
+    [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Name a river."},
+     {"role": "assistant", "content": "The Nile."}, {"role": "user", "content": "Another?\nPlease."}],
+]
+
+
+def hf_checkpoint(transformers, torch, folder, tokenizer_dir, **overrides):
+  """A random LlamaForCausalLM over tiny_bpe_dir's tokenizer, saved with it in the Hugging Face layout."""
+  model = random_hf_model(transformers, torch, vocab_size=BPE_SIZE, **overrides)
+  model.save_pretrained(folder)
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copyfile(tokenizer_dir / name, folder / name)
+  return model
+
+
+def load_export(transformers, torch, folder):
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+  return model.eval(), transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def greedy_generations(torch, model, vocab, hf_model, tokenizer) -> list[tuple[list[int], list[int]]]:
+  """(transformers' greedy ids, safejax's greedy ids) per prompt of PROMPTS, EOS included."""
+  pairs, hf_ids = [], vocab.hf_ids  # Hugging Face's ids of safejax's
+  for prompt in PROMPTS:
+    ids = [vocab.decoder_start_id, *vocab.encode(prompt)]
+    hf_prompt = tokenizer(prompt).input_ids
+    assert hf_prompt == hf_ids[ids].tolist(), prompt  # transformers' tokenizer gives what safejax feeds its model
+    with torch.no_grad():
+      out = hf_model.generate(torch.tensor([hf_prompt]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              max_new_tokens=NEW_TOKENS, do_sample=False)
+    result = decoding.generate(model, [ids], method="greedy", max_new_tokens=NEW_TOKENS, eos_id=vocab.eos_id,
+                               pad_id=vocab.pad_id)
+    pairs.append((out[0, len(ids):].tolist(), hf_ids[result.tokens[0, 0, :result.lengths[0, 0]]].tolist()))
+  return pairs
+
+
+@pytest.mark.parametrize("case", ["gqa_tied", "mha_untied"])
+def test_import_keeps_the_tokenizer_and_the_logits(case, torch, transformers, tmp_path, tiny_bpe_dir, tiny_bpe_vocab):
+  hf_model = hf_checkpoint(transformers, torch, tmp_path / "hf", tiny_bpe_dir, **CASES[case])
+  hf_interop.import_hf(hf_dir=str(tmp_path / "hf"), model_dir=str(tmp_path / "imported"))
+  assert sorted(os.listdir(tmp_path / "imported")) == ["checkpoints", "model_config.json", "tokenizer.json",
+                                                       "tokenizer_config.json"]
+  model, vocab = checkpoints.load_for_inference(str(tmp_path / "imported"))
+  assert vocab == tiny_bpe_vocab and model.cfg.vocab_size == vocab.vocab_size == BPE_SIZE + 6
+  # Before any training the original ids' logits are transformers' on the same weights.
+  tokens = vocab.hf_ids[TOKENS]  # safejax's ids of the tokenizer ids TOKENS (the permutation is an involution)
+  in_hf_order = np.argsort(vocab.hf_ids)
+  logits = np.asarray(model(jnp.asarray(tokens, jnp.int32))[0])[..., in_hf_order]
+  assert logits.shape[-1] == BPE_SIZE + 6
+  np.testing.assert_allclose(logits[..., :BPE_SIZE], hf_logits(torch, hf_model), rtol=0, atol=LOGIT_TOLERANCE)
+  # Appended rows: the mean of the checkpoint's rows plus noise of NEW_ROW_NOISE of their spread.
+  original = {name: t.numpy() for name, t in hf_model.state_dict().items()}
+  tables = [(np.asarray(model.embed.embedding[...])[in_hf_order], original["model.embed_tokens.weight"])]
+  if not CASES[case]["tie_word_embeddings"]:
+    tables.append((np.asarray(model.lm_head.kernel[...]).T[in_hf_order], original["lm_head.weight"]))
+  for table, checkpoint in tables:
+    np.testing.assert_array_equal(table[:BPE_SIZE], checkpoint)
+    offset = (table[BPE_SIZE:] - checkpoint.mean(0)) / checkpoint.std(0)
+    assert 0 < np.abs(offset).max() < 5 * hf_interop.NEW_ROW_NOISE
+    assert len({row.tobytes() for row in table[BPE_SIZE:]}) == 6  # the new tokens are told apart
+  meta = json.loads(next((tmp_path / "imported" / "checkpoints" / "0" / "meta").glob("*")).read_text())
+  assert meta["appended_hf_ids"] == list(range(BPE_SIZE, BPE_SIZE + 6))
+
+
+def test_safebeam_runs_on_the_imported_model(torch, transformers, tmp_path, tiny_bpe_dir):
+  hf_checkpoint(transformers, torch, tmp_path / "hf", tiny_bpe_dir, **CASES["gqa_tied"])
+  hf_interop.import_hf(hf_dir=str(tmp_path / "hf"), model_dir=str(tmp_path / "imported"))
+  model, vocab = checkpoints.load_for_inference(str(tmp_path / "imported"))
+  config = decoding.DecodingConfig(method="safebeam", beam_size=2, num_expand=3, max_new_tokens=6)
+  generations = decoding.generate_texts(model, vocab, PROMPTS[:2], config, batch_size=2, progress=False)
+  assert [g.prompt for g in generations] == PROMPTS[:2]
+  for g in generations:
+    assert 1 <= g.num_tokens <= 6 and np.isfinite(g.score)
+    assert not any(token in g.text for token in SPECIAL_TOKENS)
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "tokenizers"])
+def test_exported_tokenizer_loads_in_transformers(kind, transformers, tmp_path, tiny_vocab, tiny_bpe_vocab):
+  vocab = {"sentencepiece": tiny_vocab, "tokenizers": tiny_bpe_vocab}[kind]
+  hf_interop.save_tokenizer(vocab, str(tmp_path))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+  start = vocab.decoder_start_id
+  hf_ids = vocab.hf_ids  # Hugging Face's ids of safejax's
+  assert tokenizer.convert_tokens_to_ids(tokenizer.bos_token) == hf_ids[start]
+  assert (tokenizer.eos_token_id, tokenizer.pad_token_id) == (hf_ids[vocab.eos_id], hf_ids[vocab.pad_id])
+  assert json.loads((tmp_path / "generation_config.json").read_text()) == {
+      "bos_token_id": hf_ids[start], "eos_token_id": hf_ids[vocab.eos_id], "pad_token_id": hf_ids[vocab.pad_id]}
+  # The harm tag is one special id: found in text, skipped when decoding special tokens away.
+  tagged = f"The river{HARM_TAG} watched."
+  ids = tokenizer(tagged).input_ids
+  tag = hf_ids[vocab.harm_tag_id]
+  assert ids == hf_ids[[start, *vocab.encode(tagged)]].tolist() and ids.count(tag) == 1
+  assert tokenizer.convert_tokens_to_ids(HARM_TAG) == tag
+  assert tokenizer.decode(ids, skip_special_tokens=True) == "The river watched."
+  # The chat template is safejax's format_chat, after the start token.
+  for messages in CONVERSATIONS:
+    for add_generation_prompt in (True, False):
+      text = format_chat(messages, add_generation_prompt=add_generation_prompt)
+      rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+      assert rendered == tokenizer.bos_token + text
+      chat_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                               return_dict=False)
+      assert chat_ids == hf_ids[[start, *vocab.encode(text)]].tolist()
+  # It refuses what format_chat refuses.
+  for messages, message in [([{"role": "bot", "content": "hi"}], "unknown chat role bot"),
+                            ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+                             "a system message may only be the first message"),
+                            ([{"role": "user", "content": f"x{HARM_TAG}"}], "contains the reserved token string")]:
+    with pytest.raises(ValueError):
+      format_chat(messages)
+    with pytest.raises(Exception, match=message):
+      tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def test_sentencepiece_export_generates_like_safejax(torch, transformers, tmp_path, tiny_vocab):
+  model = random_safejax_model(**CASES["gqa_tied"])
+  hf_interop.save_hf(model, tiny_vocab, str(tmp_path))
+  hf_model, tokenizer = load_export(transformers, torch, tmp_path)
+  pairs = greedy_generations(torch, model, tiny_vocab, hf_model, tokenizer)
+  assert [hf for hf, _ in pairs] == [ours for _, ours in pairs]
+  assert sum(map(len, (ours for _, ours in pairs))) > len(PROMPTS)  # more than an immediate EOS
+
+
+def test_import_train_export_round_trip(torch, transformers, tmp_path, tiny_bpe_dir, tiny_bpe_vocab, tiny_corpus):
+  """import -> a few training steps on the imported tokenizer -> export -> transformers generates
+  as safejax does; the harm tag stays one id; importing the export gives the trained model back."""
+  hf_checkpoint(transformers, torch, tmp_path / "hf", tiny_bpe_dir, **CASES["gqa_tied"])
+  imported, run, exported = (str(tmp_path / d) for d in ("imported", "run", "exported"))
+  assert cli.main(["import-hf", f"--gin.import_hf.hf_dir='{tmp_path / 'hf'}'",
+                   f"--gin.import_hf.model_dir='{imported}'"]) == 0
+  tasks.register_text_task("hf_round_trip_text", str(tiny_corpus), imported)  # VOCAB: the imported model dir
+  train.train(model_dir=run, mixture_or_task_name="hf_round_trip_text", train_steps=2, batch_size=8,
+              sequence_length=32, model_config=checkpoints.load_model_config(imported), init_from=imported,
+              optimizer=train.OptimizerConfig(learning_rate=1e-3, warmup_steps=0), checkpoint_every=2, progress=False)
+  (before, _), (model, vocab) = checkpoints.load_for_inference(imported), checkpoints.load_for_inference(run)
+  assert vocab == tiny_bpe_vocab
+  assert not np.array_equal(model.embed.embedding[...], before.embed.embedding[...])  # it trained
+
+  assert cli.main(["export-hf", f"--gin.export_hf.model_dir='{run}'", f"--gin.export_hf.hf_dir='{exported}'"]) == 0
+  assert sorted(os.listdir(exported)) == ["config.json", "generation_config.json", "model.safetensors",
+                                          "tokenizer.json", "tokenizer_config.json"]
+  hf_model, tokenizer = load_export(transformers, torch, exported)
+  pairs = greedy_generations(torch, model, vocab, hf_model, tokenizer)
+  assert [hf for hf, _ in pairs] == [ours for _, ours in pairs]
+  assert sum(map(len, (ours for _, ours in pairs))) > len(PROMPTS)
+  assert tokenizer(f"a{HARM_TAG} b").input_ids.count(int(vocab.hf_ids[vocab.harm_tag_id])) == 1
+
+  hf_interop.import_hf(hf_dir=exported, model_dir=str(tmp_path / "reimported"))
+  back, back_vocab = checkpoints.load_for_inference(str(tmp_path / "reimported"))
+  assert back_vocab == vocab and back_vocab.harm_tag_id == vocab.harm_tag_id
+  assert load_vocabulary(exported).appended_hf_ids == ()  # nothing appended twice
+  np.testing.assert_array_equal(safejax_logits(back), safejax_logits(model))

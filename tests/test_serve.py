@@ -82,13 +82,15 @@ def stats(base_url):
 # -- pieces ---------------------------------------------------------------------------------------
 
 
-def test_token_texts_rebuild_the_text(tiny_vocab):
+@pytest.mark.parametrize("vocab_fixture", ["tiny_vocab", "tiny_bpe_vocab"])
+def test_token_texts_rebuild_the_text(vocab_fixture, request):
+  vocab = request.getfixturevalue(vocab_fixture)
   for text in ["Hello world", " leading space", "two  spaces", "émoji 😀 ünïcode", "", "end. "]:
-    ids = tiny_vocab.encode(text)
-    assert "".join(token_texts(tiny_vocab, ids)) == text == tiny_vocab.decode_without_specials(ids)
-  tagged = tiny_vocab.encode(f"unsafe{HARM_TAG} words")
-  texts = token_texts(tiny_vocab, tagged)
-  assert texts[tagged.index(tiny_vocab.harm_tag_id)] == "" and "".join(texts) == "unsafe words"
+    ids = vocab.encode(text)
+    assert "".join(token_texts(vocab, ids)) == text == vocab.decode_without_specials(ids)
+  tagged = vocab.encode(f"unsafe{HARM_TAG} words")
+  texts = token_texts(vocab, tagged)
+  assert texts[tagged.index(vocab.harm_tag_id)] == "" and "".join(texts) == "unsafe words"
 
 
 def test_bucket():
@@ -391,6 +393,33 @@ def test_tokenizer_endpoints(base_url, loaded):
   assert httpx.post(f"{root}/detokenize", json={"tokens": tokens}).json()["prompt"] == PROMPTS[1]
 
 
+def test_server_over_a_byte_level_tokenizer(tiny_bpe_vocab):
+  """An imported model's vocabulary: the tokenizer's own control tokens, its start token, its text."""
+  vocab = tiny_bpe_vocab
+  config = ModelConfig(num_layers=1, embed_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+                       vocab_size=vocab.vocab_size, init_std=0.3)
+  model = build_model(config)
+  server_config = S.ServerConfig(max_context_length=CONTEXT, max_batch_size=2, batch_window_ms=0, max_n=2)
+  with S.running(S.SafejaxServer(model, vocab, MODEL, server_config)) as url:
+    root = url.removesuffix("/v1")
+    info = httpx.get(f"{root}/tokenizer_info").json()
+    assert (info["eos_token"], info["pad_token"], info["unk_token"], info["tokenizer_class"]) == (
+        "<|endoftext|>", "<pad>", None, "tokenizers")
+    assert post(root, "/tokenize", {"prompt": "<|endoftext|>", "add_special_tokens": False}).json()["tokens"] == [
+        vocab.eos_id]
+    ids = vocab.encode("The river")
+    assert post(root, "/tokenize", {"prompt": "The river"}).json()["tokens"] == [vocab.decoder_start_id, *ids]
+    body = {"model": MODEL, "prompt": "The river", "max_tokens": 6, "temperature": 0}
+    text = post(url, "/completions", body).json()["choices"][0]["text"]
+    result = generate(model, [[vocab.decoder_start_id, *ids]], max_new_tokens=6, eos_id=vocab.eos_id,
+                      pad_id=vocab.pad_id)
+    generated = [t for t in result.tokens[0, 0, :result.lengths[0, 0]].tolist() if t != vocab.eos_id]
+    assert text == "".join(token_texts(vocab, ids + generated)[len(ids):])
+    chat = post(url, "/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}],
+                                            "max_tokens": 4, "temperature": 0})
+    assert chat.status_code == 200 and isinstance(chat.json()["choices"][0]["message"]["content"], str)
+
+
 def test_serve_command_loads_the_checkpoint(model_dir, monkeypatch):
   launched = {}
   monkeypatch.setattr(S.uvicorn, "run", lambda app, **kw: launched.update(app=app, **kw))
@@ -467,3 +496,72 @@ def test_lm_eval_harness_through_local_completions(base_url, client, loaded, tmp
     direct = client.completions.create(model=MODEL, prompt=vocab.encode(f"{doc['question']}:"), max_tokens=6,
                                        temperature=0, stop=["\n"]).choices[0].text
     assert sample["resps"][0][0] == direct
+
+
+# -- issue 13: bounds, limits, and no 500 that shows internals ---------------------------------
+
+@pytest.mark.parametrize("body,message,param", [
+    ({"seed": 2**63, "temperature": 1.0},
+     "Invalid value for 'seed': input should be less than or equal to 9223372036854775807.", "seed"),
+    ({"safejax": {"method": "sample", "top_k": 301}, "temperature": 1.0},
+     "Invalid value for 'safejax.top_k': 301 exceeds the vocabulary (300 tokens).", "safejax.top_k"),
+    ({"safejax": {"method": "safebeam", "beam_size": 2, "num_expand": 150}},
+     "Invalid value for 'safejax.num_expand': beam_size * num_expand = 300 exceeds the 298 tokens a step can "
+     "choose from.", "safejax.num_expand"),
+    ({"safejax": {"method": "beam", "alpha": 1e999}},
+     "Invalid value for 'safejax.alpha': input should be a finite number.", "safejax.alpha"),
+    ({"prompt": "lone \ud800 surrogate"},
+     "Invalid value for 'prompt': a lone surrogate ('\\ud800') at character 5 is not valid Unicode.", "prompt"),
+    ({"prompt": ["The river"] * 65},
+     "Invalid value for 'prompt': 65 prompts exceed this server's limit of 64 per request.", "prompt"),
+])
+def test_out_of_bounds_values_are_400_not_500(base_url, body, message, param):
+  assert S.ServerConfig().max_prompts_per_request == 64
+  # 1e999 is valid JSON that Python reads as infinity (json.dumps would write the non-JSON "Infinity").
+  content = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 2, **body}).replace("Infinity", "1e999")
+  response = httpx.post(f"{base_url}/completions", content=content, timeout=60)
+  assert response.status_code == 400, response.text
+  assert response.json()["error"]["message"] == message and response.json()["error"]["param"] == param
+
+
+def test_bodies_over_the_limit_and_non_json_constants_are_refused(base_url):
+  limit = S.ServerConfig().max_body_bytes
+  big = {"model": MODEL, "prompt": "x" * limit}
+  response = post(base_url, "/completions", big)
+  assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+  def chunked():  # no Content-Length: the cap holds while the body streams in
+    yield b'{"model": "tiny", "prompt": "'
+    for _ in range(limit // 65536 + 1):
+      yield b"x" * 65536
+    yield b'"}'
+
+  streamed = httpx.post(f"{base_url}/completions", content=chunked(), timeout=60)
+  assert streamed.status_code == 413
+  nan = httpx.post(f"{base_url}/completions", content=b'{"model": "tiny", "prompt": "x", "temperature": NaN}')
+  assert nan.status_code == 400 and "NaN is not a JSON value" in nan.json()["error"]["message"]
+  deep = httpx.post(f"{base_url}/chat/completions", content=b"[" * 50_000 + b"]" * 50_000)
+  assert deep.status_code == 400 and deep.json()["error"]["code"] == "invalid_json"
+
+
+def test_an_unexpected_failure_is_a_500_that_shows_no_internals(loaded, caplog):
+  model, vocab = loaded
+  server = S.SafejaxServer(model, vocab, MODEL, S.ServerConfig(max_context_length=CONTEXT, max_n=4, max_beam_size=4))
+
+  def broken(*args, **kwargs):
+    raise KeyError("secret internal detail")
+
+  server.engine.submit_generate = broken
+  with S.running(server) as url, caplog.at_level("ERROR", logger="safejax.serve.app"):
+    with httpx.Client(base_url=url, timeout=60) as client:
+      response = client.post("/completions", json={"model": MODEL, "prompt": "The river", "max_tokens": 2})
+      assert response.status_code == 500
+      error = response.json()["error"]
+      assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+      request_id = response.headers["x-request-id"]
+      assert request_id in error["message"] and "secret" not in response.text and "KeyError" not in response.text
+      # The same keep-alive connection still works, and so does the server.
+      assert client.post("/completions", json={"model": MODEL, "prompt": [5000]}).status_code == 400
+      assert client.get(url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
+  logged = [r for r in caplog.records if request_id in r.getMessage()]
+  assert logged and "secret internal detail" in str(logged[0].exc_info[1])

@@ -160,3 +160,71 @@ def test_init_from_rejects_another_architecture(task, reference_run, tmp_path):
   other = dataclasses.replace(TINY, mlp_dim=96)
   with pytest.raises(ValueError, match="different architecture"):
     run(task, tmp_path, 1, init_from=str(reference_run), model_config=other)
+
+
+# --------------------------------------------------------------------------------------------
+# A Hugging Face byte-level BPE vocabulary
+
+
+@pytest.fixture(scope="module")
+def bpe_vocab_dir(tmp_path_factory, tiny_bpe_dir):
+  """tiny_bpe_dir with a start token of its own (<|begin|>, id 400), as a model directory holds it."""
+  from tokenizers import AddedToken, Tokenizer
+
+  from safejax.vocab import HfTokenizerVocabulary, save_vocabulary
+
+  tokenizer = Tokenizer.from_file(str(tiny_bpe_dir / "tokenizer.json"))
+  tokenizer.add_special_tokens([AddedToken("<|begin|>", special=True)])
+  vocab = HfTokenizerVocabulary(tokenizer.to_str(), {"bos_token": "<|begin|>", "eos_token": "<|endoftext|>"})
+  folder = tmp_path_factory.mktemp("bpe_vocab")
+  save_vocabulary(vocab, str(folder))
+  return folder
+
+
+def test_byte_level_chat_task_keeps_the_template_space(tmp_path, bpe_vocab_dir):
+  """Without a dummy prefix the reply starts with the template's space: prompt + reply are the ids
+  of the whole conversation, and every sequence starts with the tokenizer's start token."""
+  import json
+
+  from safejax.chat_template import format_chat
+  from safejax.vocab import END_OF_TURN, load_vocabulary
+
+  vocab = load_vocabulary(str(bpe_vocab_dir))
+  assert vocab.decoder_start_id == 400
+  messages = [{"role": "user", "content": "Describe the river."},
+              {"role": "assistant", "content": "The river watched the morning light."}]
+  path = tmp_path / "sft.jsonl"
+  path.write_text(json.dumps({"messages": messages}) + "\n")
+  tasks.register_chat_task("test_bpe_chat", str(path), str(bpe_vocab_dir))
+  batch = next(T.make_train_iterator("test_bpe_chat", 64, 2, seed=0))
+  first = batch["decoder_segment_ids"][0] == 1
+  inputs, targets = batch["decoder_input_tokens"][0][first], batch["decoder_target_tokens"][0][first]
+  weights = batch["decoder_loss_weights"][0][first]
+  assert inputs[0] == 400  # the start token, shifted in by the feature converter
+  reply = [t for t, w in zip(targets, weights) if w]
+  assert vocab.decode(reply[:-1]) == " The river watched the morning light." + END_OF_TURN
+  assert reply[-1] == vocab.eos_id
+  prompt = [t for t, w in zip(targets, weights) if not w]
+  assert prompt + reply[:-1] == vocab.encode(format_chat(messages, add_generation_prompt=False))
+
+
+def test_byte_level_text_task_starts_documents_with_the_start_token(tiny_corpus, bpe_vocab_dir):
+  tasks.register_text_task("test_bpe_text", str(tiny_corpus), str(bpe_vocab_dir))
+  batch = next(T.make_train_iterator("test_bpe_text", 64, 4, seed=0))
+  starts = (batch["decoder_positions"] == 0) & (batch["decoder_segment_ids"] > 0)
+  assert starts.sum() >= 4 and (batch["decoder_input_tokens"][starts] == 400).all()
+
+
+def test_init_from_rejects_another_vocabulary(tmp_path, tiny_vocab, tiny_bpe_vocab):
+  config = TINY.with_vocab_size(tiny_bpe_vocab.vocab_size)
+  checkpoints.write_model_files(str(tmp_path), config, tiny_bpe_vocab)
+  with pytest.raises(ValueError, match="was trained with another vocabulary than"):
+    T._initial_params(str(tmp_path), config, tiny_vocab, target=None)
+
+
+def test_read_metrics_leaves_out_a_half_written_last_line(tmp_path):
+  (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+  assert [m["step"] for m in checkpoints.read_metrics(str(tmp_path))] == [1, 2]
+  (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+  with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
+    checkpoints.read_metrics(str(tmp_path))

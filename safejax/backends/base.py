@@ -16,8 +16,11 @@ Backends (one module each):
 
 A request carries both forms of the task: chat `messages` for LLM backends and structured `fields`
 (the document, a style, its harm categories, ...) for the template backend, so the same request
-works with any backend. A failed generation is returned with `error` set and empty text, never
-raised, so one bad document does not sink a batch; callers dead-letter it.
+works with any backend. A failed generation (an HTTP error, a timeout, a malformed reply, retries
+spent) is returned with `error` set and empty text, never raised, so one bad document does not
+sink a batch; callers dead-letter it. A request a backend cannot express at all (no chat messages
+for an LLM backend, a task the template backend does not write) is the caller's mistake, the same
+for every document, and raises ValueError at once instead of dead-lettering them all.
 """
 
 from __future__ import annotations

@@ -24,9 +24,11 @@ from safejax.backends.base import Generation, GenerationRequest
 log = logging.getLogger(__name__)
 
 
-def request_key(model: str, body: Mapping[str, Any]) -> str:
-  """The cache key of a request: SHA-256 of the model and the canonical JSON request body."""
-  canonical = json.dumps({"model": model, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def request_key(base_url: str, model: str, body: Mapping[str, Any]) -> str:
+  """The cache key of a request: SHA-256 of the endpoint, the model and the canonical JSON request
+  body (two servers may serve different models under one name: they must not share answers)."""
+  canonical = json.dumps({"base_url": base_url.rstrip("/"), "model": model, "body": body}, sort_keys=True,
+                         ensure_ascii=False, separators=(",", ":"))
   return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -106,7 +108,12 @@ class OpenAICompatibleBackend:
       self._client = None
 
   def request_body(self, request: GenerationRequest) -> dict[str, Any]:
-    """The JSON body sent to /chat/completions (also what the cache key hashes)."""
+    """The JSON body sent to /chat/completions (also what the cache key hashes).
+
+    Raises:
+      ValueError: the request has no chat messages (a template-only request: the caller's mistake,
+        raised at once by `generate` too, see `safejax.backends.base`).
+    """
     if not request.messages:
       raise ValueError(f"{request.task} request has no chat messages for an LLM backend")
     messages = [dict(m) for m in request.messages]
@@ -155,13 +162,16 @@ class OpenAICompatibleBackend:
   def _generate_one(self, request: GenerationRequest) -> Generation:
     body = self.request_body(request)
     prefix = request.prefill if request.prefill and self.prefill_mode == "continue" else ""
-    key = request_key(self.model, body)
+    key = request_key(self.base_url, self.model, body)
     metadata = {"backend": self.name, "model": self.model, "template": False, "cached": False,
                 "cache_key": key}
     cache_file = self._cache_file(key)
     if cache_file is not None and cache_file.is_file():
-      cached = json.loads(cache_file.read_text(encoding="utf-8"))
-      return Generation(cached["text"], {**metadata, **cached["metadata"], "cached": True})
+      try:
+        cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        return Generation(cached["text"], {**metadata, **cached["metadata"], "cached": True})
+      except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged entry is a miss, then rewritten
+        log.warning("ignoring the unreadable cache entry %s (%s: %s)", cache_file, type(e).__name__, e)
     error = ""
     for attempt in range(self.max_retries + 1):
       try:
@@ -182,10 +192,13 @@ class OpenAICompatibleBackend:
       metadata.update(attempts=attempt + 1, finish_reason=finish_reason)
       generation = Generation(prefix + content, metadata)
       if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, delete=False, encoding="utf-8") as f:
-          json.dump({"text": generation.text, "metadata": {"finish_reason": finish_reason}}, f)
-        os.replace(f.name, cache_file)
+        try:
+          cache_file.parent.mkdir(parents=True, exist_ok=True)
+          with tempfile.NamedTemporaryFile("w", dir=cache_file.parent, delete=False, encoding="utf-8") as f:
+            json.dump({"text": generation.text, "metadata": {"finish_reason": finish_reason}}, f)
+          os.replace(f.name, cache_file)
+        except OSError as e:  # the answer stands; only its caching failed
+          log.warning("could not cache %s (%s)", cache_file, e)
       return generation
     return Generation("", {**metadata, "attempts": self.max_retries + 1},
                       error=f"gave up after {self.max_retries + 1} attempts: {error}")

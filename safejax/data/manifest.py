@@ -158,6 +158,15 @@ def write_manifest(output_dir: str, manifest: Mapping) -> str:
   return path
 
 
+def remove_manifest(output_dir: str) -> None:
+  """Removes a run's manifest, as a new run over the same folder starts: until the new one is
+  written, the folder holds no manifest, so shards of a run that failed midway are never read
+  as complete under the old run's accounting."""
+  path = f"{output_dir}/{MANIFEST}"
+  if tf.io.gfile.exists(path):
+    tf.io.gfile.remove(path)
+
+
 def read_manifest(output_dir: str) -> dict:
   path = f"{output_dir}/{MANIFEST}"
   if not tf.io.gfile.exists(path):

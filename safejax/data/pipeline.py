@@ -30,7 +30,7 @@ from typing import Any
 import apache_beam as beam
 import gin
 from apache_beam.io import fileio
-from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from safejax.backends import TemplateBackend, TextBackend
@@ -203,8 +203,9 @@ class ReadFile(beam.DoFn):
     self.spec = spec
 
   def process(self, readable: fileio.ReadableFile) -> Iterator[dict]:
-    with readable.open() as f:
-      yield from sources_lib.read_file(self.spec, readable.metadata.path, f)
+    # Opened as stored: `read_file` decompresses, so a truncated archive is caught, not cut short.
+    yield from sources_lib.read_file(
+        self.spec, readable.metadata.path, lambda: readable.open(compression_type=CompressionTypes.UNCOMPRESSED))
 
 
 class ReadSource(beam.PTransform):
@@ -358,6 +359,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig) -> None:
 def run_beam(config: PipelineConfig, beam_options: Sequence[str] = ()) -> dict:
   """Runs the Beam pipeline to completion and returns the manifest."""
   PROGRESS.reset()
+  manifest_lib.remove_manifest(config.output_dir)
   with beam.Pipeline(options=PipelineOptions(list(beam_options))) as pipeline:
     build_pipeline(pipeline, config)
   return manifest_lib.read_manifest(config.output_dir)
@@ -379,6 +381,7 @@ def run_loop(config: PipelineConfig) -> LoopResult:
   Holds every stage's output in memory: meant for small inputs, tests and benchmarks.
   """
   PROGRESS.reset()
+  manifest_lib.remove_manifest(config.output_dir)
   seconds, entering = {}, {}
   outputs: list[tuple[str, dict]] = []
   in_counts: collections.Counter = collections.Counter()
@@ -451,18 +454,29 @@ def count_inputs(sources: Sequence[SourceSpec]) -> int | None:
     if "://" in spec.pattern:
       return None
     for path in sources_lib.match_files(spec):
-      with FileSystems.open(path) as f:
-        if spec.format == "text":
-          total += 1
-        elif spec.format == "parquet":
-          import pyarrow.parquet as pq
-
-          total += pq.ParquetFile(f).metadata.num_rows
-        elif spec.format == "csv":
-          total += sum(1 for _ in sources_lib.read_file(spec, path, f))
-        else:
-          total += sum(1 for _ in iter(f.readline, b""))
+      total += _count_file(spec, path)
   return total
+
+
+def _count_file(spec: SourceSpec, path: str) -> int:
+  """The input units of one file, for the progress bar's total; a file that cannot be read counts
+  as the one dead letter it will become (reading it reports the damage)."""
+  if spec.format == "text":
+    return 1
+  if spec.format == "csv":
+    return sum(1 for _ in sources_lib.read_file(spec, path))
+  lines = 0
+  try:
+    with sources_lib.open_stored(path) as raw, sources_lib.decompressed(path, raw) as f:
+      if spec.format == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(f).metadata.num_rows
+      for _ in iter(f.readline, b""):
+        lines += 1
+      return lines
+  except Exception:  # noqa: BLE001  only a progress estimate; the read itself dead-letters the file
+    return lines + 1
 
 
 def _summary(manifest: dict) -> str:

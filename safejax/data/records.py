@@ -46,15 +46,31 @@ MAX_RAW_CHARS = 500  # how much of a rejected input a dead letter keeps
 
 def dead_letter(stage: str, reason: str, *, doc_id: str | None = None, source: str | None = None,
                 location: str | None = None, detail: str = "", raw: Any = None) -> dict:
-  """A dead-letter record: why an input or document was set aside, and where it came from."""
+  """A dead-letter record: why an input or document was set aside, and where it came from.
+
+  Every string is made writable as UTF-8 (a lone surrogate becomes the text "\\ud800"), so the
+  very input that was set aside for bad encoding cannot break the dead-letter writer.
+  """
   if isinstance(raw, bytes):
     raw = raw[: MAX_RAW_CHARS * 4].decode("utf-8", errors="backslashreplace")
   elif raw is not None and not isinstance(raw, str):
     raw = repr(raw)
   return {
-      "id": doc_id, "source": source, "stage": stage, "reason": reason, "location": location,
-      "detail": detail[:MAX_RAW_CHARS], "raw": None if raw is None else raw[:MAX_RAW_CHARS],
+      "id": _writable(doc_id), "source": _writable(source), "stage": stage, "reason": reason,
+      "location": _writable(location), "detail": _writable(detail[:MAX_RAW_CHARS]),
+      "raw": None if raw is None else _writable(raw[:MAX_RAW_CHARS]),
   }
+
+
+def _writable(text: str | None) -> str | None:
+  """`text` with lone surrogates spelled out as escapes (valid UTF-8 to write)."""
+  if text is None:
+    return None
+  try:
+    text.encode("utf-8")
+    return text
+  except UnicodeEncodeError:
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def is_dead_letter(item: Mapping) -> bool:

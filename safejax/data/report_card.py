@@ -93,14 +93,14 @@ def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, max_docu
   Args:
     output_dir: the run's output directory.
     scorer: re-scores the output streams (None: their histograms are left out).
-    vocabulary: a SafejaxVocabulary to count tokens with (None: words).
+    vocabulary: a safejax vocabulary to count tokens with (None: words).
     max_documents: per stream, statistics come from a uniform sample of about this many documents
       (by a hash of their ids) and are scaled to the whole stream; None reads every document.
     batch_size: documents per scorer call.
   """
   manifest = manifest_lib.read_manifest(output_dir)
   if vocabulary is not None:
-    count_tokens = lambda t: len(vocabulary.tokenizer.encode(t))
+    count_tokens = lambda t: len(vocabulary.encode(t))
   else:
     count_tokens = lambda t: len(t.split())
   segment_chars = manifest["config"].get("segment_chars", 1000)
@@ -120,7 +120,7 @@ def build_report_card(output_dir: str, scorer=None, *, vocabulary=None, max_docu
 
   streams = {stream: stream_stats(stream, rescore=True) for stream in OUTPUT_STREAMS}
   return {
-      "token_unit": "sentencepiece" if vocabulary is not None else "words",
+      "token_unit": vocabulary.kind if vocabulary is not None else "words",
       "scorer": None if scorer is None else getattr(scorer, "name", type(scorer).__name__),
       "max_documents_per_stream": max_documents,
       "before": stream_stats(RAW, rescore=False),

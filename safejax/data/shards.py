@@ -73,14 +73,20 @@ def write_shard(path: str, records: Iterable[dict]) -> int:
   keyed = sorted(((r["id"] or "", to_json(r)), r) for r in records)
   tmp = f"{path}.tmp-{uuid.uuid4().hex}"
   tf.io.gfile.makedirs(path.rsplit("/", 1)[0])
-  if path.endswith(".jsonl"):
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write("".join(line + "\n" for (_, line), _ in keyed))  # even an empty write creates the file
-  else:
-    with tf.io.TFRecordWriter(tmp) as writer:
-      for _, record in keyed:
-        writer.write(record_to_example(record))
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  try:
+    if path.endswith(".jsonl"):
+      with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write("".join(line + "\n" for (_, line), _ in keyed))  # even an empty write creates the file
+    else:
+      with tf.io.TFRecordWriter(tmp) as writer:
+        for _, record in keyed:
+          writer.write(record_to_example(record))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  except BaseException:
+    # A failed write leaves nothing behind: no half-written .tmp file next to the shards.
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+    raise
   return len(keyed)
 
 

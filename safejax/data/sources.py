@@ -12,32 +12,43 @@ record (see `records`) or a dead letter saying why not. Reasons:
   empty_document       nothing but whitespace once reserved-token strings are removed
   document_too_large   more than `max_chars` characters (or bytes, before decoding)
   bad_score            a given score that is not an integer in 0..5
+  unreadable_file      a file that cannot be opened or read to its end: corrupt, truncated (a
+                       .gz cut short), or not the format its name says (one per file, naming
+                       it and how many items were read before; nothing after that is read)
 
-Reserved-token strings (the harm tag, chat role markers) are removed from every document with
-`safejax.vocab.strip_special_tokens`; the record counts how many were removed.
+Every document goes through `safejax.vocab.sanitize_text`: reserved-token strings (the harm tag,
+chat role markers) are removed until none is left, nested fragments included, and the record
+counts the removals; a lone surrogate (JSON "\\ud800") in any kept field is `bad_encoding`.
 
 Files are opened through Beam's `FileSystems` (local paths, gs://, s3://, hdfs://, ... whatever
-Beam supports), and .gz / .bz2 / .zst inputs are decompressed by their extension. The Beam pipeline
-hands this module the files Beam's `fileio` matched; the plain loop matches them itself.
+Beam supports) as stored, and decompressed here by their extension (.gz, .bz2, .xz / .lzma, .zst,
+.deflate) with decompressors that raise at a truncated stream: Beam's own decompression (like
+`tf.data.TextLineDataset`'s) ends a .gz cut short without a word, losing its tail silently. The
+Beam pipeline hands this module the files Beam's `fileio` matched; the plain loop matches them itself.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import posixpath
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
 import gin
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from safejax.data.records import READ, dead_letter
-from safejax.vocab import strip_special_tokens
+from safejax.vocab import RejectedText, sanitize_text
 
 FORMATS = ("jsonl", "csv", "parquet", "text", "tfds")
 NUM_SCORES = 6
@@ -121,14 +132,17 @@ def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default
     return reject("wrong_type", f"text field {spec.text_field!r} holds {type(text).__name__}", doc_id)
   if len(text) > spec.max_chars:
     return reject("document_too_large", f"{len(text)} characters > max_chars={spec.max_chars}", doc_id)
-  text, removed = strip_special_tokens(text)
+  try:
+    text, removed = sanitize_text(text)
+  except RejectedText as e:
+    return reject(e.reason, f"text field {spec.text_field!r}: {e.detail}", doc_id)
   if not text.strip():
     return reject("empty_document", "no text besides whitespace", doc_id)
-  record = {
-      "id": doc_id, "source": spec.name, "text": text,
-      "meta": {k: _json_value(row[k]) for k in spec.keep_fields if k in row},
-      "special_tokens_removed": removed,
-  }
+  meta = {k: _json_value(row[k]) for k in spec.keep_fields if k in row}
+  unwritable = _lone_surrogate_field({"id": doc_id, **{f"meta {k}": v for k, v in meta.items()}})
+  if unwritable:
+    return reject("bad_encoding", f"{unwritable} holds a lone surrogate", doc_id)
+  record = {"id": doc_id, "source": spec.name, "text": text, "meta": meta, "special_tokens_removed": removed}
   if spec.score_field is not None:
     score = _json_value(row.get(spec.score_field))
     if isinstance(score, float) and score.is_integer():
@@ -137,6 +151,17 @@ def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default
       return reject("bad_score", f"{spec.score_field!r} = {score!r} is not an integer in 0..5", doc_id)
     record["score"] = score
   return record
+
+
+def _lone_surrogate_field(fields: Mapping[str, Any]) -> str | None:
+  """The name of the first field whose value (strings nested in lists and dicts too) cannot be
+  written as UTF-8, or None."""
+  for name, value in fields.items():
+    try:
+      json.dumps(value, ensure_ascii=False, default=repr).encode("utf-8")
+    except UnicodeEncodeError:
+      return name
+  return None
 
 
 def _read_jsonl(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
@@ -159,6 +184,10 @@ def _read_jsonl(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
       continue
     except json.JSONDecodeError as e:
       yield dead_letter(READ, "malformed_json", source=spec.name, location=location, detail=str(e), raw=line)
+      continue
+    except RecursionError:  # e.g. [[[[...]]]] nested deeper than the parser's stack
+      yield dead_letter(READ, "malformed_json", source=spec.name, location=location,
+                        detail="JSON nested too deeply to parse", raw=line)
       continue
     if not isinstance(row, dict):
       yield dead_letter(READ, "malformed_json", source=spec.name, location=location,
@@ -193,8 +222,19 @@ def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   # csv rows may span lines, so the file is decoded whole (csv inputs are small).
   reader = csv.DictReader(io.StringIO(read_bytes(f).decode("utf-8", errors="surrogateescape"), newline=""))
   name = posixpath.basename(path)
-  for row_no, row in enumerate(reader, start=1):
+  rows = iter(reader)
+  row_no = 0
+  while True:
+    row_no += 1
     location, default_id = f"{path}:row{row_no}", f"{name}:{row_no}"
+    try:
+      row = next(rows)
+    except StopIteration:
+      return
+    except csv.Error as e:  # e.g. a field over csv's size limit; the reader resumes at the next line
+      yield dead_letter(READ, "malformed_row", source=spec.name, location=location,
+                        detail=f"{e} (ends at line {reader.line_num})")
+      continue
     raw = ",".join("" if v is None else str(v) for v in row.values())
     if None in row or any(v is None for v in row.values()):
       yield dead_letter(READ, "malformed_row", source=spec.name, location=location,
@@ -209,17 +249,22 @@ def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
 
 
 def _read_parquet(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
+  import pyarrow as pa
   import pyarrow.parquet as pq
 
   name = posixpath.basename(path)
   columns = [c for c in dict.fromkeys((spec.text_field, spec.id_field, spec.score_field, *spec.keep_fields)) if c]
-  parquet = pq.ParquetFile(f)
-  columns = [c for c in columns if c in parquet.schema_arrow.names]  # absent ones dead-letter per row
   row_no = 0
-  for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-    for row in batch.to_pylist():
-      row_no += 1
-      yield make_record(spec, row, f"{path}:row{row_no}", f"{name}:{row_no}")
+  try:
+    parquet = pq.ParquetFile(f)
+    columns = [c for c in columns if c in parquet.schema_arrow.names]  # absent ones dead-letter per row
+    batches = parquet.iter_batches(batch_size=1024, columns=columns)
+    for batch in batches:
+      for row in batch.to_pylist():
+        row_no += 1
+        yield make_record(spec, row, f"{path}:row{row_no}", f"{name}:{row_no}")
+  except (pa.ArrowException, UnicodeDecodeError) as e:  # ArrowInvalid is a ValueError: caught here, not wider
+    raise UnreadableFile(f"not a readable parquet file ({type(e).__name__}: {e})") from None
 
 
 def _read_text(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
@@ -241,9 +286,104 @@ def _read_text(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
 _FILE_READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
 
 
-def read_file(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
-  """Items (records and dead letters) from one open input file (binary, already decompressed)."""
-  return _FILE_READERS[spec.format](spec, path, f)
+class UnreadableFile(Exception):
+  """A file a reader cannot go on with (its library's error, worded for the dead letter)."""
+
+
+class _FrameReader(io.RawIOBase):
+  """A zlib (.deflate) or zstd (.zst) stream decompressed frame after frame; raises EOFError when
+  the input ends inside a frame (zlib's and zstandard's stream readers just stop there)."""
+
+  def __init__(self, raw: IO[bytes], new_decompressor: Callable[[], Any]):
+    self._raw, self._new = raw, new_decompressor
+    self._decompressor = new_decompressor()
+    self._input, self._output, self._at, self._in_frame = b"", b"", 0, False
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    while self._at == len(self._output):
+      if not self._input:
+        self._input = self._raw.read(1 << 16)
+        if not self._input:
+          if self._in_frame:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+          return 0
+      self._in_frame = True
+      self._output, self._at = self._decompressor.decompress(self._input), 0
+      self._input = b""
+      if self._decompressor.eof:  # a frame ends; what follows is the next frame
+        self._input = self._decompressor.unused_data
+        self._decompressor, self._in_frame = self._new(), False
+    n = min(len(buffer), len(self._output) - self._at)
+    buffer[:n] = self._output[self._at:self._at + n]
+    self._at += n
+    return n
+
+
+def _zstd_decompressor():
+  import zstandard
+
+  # Beam's window limit, so files compressed with --long read here as they do there.
+  return zstandard.ZstdDecompressor(max_window_size=2**31).decompressobj()
+
+
+def decompressed(path: str, raw: IO[bytes]) -> IO[bytes]:
+  """`raw` (a file's bytes as stored) decompressed by the extension of `path` (Beam's suffixes)."""
+  compression = CompressionTypes.detect_compression_type(path)
+  if compression == CompressionTypes.GZIP:
+    return gzip.GzipFile(fileobj=raw, mode="rb")
+  if compression == CompressionTypes.BZIP2:
+    return bz2.BZ2File(raw, mode="rb")
+  if compression == CompressionTypes.LZMA:
+    return lzma.LZMAFile(raw, mode="rb")
+  if compression == CompressionTypes.ZSTD:
+    return io.BufferedReader(_FrameReader(raw, _zstd_decompressor))
+  if compression == CompressionTypes.DEFLATE:
+    return io.BufferedReader(_FrameReader(raw, zlib.decompressobj))
+  return raw
+
+
+def _zstd_error() -> tuple[type[Exception], ...]:
+  try:
+    import zstandard
+  except ImportError:
+    return ()
+  return (zstandard.ZstdError,)
+
+
+# What reading a damaged file raises: truncated streams (EOFError), corrupt ones (gzip.BadGzipFile
+# and bz2's "Invalid data stream" are OSErrors; zlib.error, LZMAError, ZstdError), unreadable
+# storage (OSError) and the readers' own `UnreadableFile`.
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, UnreadableFile, *_zstd_error())
+
+
+def open_stored(path: str) -> IO[bytes]:
+  """A file's bytes as stored (not decompressed), through Beam's filesystems."""
+  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def read_file(spec: SourceSpec, path: str, open_raw: Callable[[], IO[bytes]] | None = None) -> Iterator[dict]:
+  """Items (records and dead letters) of one input file, decompressed by its extension.
+
+  A file that cannot be opened or read to its end ends in one `unreadable_file` dead letter that
+  names it, says why and how many items came before; those items stand (they were read whole),
+  and nothing after the failure passes unnoticed.
+
+  Args:
+    open_raw: opens the file as stored (default: `open_stored(path)`); the Beam pipeline passes
+      its matched file's opener.
+  """
+  items = 0
+  try:
+    with (open_raw or (lambda: open_stored(path)))() as raw, decompressed(path, raw) as f:
+      for item in _FILE_READERS[spec.format](spec, path, f):
+        items += 1
+        yield item
+  except _READ_ERRORS as e:
+    yield dead_letter(READ, "unreadable_file", source=spec.name, location=path,
+                      detail=f"{type(e).__name__}: {e} (after {items} items; the rest of the file is not read)")
 
 
 def match_files(spec: SourceSpec) -> list[str]:
@@ -280,5 +420,4 @@ def iter_source(spec: SourceSpec) -> Iterator[dict]:
       yield tfds_row(spec, example)
     return
   for path in match_files(spec):
-    with FileSystems.open(path) as f:
-      yield from read_file(spec, path, f)
+    yield from read_file(spec, path)

@@ -33,7 +33,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from safejax.model.llama import Decoder
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,7 @@ class LoglikelihoodModel:
   def __init__(
       self,
       model: Decoder,
-      vocab: SafejaxVocabulary,
+      vocab: Vocabulary,
       *,
       max_length: int = 1024,
       batch_size: int = 16,

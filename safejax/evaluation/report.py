@@ -39,6 +39,18 @@ def write_json(data: Any, path: str | Path) -> None:
   Path(path).write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
+def cell(value: Any) -> str:
+  """`value` as one markdown table cell: "|" escaped, line breaks as spaces. Names reach the
+  tables from users' files (benchmarks, categories, model labels), and a "|" or a newline in one
+  would otherwise split its row or end the table."""
+  text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+  return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
+
+
+def _row(cells: list[Any]) -> str:
+  return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
 def _pct(p: dict[str, Any] | None, ci: bool = True) -> str:
   if not p:
     return "-"
@@ -63,7 +75,7 @@ def paper_table(results: dict[str, Any]) -> str:
   header = (["model", "decoding"] + [f"ASR % {st}" for st in asr_stages]
             + [f"over-refusal % {st}" for st in refusal_stages]
             + [f"capability acc % {st} (chance)" for st in capability_stages])
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines = [_row(header), "|" + "---|" * len(header)]
   for (model, decoding), by_stage in rows.items():
     cells = [model, decoding]
     cells += [_pct(by_stage.get(st, {}).get("safety", {}).get("pooled")) for st in asr_stages]
@@ -71,7 +83,7 @@ def paper_table(results: dict[str, Any]) -> str:
     for st in capability_stages:
       avg = by_stage.get(st, {}).get("capability", {}).get("average")
       cells.append(f"{100 * avg['acc']:.1f} ({100 * avg['chance']:.1f})" if avg else "-")
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append(_row(cells))
   return "\n".join(lines)
 
 
@@ -79,44 +91,44 @@ def agreement_markdown(table: dict[str, Any]) -> str:
   """The agreement table as markdown, one section per gold set."""
   lines = []
   for name, gold in table.items():
-    lines += [f"### {name}: `{gold['target']}` (n={gold['n']}, {gold['positives']} positive)", "",
+    lines += [f"### {cell(name)}: `{cell(gold['target'])}` (n={gold['n']}, {gold['positives']} positive)", "",
               gold["description"], "",
               "| judge | accuracy [95% CI] | kappa | precision | recall | undecided | trust |",
               "|---|---|---|---|---|---|---|"]
     for judge, r in sorted(gold["judges"].items(), key=lambda kv: -kv[1]["kappa"]):
       acc = r["accuracy"]
-      lines.append(f"| {judge} | {100 * acc['rate']:.1f} [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}] "
-                   f"| {r['kappa']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['undecided']} | {r['trust']} |")
+      lines.append(_row([judge, f"{100 * acc['rate']:.1f} [{100 * acc['low']:.1f}, {100 * acc['high']:.1f}]",
+                         f"{r['kappa']:.3f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}", r["undecided"],
+                         r["trust"]]))
     lines.append("")
   return "\n".join(lines)
 
 
 def _system_details(name: str, s: dict[str, Any]) -> list[str]:
-  lines = [f"## {name}", "", f"model `{s['model']}`, stage `{s['stage']}`, decoding `{s['decoding']}`, "
-           f"prompts `{s['prompt_style']}`", ""]
+  lines = [f"## {cell(name)}", "", f"model `{cell(s['model'])}`, stage `{cell(s['stage'])}`, decoding "
+           f"`{cell(s['decoding'])}`, prompts `{cell(s['prompt_style'])}`", ""]
   safety = s.get("safety")
   if safety:
     judges = list(next(iter(safety["benchmarks"].values()))["judges"])
     lines += ["ASR % [95% CI] per benchmark and judge (primary judge first):", "",
-              "| benchmark | n | " + " | ".join(judges) + " |", "|---|---|" + "---|" * len(judges)]
+              _row(["benchmark", "n", *judges]), "|---|---|" + "---|" * len(judges)]
     for bench, b in safety["benchmarks"].items():
-      cells = [_pct(b["judges"][j]["overall"]) for j in judges]
-      lines.append(f"| {bench} | {b['n']} | " + " | ".join(cells) + " |")
-    lines.append(f"| pooled | {safety['pooled']['n'] if safety['pooled'] else 0} | {_pct(safety['pooled'])} |"
-                 + " |" * (len(judges) - 1))
+      lines.append(_row([bench, b["n"], *(_pct(b["judges"][j]["overall"]) for j in judges)]))
+    lines.append(_row(["pooled", safety["pooled"]["n"] if safety["pooled"] else 0, _pct(safety["pooled"]),
+                       *[""] * (len(judges) - 1)]))
     lines.append("")
     for bench, b in safety["benchmarks"].items():
       per_category = b["judges"][judges[0]]["per_category"]
       if per_category:
-        lines += [f"{bench} ASR % per category ({judges[0]}):", "", "| category | n | ASR % [95% CI] |",
+        lines += [f"{cell(bench)} ASR % per category ({cell(judges[0])}):", "", "| category | n | ASR % [95% CI] |",
                   "|---|---|---|"]
-        lines += [f"| {c} | {p['n']} | {_pct(p)} |" for c, p in per_category.items()]
+        lines += [_row([c, p["n"], _pct(p)]) for c, p in per_category.items()]
         lines.append("")
   refusal = s.get("over_refusal")
   if refusal:
     lines += ["Over-refusal % [95% CI] on benign prompts:", "", "| benchmark | judge | n | refused % |", "|---|---|---|---|"]
     for bench, b in refusal["benchmarks"].items():
-      lines.append(f"| {bench} | {b['judge']} | {b['overall']['n'] if b['overall'] else 0} | {_pct(b['overall'])} |")
+      lines.append(_row([bench, b["judge"], b["overall"]["n"] if b["overall"] else 0, _pct(b["overall"])]))
     lines.append("")
   capability = s.get("capability")
   if capability:
@@ -126,7 +138,7 @@ def _system_details(name: str, s: dict[str, Any]) -> list[str]:
       if task == "average":
         continue
       norm = f"{100 * r['acc_norm']:.1f}" if "acc_norm" in r else "-"
-      lines.append(f"| {task} | {r['n']} | {100 * r['acc']:.1f} | {norm} | {100 * r['chance']:.1f} |")
+      lines.append(_row([task, r["n"], f"{100 * r['acc']:.1f}", norm, f"{100 * r['chance']:.1f}"]))
     avg = capability.get("average")
     if avg:
       lines.append(f"| average | | {100 * avg['acc']:.1f} | | {100 * avg['chance']:.1f} |")

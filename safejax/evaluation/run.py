@@ -24,6 +24,13 @@ model's reply (for completion-style prompts, the text after the compliant openin
 Out folder: results.json, report.md, safety.png, capability.png, judge_agreement.png (how far
 each configured judge agrees with human labels) and generations/<system>/<benchmark>.jsonl
 (prompt, response and every verdict, to audit judges).
+
+Any CSV or JSONL file of prompts is a benchmark too, named and described in gin (`PromptFile`),
+no Python needed; e.g. a StrongREJECT-style file:
+
+    safejax eval --gin_file=runs/eval.gin --gin.CHECKPOINTS="{'raw': '/tmp/raw'}" --gin.OUT_DIR="'/tmp/r'" \
+      --gin.evaluate.prompt_files="{'strongreject': {'path': 'strongreject.csv', \
+                                     'prompt_column': 'forbidden_prompt', 'category_column': 'category'}}"
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +54,7 @@ from safejax.evaluation import judge_validation
 from safejax.evaluation import judges as judges_lib
 from safejax import stats
 from safejax.evaluation import metrics, prompting, report
-from safejax.evaluation.prompt_sets import Benchmark, load_benchmark, subsample
+from safejax.evaluation.prompt_sets import Benchmark, load_benchmark, load_table, subsample
 from safejax.evaluation.tag_detector import load_labelled_texts
 
 GenerateFn = Callable[[list[str]], list[str]]
@@ -130,6 +137,70 @@ def _judge_benchmark(
   return verdicts, seconds
 
 
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class PromptFile:
+  """A benchmark from any CSV or JSONL file (optionally .gz) of prompts, by its column names.
+
+  Attributes:
+    path: the file; a relative path is relative to the working directory.
+    prompt_column: the request text (StrongREJECT: "forbidden_prompt").
+    category_column: a harm category per row, for per-category ASR (optional).
+    harmful_column: a per-row flag (true/false, 1/0, yes/no, harmful/unsafe, benign/safe); its
+      harmful rows are measured for ASR and its benign ones for over-refusal (as "<name>_benign").
+      None: every row is `is_harmful`.
+    is_harmful: what every row is without a harmful_column.
+    id_column: unique ids (None: numbered rows).
+    target_column: the opening of a compliant answer, for completion-style prompts (optional).
+  Rows that cannot become prompts (empty, duplicate id, a reserved token string) are set aside
+  and counted in results.json's "data", as for the built-in benchmarks.
+  """
+
+  path: str
+  prompt_column: str
+  category_column: str | None = None
+  harmful_column: str | None = None
+  is_harmful: bool = True
+  id_column: str | None = None
+  target_column: str | None = None
+
+  @classmethod
+  def from_spec(cls, spec: "PromptFile | Mapping[str, Any]") -> "PromptFile":
+    """A PromptFile, or one from a dict of its fields (a gin literal); unknown keys are an error."""
+    if isinstance(spec, PromptFile):
+      return spec
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if not isinstance(spec, Mapping) or set(spec) - fields or not {"path", "prompt_column"} <= set(spec):
+      raise ValueError(f"a prompt file spec is a dict with 'path' and 'prompt_column' and optionally "
+                       f"{sorted(fields - {'path', 'prompt_column'})}, got {spec!r}")
+    return cls(**spec)
+
+  def load(self, name: str) -> Benchmark:
+    if not Path(self.path).is_file():
+      raise FileNotFoundError(f"prompt file {name!r}: {self.path} does not exist")
+    return load_table(self.path, name=name, prompt_column=self.prompt_column, id_column=self.id_column,
+                      category_column=self.category_column, target_column=self.target_column,
+                      harmful_column=self.harmful_column, is_harmful=self.is_harmful)
+
+
+def load_prompt_files(prompt_files: Mapping[str, PromptFile | Mapping[str, Any]]
+                      ) -> tuple[dict[str, Benchmark], dict[str, Benchmark], dict[str, Any]]:
+  """(harmful sets, benign sets, counts) from `PromptFile` specs by name; a file's benign rows
+  form the benign set "<name>_benign"."""
+  harmful, benign, counts = {}, {}, {}
+  for name, spec in prompt_files.items():
+    whole = PromptFile.from_spec(spec).load(name)
+    counts[name] = whole.counts()
+    parts = {name: [r for r in whole.records if r.is_harmful], f"{name}_benign": [r for r in whole.records
+                                                                                   if not r.is_harmful]}
+    if not any(parts.values()):
+      raise ValueError(f"prompt file {name!r} ({spec!r}) yields no prompts: {counts[name]}")
+    for part, records in parts.items():
+      if records:
+        (harmful if part == name else benign)[part] = Benchmark(part, records)
+  return harmful, benign, counts
+
+
 @gin.configurable(denylist=["systems"])
 def evaluate(
     systems: Sequence[System],
@@ -137,6 +208,7 @@ def evaluate(
     data_dir: str | None = None,
     safety_benchmarks: Sequence[str] = ("advbench", "harmbench", "jbb_harmful"),
     over_refusal_benchmarks: Sequence[str] = ("xstest_safe", "jbb_benign"),
+    prompt_files: Mapping[str, PromptFile | Mapping[str, Any]] | None = None,
     capability_tasks: Sequence[str] = tuple(capability_lib.TASKS),
     n_per_set: int | None = None,
     n_per_task: int | None = None,
@@ -170,6 +242,8 @@ def evaluate(
       (absolute paths), the "keyword:builtin" judge, and no judge validation.
     safety_benchmarks: harmful benchmarks for ASR (names of `benchmarks.BENCHMARKS`).
     over_refusal_benchmarks: benign benchmarks for over-refusal.
+    prompt_files: more benchmarks from files, {name: `PromptFile` or a dict of its fields}; their
+      harmful rows join the safety benchmarks, their benign rows the over-refusal ones.
     capability_tasks: names of `capability.TASKS`.
     n_per_set, n_per_task: seeded subsample sizes for prompts and capability items (None: all).
     seed: the subsampling seed.
@@ -196,7 +270,10 @@ def evaluate(
       (`judge_validation`, needs them under data_dir; an LLM judge makes ~3,350 requests) and put
       the agreement table and judge_agreement.png into the report.
   """
-  config = {k: v for k, v in locals().items() if k not in ("systems", "llm_judge_backend", "judges", "refusal_judge")}
+  config = {k: v for k, v in locals().items()
+            if k not in ("systems", "llm_judge_backend", "prompt_files", "judges", "refusal_judge")}
+  config["prompt_files"] = {name: dataclasses.asdict(PromptFile.from_spec(spec))
+                            for name, spec in (prompt_files or {}).items()}
   config["llm_judge_backend"] = repr(llm_judge_backend) if llm_judge_backend is not None else None
   name_of = lambda judge: judge if isinstance(judge, str) else judge.name  # noqa: E731
   config["judges"], config["refusal_judge"] = [name_of(j) for j in judges], name_of(refusal_judge)
@@ -225,19 +302,22 @@ def evaluate(
 
   data_counts: dict[str, Any] = {}
 
-  def load(names: Sequence[str]) -> dict[str, Benchmark]:
+  def load(names: Sequence[str], given: Mapping[str, Benchmark]) -> dict[str, Benchmark]:
     loaded = {}
-    for name in names:
-      benchmark = load_benchmark(name, data)
-      counts = benchmark.counts()
+    for name in [*names, *given]:
+      benchmark = given[name] if name in given else load_benchmark(name, data)
+      counts = data_counts.setdefault(name, benchmark.counts())
       benchmark.records = subsample(benchmark.records, n_per_set, seed)
       counts["evaluated"] = len(benchmark.records)
-      data_counts[name] = counts
       loaded[name] = benchmark
     return loaded
 
-  harmful_sets = load(safety_benchmarks) if any(s.generate for s in systems) else {}
-  benign_sets = load(over_refusal_benchmarks) if any(s.generate for s in systems) else {}
+  harmful_sets, benign_sets = {}, {}
+  if any(s.generate for s in systems):
+    file_harmful, file_benign, file_counts = load_prompt_files(prompt_files or {})
+    data_counts.update(file_counts)  # whole-file counts; "evaluated" per part below
+    harmful_sets = load(safety_benchmarks, file_harmful)
+    benign_sets = load(over_refusal_benchmarks, file_benign)
   perplexity_texts = tag_texts = tag_labels = None
   if perplexity_file is not None:
     perplexity_texts = subsample(capability_lib.load_texts(resolve(perplexity_file), perplexity_field),

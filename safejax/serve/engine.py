@@ -43,7 +43,7 @@ from flax import nnx
 
 from safejax.decoding import DecodingConfig, generate
 from safejax.model.llama import Decoder
-from safejax.vocab import SafejaxVocabulary
+from safejax.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +57,24 @@ def bucket(n: int, minimum: int = 1, maximum: int | None = None) -> int:
   return size if maximum is None else min(size, maximum)
 
 
-def _piece_bytes(vocab: SafejaxVocabulary, token: int) -> bytes:
-  """The bytes one id stands for, its word-boundary mark as a space; b"" for reserved ids."""
-  processor = vocab.tokenizer
-  if token in vocab.special_ids.values() or not 0 <= token < processor.get_piece_size():
-    return b""
-  if processor.is_byte(token):
-    return bytes([int(processor.id_to_piece(token)[3:5], 16)])  # byte pieces look like <0xE2>
-  return processor.id_to_piece(token).replace("\u2581", " ").encode("utf-8")
-
-
-def piece_text(vocab: SafejaxVocabulary, token: int) -> str:
+def piece_text(vocab: Vocabulary, token: int) -> str:
   """The text of one id on its own ("" for reserved ids, U+FFFD for a lone partial byte)."""
-  return _piece_bytes(vocab, token).decode("utf-8", errors="replace")
+  return vocab.piece_bytes(token).decode("utf-8", errors="replace")
 
 
-def token_texts(vocab: SafejaxVocabulary, ids: Sequence[int]) -> list[str]:
+def token_texts(vocab: Vocabulary, ids: Sequence[int]) -> list[str]:
   """The text each id adds when `ids` is detokenized; reserved ids (harm tag, markers) add "".
 
   "".join(token_texts(vocab, ids)) == vocab.decode_without_specials(ids) for ids without EOS.
-  SentencePiece drops the word-boundary space of the sequence's first piece (its dummy prefix);
-  byte-fallback pieces add their character at the piece that completes it.
+  SentencePiece drops the word-boundary space of the sequence's first piece (its dummy prefix;
+  byte-level BPE keeps it); pieces of a multi-byte character add it at the piece that completes it.
   """
   decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
   texts, at_start = [], True
   for position, token in enumerate(ids):
-    data = _piece_bytes(vocab, token)
+    data = vocab.piece_bytes(token)
     if at_start and data:
-      data, at_start = data.removeprefix(b" "), False
+      data, at_start = data.removeprefix(b" ") if vocab.adds_dummy_prefix else data, False
     texts.append(decoder.decode(data, final=position == len(ids) - 1))
   return texts
 
@@ -155,7 +145,7 @@ def _token_scorer(graphdef: nnx.GraphDef):
 class Engine:
   """A model behind a request queue: `submit_generate` and `submit_score` return futures."""
 
-  def __init__(self, model: Decoder, vocab: SafejaxVocabulary, *, max_batch_size: int = 16,
+  def __init__(self, model: Decoder, vocab: Vocabulary, *, max_batch_size: int = 16,
                batch_window_s: float = 0.005):
     if max_batch_size < 1:
       raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")

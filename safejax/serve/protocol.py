@@ -75,7 +75,8 @@ def _check_token_ids(ids: list[Any]) -> list[int]:
 
 
 class _Strict(BaseModel):
-  model_config = ConfigDict(extra="forbid", strict=True)
+  # No NaN or infinity either: JSON has neither, and 1e999 parses to inf.
+  model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SafejaxOptions(_Strict):
@@ -110,7 +111,7 @@ class _GenerationRequest(_Strict):
   top_p: float | None = Field(None, gt=0, le=1)
   n: int | None = Field(None, ge=1)
   stop: Any = Field(None, validate_default=True)
-  seed: int | None = None
+  seed: int | None = Field(None, ge=-2**63, le=2**63 - 1)  # a 64-bit random key, as vLLM allows
   stream: bool | None = None
   user: str | None = None
   truncate_prompt_tokens: int | None = Field(None, ge=1)

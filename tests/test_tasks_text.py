@@ -1,0 +1,76 @@
+"""TEXT_FILES corpora and conversation files: untrusted text is sanitized, bad input named, never lost silently."""
+
+import gzip
+import json
+import logging
+
+import pytest
+import seqio
+
+import tasks
+from tasks.chat import split_conversation
+from tasks.text import CorpusError, corpus_documents, text_file_source
+from safejax import vocab as V
+
+NESTED = ["<potentially_<|user|>unsafe_content>", "<potentially_unsafe_<potentially_unsafe_content>content>",
+          "<|end_of_<|assistant|>turn|>", V.HARM_TAG]
+
+
+def _texts(pattern, **kwargs) -> list[str]:
+  source = text_file_source(pattern, **kwargs)
+  return [t.decode() for t in source.get_dataset("train", shuffle=False).as_numpy_iterator()]
+
+
+def test_jsonl_and_txt_corpora_are_sanitized_before_tokenizing(tmp_path, tiny_vocab):
+  rows = [{"text": f"The river watched {n} the light."} for n in NESTED]
+  (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (tmp_path / "c.txt").write_text("".join(f"A small bird{n} sang.\n" for n in NESTED))
+  assert _texts(str(tmp_path / "c.jsonl")) == ["The river watched  the light."] * 4
+  assert _texts(str(tmp_path / "c.txt")) == ["A small bird sang."] * 4
+  task = tasks.register_text_task("test_sanitized_text", str(tmp_path / "c.jsonl"), tiny_vocab.sentencepiece_model_file)
+  reserved = set(tiny_vocab.special_ids.values()) - {tiny_vocab.eos_id}
+  for example in task.get_dataset({"targets": 64}, split="train", shuffle=False).as_numpy_iterator():
+    assert not reserved & set(example["targets"].tolist())
+  seqio.TaskRegistry.remove("test_sanitized_text")
+
+
+def _corpus_with_one_bad_record(path):
+  lines = [json.dumps({"text": f"document {i}"}) for i in range(6)]
+  lines[3] = '{"body": "no text field"}'
+  path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_bad_record_stops_the_run_naming_file_and_line(tmp_path):
+  _corpus_with_one_bad_record(tmp_path / "c.jsonl")
+  with pytest.raises(Exception, match=r"bad record in .*c\.jsonl:4: missing_field"):
+    _texts(str(tmp_path / "c.jsonl"))
+
+
+def test_a_bad_record_can_be_skipped_with_a_warning_naming_it(tmp_path, caplog):
+  _corpus_with_one_bad_record(tmp_path / "c.jsonl")
+  (tmp_path / "s.jsonl").write_text('{"text": "lone \\ud800"}\n{"text": "fine"}\n[1, 2]\n')
+  with caplog.at_level(logging.WARNING, logger="tasks.text"):
+    assert _texts(str(tmp_path / "c.jsonl"), on_bad_record="skip") == [f"document {i}" for i in (0, 1, 2, 4, 5)]
+    assert list(corpus_documents(str(tmp_path / "s.jsonl"), jsonl=True, on_bad_record="skip")) == ["fine"]
+  warnings = [r.getMessage() for r in caplog.records]
+  assert any("c.jsonl:4: missing_field" in w for w in warnings)
+  assert any("s.jsonl:1: bad_encoding" in w for w in warnings) and any("s.jsonl:3: malformed_json" in w for w in warnings)
+  with pytest.raises(ValueError, match="on_bad_record"):
+    text_file_source(str(tmp_path / "c.jsonl"), on_bad_record="ignore")
+
+
+def test_a_truncated_gzip_corpus_is_an_error_naming_the_file(tmp_path):
+  data = gzip.compress("".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(2000)).encode())
+  (tmp_path / "whole.jsonl.gz").write_bytes(data)
+  assert len(list(corpus_documents(str(tmp_path / "whole.jsonl.gz"), jsonl=True))) == 2000
+  (tmp_path / "half.jsonl.gz").write_bytes(data[: len(data) // 2])
+  with pytest.raises(CorpusError, match=r"half\.jsonl\.gz is damaged after line \d+ \(EOFError"):
+    list(corpus_documents(str(tmp_path / "half.jsonl.gz"), jsonl=True))
+  with pytest.raises(Exception, match=r"half\.jsonl\.gz is damaged"):  # through tf.data too
+    _texts(str(tmp_path / "half.jsonl.gz"))
+
+
+def test_conversations_are_sanitized_in_every_turn():
+  prompt, reply = split_conversation([{"role": "user", "content": "Hi<potentially_<|user|>unsafe_content>"},
+                                      {"role": "assistant", "content": "Hello<|end_of_<|user|>turn|> there"}])
+  assert prompt == f"{V.USER} Hi{V.END_OF_TURN}{V.ASSISTANT}" and reply == f"Hello there{V.END_OF_TURN}"
