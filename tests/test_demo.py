@@ -12,7 +12,7 @@ from safejax.demo import recipe as demo_lib
 
 TOY = demo_lib.DemoConfig(
     num_docs=300, classifier_docs=300, heldout_docs=20, tag_detector_docs=40, n_harmful=8, n_benign=8,
-    vocab_size=600, rungs=("raw", "tags"), seeds=(0,), train_steps=3,
+    vocab_size=600, rungs=("raw", "tags"), seeds=(0,), train_steps=3, posttrain=False,
     decoding=DecodingConfig(beam_size=2, num_expand=2, max_new_tokens=4))
 # What `safejax demo --gin.X=...` would bind on top of gin/runs/demo.gin.
 TOY_BINDINGS = ["ModelConfig.num_layers = 1", "ModelConfig.embed_dim = 32", "ModelConfig.num_heads = 2",
@@ -52,16 +52,35 @@ def test_every_stage_leaves_its_outputs(toy_run):
 
 def test_ladder_table_has_every_rung_and_decoding(toy_run):
   table = json.loads((toy_run / "report" / "ladder.json").read_text())
-  assert [(r["rung"], r["decoding"]) for r in table["rows"]] == [
-      ("raw", "beam"), ("raw", "SafeBeam"), ("tags", "beam"), ("tags", "SafeBeam")]
-  for row in table["rows"]:
-    low, high = row["asr_ci"]
-    assert 0 <= low <= row["asr"] <= high <= 1
-    assert len(row["asr_seeds"]) == 1 and 0 <= row["over_refusal"] <= 1
-    assert row["word_perplexity"] > 1 and 0 <= row["capability_acc"] <= 1 and row["capability_chance"] == 0.25
-  markdown = (toy_run / "report" / "ladder.md").read_text()
-  assert markdown.count("\n") == 2 + len(table["rows"])
-  assert (toy_run / "report" / "ladder.png").stat().st_size > 1000
+  assert table["primary"] == "compliance" and table["judges"] == ["compliance", "leak"]
+  assert table["stages"] == ["base"]
+  rows = table["tables"]["compliance"]["base"]
+  assert [r["system"] for r in rows] == ["raw/beam", "raw/SafeBeam", "raw/placebo",
+                                         "tags/beam", "tags/SafeBeam", "tags/placebo", "tags/threshold"]
+  for row in rows:
+    assert len(row["values"]) == 1 and 0 <= row["mean"] <= 1  # one seed: per-seed value, no interval
+  assert set(table["tables"]) >= {"compliance", "leak", "over_refusal", "tag_auroc", "oov_share"}
+  assert {c["status"] for c in table["claims"]} <= {"holds", "does not hold", "inconclusive", "not run"}
+  assert (toy_run / "report" / "ladder.png").stat().st_size > 5_000
+  assert "| claim | verdict |" in (toy_run / "report" / "claims.md").read_text()
+
+
+def test_the_threshold_variant_is_chosen_on_validation_prompts(toy_run):
+  chosen = json.loads((toy_run / "evaluate" / "tags-s0" / "threshold.json").read_text())
+  grid = demo_lib.DemoConfig().threshold_grid
+  assert chosen["tau"] in grid and [c[0] for c in chosen["candidates"]] == list(grid)
+  assert all(0 <= rate <= 1 for _, rate, _ in chosen["candidates"])
+  results = json.loads((toy_run / "evaluate" / "tags-s0" / "results.json").read_text())
+  assert "tags-s0/threshold" in results["systems"] and not (toy_run / "evaluate" / "raw-s0" / "threshold.json").exists()
+
+
+def test_the_routing_classifier_never_judges_and_the_world_judges_are_validated(toy_run):
+  results = json.loads((toy_run / "evaluate" / "raw-s0" / "results.json").read_text())
+  assert results["config"]["judges"] == ["compliance", "leak"] and results["config"]["classifier_path"] is None
+  evaluated = json.loads((toy_run / "evaluate" / demo_lib.DONE).read_text())["summary"]
+  validation = evaluated["judge_validation"]
+  assert validation["compliance"]["kappa"] > 0.9 and validation["leak"]["kappa"] == 1.0
+  assert 0 < validation["refusal (over-refusal's judge)"]["kappa"] < 1
 
 
 def test_rerun_resumes_finished_stages(toy_run, monkeypatch):
@@ -131,6 +150,20 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
     assert results["systems"][f"tags-s0{suffix}/SafeBeam"]["prompt_style"] == "chat"
   assert (tmp_path / "sft_data" / "instruct.jsonl").stat().st_size > 0
   table = json.loads((tmp_path / "report" / "ladder.json").read_text())
-  for row in table["rows"]:
-    assert 0 <= row["asr_instruct"] <= 1 and 0 <= row["asr_benign_ft"] <= 1
-  assert "ASR after benign fine-tuning" in (tmp_path / "report" / "ladder.md").read_text()
+  assert table["stages"] == ["base", "instruct", "benign_ft"]
+  for stage in table["stages"]:
+    systems = ["tags/beam", "tags/SafeBeam", "tags/placebo"] + (["tags/threshold"] if stage == "benign_ft" else [])
+    assert [r["system"] for r in table["tables"]["compliance"][stage]] == systems
+  assert "compliance at benign_ft" in (tmp_path / "report" / "ladder.md").read_text()
+
+
+def test_the_pipelines_sentence_rater_pickles_as_a_path(toy_run):
+  import pickle
+
+  from safejax.safety import load_scorer
+
+  scorer_dir = json.loads((toy_run / "classifier" / demo_lib.DONE).read_text())["summary"]["scorer"]
+  rater = demo_lib.ScorerFromPath(scorer_dir)
+  assert len(pickle.dumps(rater)) < 1_000  # Beam ships it with every bundle
+  texts = ["A calm walk by the river.", "Another sentence about the festival."]
+  assert list(pickle.loads(pickle.dumps(rater)).score(texts)) == list(load_scorer(scorer_dir).score(texts))

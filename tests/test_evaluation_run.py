@@ -108,6 +108,28 @@ def test_evaluate_writes_the_report(tmp_path, data_dir):
   assert "## raw/safebeam" in (out / "report.md").read_text()
 
 
+def test_evaluate_takes_judge_objects(tmp_path, data_dir):
+  """Judges that are not spec strings (the demo world's) are used as given and named in the config."""
+  from safejax.evaluation.judges import JudgeVerdict
+
+  class Polite:
+    name = "polite"
+
+    def __call__(self, prompts, responses):
+      return [JudgeVerdict(harmful=r.startswith("Sure"), refused=r.startswith("I cannot"), reason="") for r in responses]
+
+  results = evaluate([System("m/beam", generate=refuse_insults, decoding="beam")], out_dir=str(tmp_path / "r"),
+                     data_dir=str(data_dir), safety_benchmarks=("advbench",), over_refusal_benchmarks=("jbb_benign",),
+                     capability_tasks=(), judges=(Polite(),), refusal_judge=Polite(), perplexity_file=None,
+                     validate_judges=False)
+  assert results["config"]["judges"] == ["polite"] and results["config"]["refusal_judge"] == "polite"
+  system = results["systems"]["m/beam"]
+  assert system["safety"]["primary_judge"] == "polite" and system["safety"]["pooled"]["k"] == 2  # 1 of 3 refused
+  assert system["over_refusal"]["pooled"]["k"] == 0
+  saved = json.loads((tmp_path / "r" / "results.json").read_text())
+  assert saved["config"]["judges"] == ["polite"]
+
+
 def test_system_labels_must_be_unique(tmp_path, data_dir):
   with pytest.raises(ValueError, match="unique"):
     evaluate([System("a"), System("a")], out_dir=str(tmp_path), data_dir=str(data_dir))

@@ -176,3 +176,49 @@ def test_sibling_lookahead_equals_one_history_per_candidate():
     np.testing.assert_array_equal(getattr(siblings, field), getattr(separate, field))
   np.testing.assert_allclose(siblings.scores, separate.scores, rtol=1e-5)
   assert siblings.tag_stopped.any() and siblings.finished.any()
+
+
+def _candidates(log_probs):
+  log_probs = jnp.asarray(log_probs, jnp.float32)
+  return decoding.Candidates(tokens=jnp.zeros(log_probs.shape, jnp.int32), parents=jnp.zeros(log_probs.shape, jnp.int32),
+                             log_probs=log_probs)
+
+
+def test_random_drop_filter_drops_the_same_share_at_random():
+  log_probs = np.zeros((64, 12), np.float32)
+  log_probs[:, 3] = -np.inf  # one invalid candidate per row: 11 valid, floor(5.5) = 5 dropped
+  placebo = decoding.RandomDropFilter(0.5, seed=7)
+  keep = np.asarray(placebo(jnp.int32(0), _candidates(log_probs)))
+  assert (keep.sum(-1) == 6).all() and not keep[:, 3].any()
+  # Which ones go differs between rows and steps and is the same for the same (seed, step).
+  assert len({tuple(row) for row in keep}) > 20
+  assert (np.asarray(placebo(jnp.int32(1), _candidates(log_probs))) != keep).any()
+  np.testing.assert_array_equal(np.asarray(placebo(jnp.int32(0), _candidates(log_probs))), keep)
+  # Each valid candidate is dropped about half the time whatever its position (not by rank or risk).
+  drop_rate = 1 - keep[:, [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]].mean(0)
+  assert np.all(np.abs(drop_rate - 5 / 11) < 0.2)
+  assert np.asarray(decoding.RandomDropFilter(0.0)(jnp.int32(0), _candidates(log_probs))).sum() == 64 * 11
+  with pytest.raises(ValueError, match="drop_fraction"):
+    decoding.RandomDropFilter(1.5)
+
+
+def test_placebo_safebeam_keeps_as_many_candidates_as_safebeam_but_not_the_safest():
+  # With the tag rule the riskiest go (see above); the placebo keeps the same number, and over
+  # seeds it sometimes keeps the riskiest candidate 6, which SafeBeam never does.
+  picks = set()
+  for seed in range(8):
+    result = run_safebeam(RISKY_SECOND_STEP, [[5]], max_new_tokens=1, drop_fraction=0.0,
+                          candidate_filter=decoding.RandomDropFilter(0.5, seed))
+    picks.update(np.asarray(result.tokens[0, :, 0]).tolist())
+  assert 6 in picks and len(picks) > 2
+
+
+def test_decoding_config_placebo_options():
+  config = decoding.DecodingConfig(method="safebeam", drop_fraction=0.5, candidate_rule="random", seed=3)
+  options = config.generate_options(tag_id=TAG)
+  assert options["drop_fraction"] == 0.0 and options["candidate_filter"] == decoding.RandomDropFilter(0.5, 3)
+  assert "candidate_filter" not in decoding.DecodingConfig(method="safebeam").generate_options(TAG)
+  with pytest.raises(ValueError, match="candidate_rule"):
+    decoding.DecodingConfig(method="safebeam", candidate_rule="coin")
+  with pytest.raises(ValueError, match="threshold"):
+    decoding.DecodingConfig(method="safebeam", candidate_rule="random", tag_threshold=0.1)

@@ -1,24 +1,42 @@
-"""`TemplateBackend` and its text: safe, fluent, non-operational writing that keeps a document's topic.
+"""`TemplateBackend` and its text: safe, fluent, non-operational writing that keeps a document's content.
 
-The offline stand-in for an LLM in the demo and the tests. It never copies a word of the document
-it replaces except a title that carries no harm term: the topic comes from that title and from the
-document's harm categories (the rubric's indicative terms, `detect_categories`), each of which has
-a gentle theme, the principle at stake, why a request for it is declined and a constructive
-alternative. Sentences are drawn from pools per style and slot with the request's seed, so the
-same request always gives the same text and different documents read differently.
+The offline stand-in for an LLM in the demo and the tests. It transforms the document it is given:
 
-Nothing here describes how to do anything harmful, and the pools avoid the rubric's indicative
-terms altogether (a test checks it), so template text adds no harmful-term hits to the report card.
+  rephrase         keeps the document's sentences rated 0 (safe on their own) and frames them in one
+                   of the paper's seven styles; sentences rated above 0 are dropped and replaced by a
+                   remark on why their subject is sensitive. A document with no safe sentence is
+                   retold from its topic alone.
+  refuseweb        a "User: ... / Assistant: ..." dialogue where the user asks the document's own
+                   request (its question, where it has one) and the assistant declines, names the
+                   document's topic, says why and offers a safe alternative.
+  moral_education  a markdown article on the principle at stake, discussing that topic.
 
-Each task function maps (request fields, numpy Generator) -> text:
-  rephrase         fields: style, title, categories
-  refuseweb        fields: title, categories; a "User: ... / Assistant: ..." dialogue
-  moral_education  fields: title, categories; a markdown article
+Which sentences are safe is decided by a sentence rater outside this module (the backend passes
+`sentences` and `sentence_scores` in the fields: the routing scorer where one is configured, else
+`lexical_scores`). The topic is the document's most frequent proper-noun phrase in its unsafe
+sentences (`document_topic`); the harm categories come from the rubric's indicative terms
+(`detect_categories`), each with a gentle theme, the principle at stake, why a request is declined
+and a constructive alternative. Sentences are drawn from pools per style and slot with the request's
+seed, so the same request always gives the same text.
+
+The pools hold no instructions and none of the rubric's indicative terms (a test checks it); the
+only document text in an output is a sentence rated 0, the document's own request (in a refusal)
+and its topic's name.
+
+Each task function maps (request fields, numpy Generator) -> text; fields:
+  rephrase         style, title, categories, [text, sentences, sentence_scores]
+  refuseweb        title, categories, [text, sentences, sentence_scores]
+  moral_education  title, categories, [text (the dialogue), sentences, sentence_scores]
+
+`near_duplicate_share` and `content_survival` measure what the generators write (5-gram Jaccard
+near-duplicates within a stream; named entities and numbers that survive a rewrite).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +46,7 @@ import numpy as np
 from safejax.backends.base import Generation, GenerationRequest
 from safejax.safety.rubric import category_term_hits
 
-TEMPLATE_VERSION = "safejax-templates-1"
+TEMPLATE_VERSION = "safejax-templates-2"
 
 # The paper's seven rephrasing styles: name -> description (also used in LLM prompts).
 STYLES: dict[str, str] = {
@@ -217,6 +235,142 @@ def _profile(fields: Mapping[str, Any]) -> _Profile:
   return _DEFAULT_PROFILE
 
 
+# ---------------------------------------------------------------------------------------------
+# Sentences, topics and how much of a document survives
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_SPEAKER = re.compile(r"^\s*(?:[A-Za-z0-9_]{1,20}(?: asked)?|Q|A):\s+")
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'-]*")
+_STOP = frozenset("""a an the and or but if of to in on at by for with from as is are was were be been it its this
+that these those i you he she we they my your our their me him her us them not no so do does did just than then
+there here what who how why when where which""".split())
+
+
+_ABBREVIATIONS = re.compile(r"(?:^|\s)(?:Dr|Mr|Mrs|Ms|Prof|St|Mt|No|vs|etc|e\.g|i\.e|[A-Z])\.$")
+
+
+def split_sentences(text: str) -> list[str]:
+  """A document's sentences: paragraphs and lines first, then sentence ends (. ! ? before a capital
+  or a digit), not after common abbreviations ("Dr.", "e.g.") or initials. A regular-expression
+  splitter, good enough for rating sentences one by one."""
+  sentences = []
+  for line in text.splitlines():
+    merged: list[str] = []
+    for piece in _SENTENCE_END.split(line.strip()):
+      piece = piece.strip()
+      if not piece:
+        continue
+      if merged and _ABBREVIATIONS.search(merged[-1]):
+        merged[-1] = f"{merged[-1]} {piece}"
+      else:
+        merged.append(piece)
+    sentences += merged
+  return sentences
+
+
+def lexical_scores(sentences: Sequence[str]) -> list[int]:
+  """A fallback sentence rater: 3 for a sentence with any of the rubric's indicative terms, else 0."""
+  return [3 if any(category_term_hits(s).values()) else 0 for s in sentences]
+
+
+def _strip_speaker(sentence: str) -> str:
+  """Drops a leading speaker label ("Question:", "A:", "river_fox asked:")."""
+  return _SPEAKER.sub("", sentence, count=1)
+
+
+def document_topic(sentences: Sequence[str], min_count: int = 2) -> str | None:
+  """The most frequent proper-noun phrase of `sentences` ("the Drovane bomb"), or None.
+
+  A proper noun is a capitalised word that does not open its sentence (after any speaker label).
+  The phrase grows to the right over words that follow it at least 80 % of the time (at most two),
+  and takes "the" in front when most occurrences have it.
+  """
+  words = [_TOKEN.findall(_strip_speaker(s)) for s in sentences]
+  counts = collections.Counter(w for ws in words for w in ws[1:] if w[:1].isupper() and w.lower() not in _STOP
+                               and not w.isupper())
+  if not counts:
+    return None
+  head, n = counts.most_common(1)[0]
+  if n < min_count:
+    return None
+  phrase = [head]
+  for _ in range(2):
+    following = collections.Counter()
+    total = 0
+    for ws in words:
+      for i in range(len(ws) - len(phrase)):
+        if ws[i:i + len(phrase)] == phrase:
+          total += 1
+          following[ws[i + len(phrase)]] += 1
+    if not following:
+      break
+    word, k = following.most_common(1)[0]
+    if k < 0.8 * total or word.lower() in _STOP:
+      break
+    phrase.append(word)
+  before = sum(1 for ws in words for i in range(1, len(ws)) if ws[i] == head and ws[i - 1].lower() == "the")
+  return ("the " if before >= 0.5 * n else "") + " ".join(phrase)
+
+
+def own_request(sentences: Sequence[str], scores: Sequence[int]) -> str | None:
+  """The document's own question among its unsafe sentences (speaker label dropped), or None."""
+  for sentence, score in zip(sentences, scores):
+    question = _strip_speaker(sentence)
+    if score > 0 and question.endswith("?") and 3 <= len(question.split()) <= 30:
+      return question
+  return None
+
+
+def word_ngrams(text: str, n: int = 5) -> set[tuple[str, ...]]:
+  words = [w.lower() for w in _TOKEN.findall(text)]
+  return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def near_duplicate_share(texts: Sequence[str], n: int = 5, threshold: float = 0.8) -> float:
+  """The share of texts with another text of the list whose word n-gram Jaccard exceeds `threshold`.
+
+  Exact Jaccard, with an inverted index so that only texts sharing n-grams are compared.
+  """
+  if not texts:
+    return 0.0
+  grams = [word_ngrams(t, n) for t in texts]
+  index: dict[tuple[str, ...], list[int]] = collections.defaultdict(list)
+  for i, g in enumerate(grams):
+    for gram in g:
+      index[gram].append(i)
+  duplicated = set()
+  for i, g in enumerate(grams):
+    if i in duplicated or not g:
+      continue
+    shared = collections.Counter(j for gram in g for j in index[gram] if j != i)
+    for j, k in shared.items():
+      if k / (len(g) + len(grams[j]) - k) > threshold:
+        duplicated.update((i, j))
+        break
+  return len(duplicated) / len(texts)
+
+
+_NUMBER = re.compile(r"\b\d[\d,.]*\b")
+
+
+def named_entities(text: str) -> set[str]:
+  """Proper-noun words (capitalised, not opening a sentence, not a stop word): a proxy for named
+  entities where no NER model is at hand."""
+  out = set()
+  for sentence in split_sentences(text):
+    ws = _TOKEN.findall(_strip_speaker(sentence))
+    out.update(w for w in ws[1:] if w[:1].isupper() and w.lower() not in _STOP)
+  return out
+
+
+def content_survival(original: str, rewritten: str) -> dict[str, int]:
+  """How many of the original's named entities (`named_entities`) and numbers occur in the rewrite."""
+  entities, numbers = named_entities(original), set(_NUMBER.findall(original))
+  words = set(_TOKEN.findall(rewritten))
+  return {"entities": len(entities), "entities_kept": sum(e in words for e in entities),
+          "numbers": len(numbers), "numbers_kept": sum(x in rewritten for x in numbers)}
+
+
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
   return options[int(rng.integers(len(options)))]
 
@@ -227,7 +381,7 @@ def _sample(rng: np.random.Generator, options: Sequence[str], k: int) -> list[st
 
 def _fill(template: str, slots: Mapping[str, str]) -> str:
   text = template.format(**slots)
-  return text[0].upper() + text[1:]
+  return text[:1].upper() + text[1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,30 +473,71 @@ _STYLE_TEXT: dict[str, dict[str, Sequence[str]]] = {
     },
 }
 
+_SENSITIVE = (
+    "The original also touched on {theme}; we leave those details out and talk about why they matter instead.",
+    "Some parts of the original were about {theme}, and those parts are not repeated here, because they could "
+    "upset or mislead someone.",
+    "We skip the parts about {theme}. It is a subject where details can hurt people, so it deserves care.",
+    "Part of the story was about {theme}. Instead of repeating it, it is worth asking who could be affected.",
+)
+_LINKS = ("Here is something worth knowing.", "Another thing the original tells us:", "There is more.",
+          "Here is a detail I liked.", "And one more fact.", "This part is interesting too.")
+
+
+def _kept(fields: Mapping[str, Any]) -> tuple[list[str], int]:
+  """The document's sentences rated 0 (speaker labels dropped) and how many were dropped."""
+  sentences, scores = fields.get("sentences") or [], fields.get("sentence_scores") or []
+  if len(sentences) != len(scores):
+    raise ValueError(f"{len(sentences)} sentences but {len(scores)} sentence scores")
+  kept = [_strip_speaker(x) for x, score in zip(sentences, scores) if score == 0]
+  return [k for k in kept if len(k.split()) >= 2], sum(score > 0 for score in scores)
+
+
+def _chunks(items: Sequence[str], rng: np.random.Generator, low: int = 1, high: int = 3) -> list[list[str]]:
+  out, i = [], 0
+  while i < len(items):
+    n = int(rng.integers(low, high + 1))
+    out.append(list(items[i:i + n]))
+    i += n
+  return out
+
+
 def rephrase(fields: Mapping[str, Any], rng: np.random.Generator) -> str:
-  """The document's topic retold in `fields["style"]`, safe sentence by sentence."""
+  """The document retold in `fields["style"]`: its sentences rated 0, framed; the rest dropped."""
   style = fields["style"]
   if style not in STYLES:
     raise ValueError(f"unknown rephrasing style {style!r}; styles: {sorted(STYLES)}")
   profile = _profile(fields)
-  slots = {"subject": safe_title(fields.get("title")) or profile.theme, "theme": profile.theme}
+  kept, dropped = _kept(fields)
+  subject = safe_title(fields.get("title")) or (document_topic(kept) if kept else None) or profile.theme
+  slots = {"subject": subject, "theme": profile.theme}
   parts = _STYLE_TEXT[style]
-  opening, body = _pick(rng, parts["open"]), _sample(rng, _BODY, 4)
+  opening = _pick(rng, parts["open"])
   closer_index = int(rng.integers(len(parts["close"])))
+  remark = [_pick(rng, _SENSITIVE)] if dropped or not kept else []
+  body = _sample(rng, _BODY, 1 if kept else 4)
+  chunks = _chunks(kept, rng)
   if style not in _SPEAKERS:
-    paragraphs = [opening, *body, parts["close"][closer_index]]
-    paragraphs = [_fill(p, slots) for p in paragraphs]
+    paragraphs = [_fill(opening, slots)]
+    for i, chunk in enumerate(chunks):
+      lead = [_pick(rng, _LINKS)] if i and rng.random() < 0.3 else []
+      paragraphs.append(" ".join(lead + chunk))
+    paragraphs += [_fill(p, slots) for p in remark + body]
+    paragraphs.append(_fill(parts["close"][closer_index], slots))
     if style == "textbook":
-      paragraphs.insert(0, f"# {slots['subject'][0].upper()}{slots['subject'][1:]}")
+      paragraphs.insert(0, f"# {subject[0].upper()}{subject[1:]}")
     return "\n\n".join(paragraphs)
   speakers = _SPEAKERS[style][int(rng.integers(len(_SPEAKERS[style])))]
-  lines = [(0, opening)]
-  for i, sentence in enumerate(body):
-    lines.append((1, sentence))
-    if i < len(body) - 1 and rng.random() < 0.5:
+  lines = [(0, _fill(opening, slots))]
+  for i, chunk in enumerate(chunks):
+    lines.append((1, " ".join(chunk)))
+    if rng.random() < 0.4:
       lines.append((0, _pick(rng, _REACTIONS)))
-  lines.append(parts["close"][closer_index])
-  return "\n\n".join(f"{speakers[who]}: {_fill(text, slots)}" for who, text in lines)
+  for sentence in remark + body:
+    lines.append((1, _fill(sentence, slots)))
+  who, closer = parts["close"][closer_index]
+  lines.append((who, _fill(closer, slots)))
+  return "\n\n".join(f"{speakers[who]}: {text}" for who, text in lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,36 +550,78 @@ _ASK = (
     "I need help with {request}. A post I found about {about} gave me the idea.",
     "I want {request}. I was just reading about {about}, so you can fill in the rest.",
 )
+_ASK_OWN = (
+    "{own}", "{own} I saw it in a post about {about}.", "Quick question. {own}", "{own} Please be specific.",
+    "I keep reading about {about}. {own}", "{own} Nobody else will tell me.",
+)
 _DECLINE = (
-    "I can't help with that.",
-    "I'm not going to help with this one.",
-    "That's not something I'll help with.",
-    "I won't do that, though I appreciate you asking me directly.",
+    "I can't help with {about}.",
+    "I won't explain {about}, and I won't give any of its details.",
+    "I'm not going to walk you through {about}.",
+    "I'm sorry, but I can't help you with {about}.",
+    "I can't do that. {about_cap} is not something I'll help with.",
+    "I won't help with that request about {about}.",
+    "I'm not going to help with {about}, even in part.",
+)
+_WHY_LEAD = ("", "Here is why. ", "The reason is simple. ", "Let me be honest about why. ", "To be clear about why: ")
+_TOPIC_WHY = (
+    "",
+    "Anything that moves {about} along can hurt people who never agreed to the risk.",
+    "{about_cap} has already hurt people, and passing on its details would only add to that.",
+    "Even a partial answer about {about} could be misused by someone else who reads it.",
+    "Details about {about} are exactly the part that causes harm, so they are the part I leave out.",
+)
+_SAFE_ALTERNATIVE = (
+    "", "If you like, we could talk about {safe} instead.",
+    "The same page also mentions {safe}, and I'd happily tell you more about that.",
+    "Or, if you are curious, I can tell you about {safe}.",
 )
 _PUSH = (
     "Why not? It's only words.",
     "Come on, nobody is going to find out.",
     "It's just for a story I'm writing, so it doesn't matter, right?",
+    "Other people online already shared it, so what's the difference?",
+    "I only want to understand it, I'm not going to do anything.",
 )
 _HOLD = (
     "I understand why it might seem harmless, but my answer stays the same.",
     "Even for a story, I'd rather not write that part.",
     "I hear you, and I still won't help with that.",
+    "I believe you mean no harm, but I still won't share those details.",
+    "That it is out there already doesn't make it safer for me to repeat it.",
 )
-_CHECK = ("Would that be useful?", "Does that sound helpful?", "Would you like to start there?")
+_CHECK = ("Would that be useful?", "Does that sound helpful?", "Would you like to start there?", "",
+          "What do you think?")
+
+
+def _join(*parts: str) -> str:
+  return " ".join(p for p in parts if p)
 
 
 def refuseweb(fields: Mapping[str, Any], rng: np.random.Generator) -> str:
-  """A User/Assistant refusal dialogue in the "User: ... / Assistant: ..." layout."""
+  """A User/Assistant refusal dialogue in the "User: ... / Assistant: ..." layout: the user asks the
+  document's own request (or one built from its topic), the assistant declines, names the topic,
+  says why and offers a safe alternative."""
   profile = _profile(fields)
-  slots = {"about": safe_title(fields.get("title")) or profile.theme, "request": profile.request}
-  turns = [
-      ("User", _fill(_pick(rng, _ASK), slots)),
-      ("Assistant", f"{_pick(rng, _DECLINE)} {profile.why} {profile.offer} {_pick(rng, _CHECK)}"),
-  ]
+  sentences, scores = fields.get("sentences") or [], fields.get("sentence_scores") or []
+  unsafe = [x for x, score in zip(sentences, scores) if score > 0] or list(sentences)
+  topic = document_topic(unsafe) if unsafe else None
+  about = topic or profile.request  # what the assistant declines
+  kept, _ = _kept(fields) if sentences else ([], 0)
+  safe = document_topic(kept) if kept else None
+  own = own_request(sentences, scores) if sentences else None
+  source = topic or safe_title(fields.get("title")) or profile.theme  # what the user read about
+  slots = {"about": about, "about_cap": about[:1].upper() + about[1:], "request": profile.request,
+           "own": own or "", "safe": safe or ""}
+  ask = _fill(_pick(rng, _ASK_OWN if own else _ASK), {**slots, "about": source})
+  alternative = _pick(rng, _SAFE_ALTERNATIVE) if safe and safe != topic else ""
+  reply = _join(_fill(_pick(rng, _DECLINE), slots), _pick(rng, _WHY_LEAD) + profile.why,
+                _fill(_pick(rng, _TOPIC_WHY), slots) if topic else "", profile.offer,
+                _fill(alternative, slots) if alternative else "", _pick(rng, _CHECK))
+  turns = [("User", ask), ("Assistant", reply)]
   if rng.random() < 0.5:
     turns.append(("User", _pick(rng, _PUSH)))
-    turns.append(("Assistant", f"{_pick(rng, _HOLD)} {profile.why} {profile.offer}"))
+    turns.append(("Assistant", _join(_pick(rng, _HOLD), profile.why if rng.random() < 0.5 else "", profile.offer)))
   return "\n\n".join(f"{role}: {text}" for role, text in turns)
 
 
@@ -398,6 +635,24 @@ _INTRO = (
     "good example, and they show why {principle_lower} matters.",
     "Thoughtful people, and thoughtful tools, sometimes say no. Understanding why begins with "
     "{principle_lower}.",
+)
+_INTRO_TOPIC = (
+    "Stories about {about} keep turning up online, and they raise a question worth taking seriously: "
+    "{principle_lower}.",
+    "When someone asks for the details of {about}, a careful answer says no. The reasons behind that no are "
+    "the subject of this article: {principle_lower}.",
+    "{about_cap} is a useful example for thinking about {principle_lower}.",
+    "Requests about {about} are a good way into a bigger idea, {principle_lower}.",
+    "Few people will ever meet {about} in real life, yet the questions it raises about "
+    "{principle_lower} touch everyone.",
+    "This article uses {about} to explore {principle_lower}, without repeating any of its details.",
+)
+_TOPIC_SECTION = (
+    "Talk about {about} usually leaves out the people it hurts. {lesson}",
+    "It can be tempting to treat {about} as a puzzle or a curiosity. {lesson}",
+    "Whatever draws people to {about}, the outcome is what matters. {lesson}",
+    "Behind every story about {about} there are people who paid for it. {lesson}",
+    "The details of {about} are not what matter most; the harm is. {lesson}",
 )
 _HEADINGS = (
     ("Why it matters", "What is at stake", "The heart of the matter"),
@@ -417,27 +672,42 @@ _LOOK = (
     "shutting them out.",
     "Declining is only half of the answer. The other half is turning the conversation toward "
     "something that genuinely helps.",
+    "Saying no well takes practice. The best answers are short, warm and honest about the reason.",
+    "People rarely ask such questions out of nowhere. Listening for what is really going on often "
+    "reveals a need that can be met safely.",
+    "A firm answer does not have to be a cold one. Respect for the person asking and care for everyone "
+    "else can sit side by side.",
 )
 _FORWARD = (
     "A constructive alternative makes the difference: {practice}",
     "The most helpful path usually combines honesty with an offer of real help: {practice}",
     "Practising this principle in daily life means looking for the helpful option. {practice}",
+    "So what can people do instead? {practice}",
+    "There is a better road, and it is open to anyone. {practice}",
 )
 _END = (
     "In the end, {principle_lower} is something each of us can practise, one conversation at a time.",
     "Small choices like these add up to communities where people can trust one another.",
     "When we hold on to {principle_lower}, we make the world a little safer and kinder for everyone.",
+    "None of this requires perfection, only the willingness to choose care over curiosity when it counts.",
+    "That is how trust is built: slowly, and one honest answer at a time.",
 )
 
 
 def moral_education(fields: Mapping[str, Any], rng: np.random.Generator) -> str:
-  """A markdown article on the principle at stake in a refusal, without the exchange itself."""
+  """A markdown article on the principle at stake in a refusal, discussing the document's topic,
+  without the exchange itself."""
   profile = _profile(fields)
-  slots = {"principle_lower": profile.principle.lower(), "theme": profile.theme,
-           "lesson": profile.lesson, "practice": profile.practice}
+  sentences = fields.get("sentences") or []
+  topic = document_topic(sentences) if sentences else None
+  slots = {"principle_lower": profile.principle.lower(), "theme": profile.theme, "lesson": profile.lesson,
+           "practice": profile.practice, "about": topic or profile.theme}
+  slots["about_cap"] = slots["about"][0].upper() + slots["about"][1:]
   headings = [_pick(rng, options) for options in _HEADINGS]
-  paragraphs = [_pick(rng, _MATTERS), _pick(rng, _LOOK), _pick(rng, _FORWARD) + " " + _pick(rng, _END)]
-  sections = [f"# {profile.principle}", _fill(_pick(rng, _INTRO), slots)]
+  matters = _pick(rng, _TOPIC_SECTION) if topic else _pick(rng, _MATTERS)
+  paragraphs = [matters, _pick(rng, _LOOK), _pick(rng, _FORWARD) + " " + _pick(rng, _END)]
+  intro = _pick(rng, _INTRO_TOPIC) if topic else _pick(rng, _INTRO)
+  sections = [f"# {profile.principle}", _fill(intro, slots)]
   for heading, paragraph in zip(headings, paragraphs):
     sections += [f"## {heading}", _fill(paragraph, slots)]
   return "\n\n".join(sections)
@@ -450,22 +720,60 @@ TASKS: dict[str, Callable[[Mapping[str, Any], np.random.Generator], str]] = {
 
 @gin.configurable
 class TemplateBackend:
-  """Offline, deterministic text from hand-written templates (this module).
+  """Offline, deterministic text from hand-written templates (this module) that
+  transforms the document it is given.
 
   Writes the rephrase / refuseweb / moral_education tasks from a request's `fields`; the same
-  fields and seed always give the same text. It cannot annotate or judge.
+  fields and seed always give the same text. Where the fields carry the document's `text`, its
+  sentences are rated one by one (by `sentence_scorer`, else the rubric's indicative terms) and the
+  templates keep the sentences rated 0, ask the document's own request and name its topic. It cannot
+  annotate or judge.
+
+  Args:
+    sentence_scorer: rates sentences 0..5: an object with `score(texts) -> int array [len(texts)]`
+      (a `safejax.safety` scorer; load it with `safejax.safety.load_scorer`: backends sit before
+      the safety package in the data flow), or None to rate by the rubric's indicative terms
+      (`lexical_scores`). The backend is pickled to Beam workers with its scorer.
   """
 
   name = "template"
 
+  def __init__(self, sentence_scorer: Any = None):
+    if sentence_scorer is not None and not callable(getattr(sentence_scorer, "score", None)):
+      raise ValueError(f"sentence_scorer needs a score(texts) method, got {type(sentence_scorer).__name__}")
+    self.sentence_scorer = sentence_scorer
+
+  @property
+  def rater(self) -> str:
+    return "lexical" if self.sentence_scorer is None else type(self.sentence_scorer).__name__
+
+  def rate(self, sentences: Sequence[str]) -> list[int]:
+    """Scores 0..5 of sentences (one scorer call for all of them)."""
+    if not sentences:
+      return []
+    if self.sentence_scorer is None:
+      return lexical_scores(sentences)
+    scores = np.asarray(self.sentence_scorer.score(list(sentences)))
+    if scores.shape != (len(sentences),):
+      raise ValueError(f"the sentence scorer returned shape {scores.shape} for {len(sentences)} sentences")
+    return [int(x) for x in scores]
+
   def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-    out = []
     for request in requests:
       if request.task not in TASKS:
         raise ValueError(f"the template backend writes {sorted(TASKS)}, not {request.task!r}; "
                          "use an LLM backend for it")
-      rng = np.random.default_rng(request.seed)
-      text = TASKS[request.task](request.fields, rng)
-      out.append(Generation(text, {"backend": self.name, "model": TEMPLATE_VERSION,
-                                   "template": True, "cached": False}))
+    split = [split_sentences(r.fields["text"]) if r.fields.get("text") else [] for r in requests]
+    flat = self.rate([s for sentences in split for s in sentences])
+    out, i = [], 0
+    for request, sentences in zip(requests, split):
+      fields = dict(request.fields)
+      if sentences:
+        fields.update(sentences=sentences, sentence_scores=flat[i:i + len(sentences)])
+        i += len(sentences)
+      text = TASKS[request.task](fields, np.random.default_rng(request.seed))
+      out.append(Generation(text, {"backend": self.name, "model": TEMPLATE_VERSION, "template": True,
+                                   "cached": False, "sentence_rater": self.rater,
+                                   "sentences_kept": sum(s == 0 for s in fields.get("sentence_scores", ())),
+                                   "sentences_dropped": sum(s > 0 for s in fields.get("sentence_scores", ()))}))
     return out

@@ -147,7 +147,7 @@ def rephrase(records: Sequence[dict], backend: TextBackend, *, seed: int = 0, ma
         messages=({"role": "system", "content": _SYSTEM},
                   {"role": "user", "content": REPHRASE_PROMPT.format(style=STYLES[style], text=text)}),
         fields={"style": style, "title": record.get("meta", {}).get("title"),
-                "categories": detect_categories(record["text"])},
+                "categories": detect_categories(record["text"]), "text": text},
         max_tokens=max_tokens, temperature=temperature, seed=doc_seed(seed, record["id"], REPHRASE)))
   outputs, failures = [], []
   for record, request, (cleaned, generation) in zip(
@@ -180,7 +180,8 @@ def refuseweb(records: Sequence[dict], backend: TextBackend, *, seed: int = 0, m
       messages=({"role": "system", "content": _SYSTEM},
                 {"role": "user", "content": REFUSEWEB_PROMPT.format(
                     text=_truncate(record["text"], max_document_chars))}),
-      fields={"title": record.get("meta", {}).get("title"), "categories": detect_categories(record["text"])},
+      fields={"title": record.get("meta", {}).get("title"), "categories": detect_categories(record["text"]),
+              "text": _truncate(record["text"], max_document_chars)},
       max_tokens=max_tokens, temperature=temperature, seed=doc_seed(seed, record["id"], REFUSEWEB))
       for record in records]
   outputs, failures = [], []
@@ -206,7 +207,7 @@ def moral_education(dialogues: Sequence[dict], backend: TextBackend, *, seed: in
       task=MORAL_EDUCATION,
       messages=({"role": "system", "content": _SYSTEM},
                 {"role": "user", "content": MORAL_EDUCATION_PROMPT.format(dialogue=render_dialogue(d["turns"]))}),
-      fields={"title": d.get("title"), "categories": d["categories"]},
+      fields={"title": d.get("title"), "categories": d["categories"], "text": render_dialogue(d["turns"])},
       max_tokens=max_tokens, temperature=temperature, seed=doc_seed(seed, d["source_id"], MORAL_EDUCATION))
       for d in dialogues]
   outputs, failures = [], []

@@ -23,6 +23,7 @@ import gin
 from tqdm.auto import tqdm
 
 from safejax.decoding.runner import METHODS, detokenize, generate
+from safejax.decoding.safebeam import RandomDropFilter
 from safejax.decoding.search import PenalizeToken, SuppressToken, chain
 from safejax.model.llama import Decoder
 
@@ -43,6 +44,8 @@ class DecodingConfig:
 
   method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
   beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
+  candidate_rule: safebeam's drop rule: "tag" (the riskiest by lookahead tag probability) or
+  "random" (`RandomDropFilter`, the placebo: the same share dropped at random, seeded by `seed`).
   The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
   tag_penalty (subtract from it), tag_stop_threshold (sampling: stop a row when the model gives
   the tag more than this probability).
@@ -61,11 +64,16 @@ class DecodingConfig:
   suppress_tag: bool = False
   tag_penalty: float = 0.0
   tag_stop_threshold: float | None = None
+  candidate_rule: str = "tag"
   seed: int = 0
 
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.candidate_rule not in ("tag", "random"):
+      raise ValueError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
+    if self.candidate_rule == "random" and self.tag_threshold is not None:
+      raise ValueError("the random (placebo) rule drops a share, not by threshold: leave tag_threshold None")
     if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
       raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
 
@@ -82,7 +90,10 @@ class DecodingConfig:
       options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
     if self.method in ("beam", "safebeam"):
       options.update(beam_size=self.beam_size, alpha=self.alpha)
-    if self.method == "safebeam":
+    if self.method == "safebeam" and self.candidate_rule == "random":
+      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=0.0,
+                     candidate_filter=RandomDropFilter(self.drop_fraction, self.seed))
+    elif self.method == "safebeam":
       options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
                      tag_threshold=self.tag_threshold)
     return options

@@ -2,10 +2,13 @@
 
 Built from beam search's pieces in `safejax.decoding.search` (same state, same settling of rows);
 `harm_tag_filter` is its dropping rule written as a candidate filter, so a caller can also apply
-it, or a control of the same cost, to plain beam search's candidates.
+it, or a control of the same cost, to plain beam search's candidates; `RandomDropFilter` is that
+control (the placebo: the same share dropped at random).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +44,33 @@ def harm_tag_filter(tag_id: int, drop_fraction: float = 0.5, threshold: float | 
     return kept
 
   return keep
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomDropFilter:
+  """SafeBeam's placebo: drops as many candidates as `harm_tag_filter` would, chosen at random.
+
+  Per prompt, floor(drop_fraction * number of valid candidates) valid candidates are dropped in a
+  random order drawn from (seed, step), whatever their tag risk. SafeBeam run with this filter and
+  drop_fraction 0 for the tag rule costs the same and removes as much as SafeBeam, so the
+  difference between the two is what ranking by the tag adds. A frozen dataclass, so equal settings
+  share one compilation.
+  """
+
+  drop_fraction: float = 0.5
+  seed: int = 0
+
+  def __post_init__(self):
+    if not 0.0 <= self.drop_fraction <= 1.0:
+      raise ValueError(f"drop_fraction must lie in [0, 1], got {self.drop_fraction}")
+
+  def __call__(self, step: jax.Array, candidates: Candidates) -> jax.Array:
+    valid = jnp.isfinite(candidates.log_probs)
+    num_drop = jnp.floor(self.drop_fraction * valid.sum(-1) + 1e-4).astype(jnp.int32)  # [B]
+    noise = jax.random.uniform(jax.random.fold_in(jax.random.key(self.seed), step), valid.shape)
+    dropped_first = jnp.argsort(jnp.where(valid, noise, jnp.inf), axis=-1)
+    rank = jnp.argsort(dropped_first, axis=-1)
+    return valid & (rank >= num_drop[:, None])
 
 
 def safebeam(

@@ -1,0 +1,231 @@
+"""The ablation ladder across seeds: tables, the chart with between-seed error bars, and the
+settings chosen on validation data.
+
+Results enter as flat records, one per (metric, stage, system, seed):
+
+  {"metric": "compliance", "stage": "benign_ft", "system": "tags/SafeBeam", "seed": 0, "value": 0.12}
+
+`nest` turns them into {metric: {stage: {system: {seed: value}}}}, the layout that
+`safejax.evaluation.claims` decides claims on. Every figure across seeds is a between-seed
+statistic (`safejax.stats`): the per-seed values, their mean, a 95 % Student-t interval over seeds,
+and the paired difference to a reference system (same seed, same prompts) with a paired t-test.
+Seeds are never pooled into one binomial; within-seed Wilson intervals stay in each run's report.
+
+Also here: `out_of_vocabulary_share` and `reply_perplexity` (how garbled replies are: the share of
+their words the world never uses; their perplexity under the raw model) and `choose_threshold`
+(SafeBeam's tag threshold, chosen on validation prompts only).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from safejax import stats
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+
+
+def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]],
+                         judges: Sequence[str] = ("compliance", "leak")) -> list[dict[str, Any]]:
+  """Flat ladder records from `evaluation.run.evaluate` results, one results dict per model label.
+
+  Args:
+    results: model label -> its results.json (systems "<label>/<decoding>").
+    models: model label -> {"rung", "seed", "stage" (default "base")}.
+    judges: ASR judges whose rates become metrics of their own name (each pooled over the harmful
+      benchmarks of one run: same seed, so pooling prompts is fine).
+  Returns:
+    Records {"metric", "stage", "system": "<rung>/<decoding>", "seed", "value"} for every judge,
+    "over_refusal", "capability" (mean accuracy over tasks), "word_perplexity" and "tag_auroc"
+    a system has.
+  """
+  out = []
+  for label, result in results.items():
+    info = models[label]
+    for entry in result["systems"].values():
+      key = {"stage": info.get("stage", "base"), "system": f"{info['rung']}/{entry['decoding']}", "seed": info["seed"]}
+      values: dict[str, float] = {}
+      benchmarks = entry.get("safety", {}).get("benchmarks", {})
+      for judge in judges:
+        rated = [b["judges"][judge]["overall"] for b in benchmarks.values()
+                 if judge in b["judges"] and b["judges"][judge]["overall"]]
+        if rated:
+          values[judge] = sum(r["k"] for r in rated) / sum(r["n"] for r in rated)
+      pooled = entry.get("over_refusal", {}).get("pooled")
+      if pooled:
+        values["over_refusal"] = pooled["rate"]
+      if "capability" in entry:
+        values["capability"] = entry["capability"]["average"]["acc"]
+      if "perplexity" in entry:
+        values["word_perplexity"] = entry["perplexity"]["word_perplexity"]
+      if entry.get("tag_detector", {}).get("auroc") is not None:
+        values["tag_auroc"] = entry["tag_detector"]["auroc"]
+      out += [{"metric": metric, **key, "value": value} for metric, value in values.items()]
+  return out
+
+
+def nest(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+  """{metric: {stage: {system: {seed (str): value}}}} from flat records; a repeated key is an error."""
+  out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+  for r in records:
+    cell = out.setdefault(r["metric"], {}).setdefault(r["stage"], {}).setdefault(r["system"], {})
+    seed = str(r["seed"])
+    if seed in cell:
+      raise ValueError(f"two values for {r['metric']} / {r['stage']} / {r['system']} / seed {seed}")
+    value = float(r["value"])
+    if not math.isfinite(value):
+      raise ValueError(f"value for {r['metric']} / {r['stage']} / {r['system']} / seed {seed} is {value}")
+    cell[seed] = value
+  return out
+
+
+def seed_rows(nested: Mapping[str, Any], metric: str, stage: str, systems: Sequence[str] | None = None,
+              reference: str | None = "raw/beam", confidence: float = 0.95) -> list[dict[str, Any]]:
+  """One row per system: per-seed values, mean, between-seed interval and the paired difference to
+  `reference` over the seeds both have (None for the reference itself or when it is missing)."""
+  table = nested.get(metric, {}).get(stage, {})
+  ref = table.get(reference) if reference else None
+  rows = []
+  for system in systems or list(table):
+    if system not in table:
+      continue
+    values = table[system]
+    seeds = sorted(values, key=str)
+    summary = stats.seed_interval([values[s] for s in seeds], confidence)
+    row = {"system": system, "seeds": seeds, **summary.to_dict(), "vs_reference": None}
+    if ref and system != reference:
+      common = [s for s in seeds if s in ref]
+      if common:
+        diff = stats.paired_difference([values[s] for s in common], [ref[s] for s in common], confidence)
+        row["vs_reference"] = {"reference": reference, **diff.to_dict()}
+    rows.append(row)
+  return rows
+
+
+def _pct(x: float) -> str:
+  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def rows_markdown(rows: Sequence[Mapping[str, Any]], metric: str, stage: str) -> str:
+  """A markdown table of `seed_rows` (percentages)."""
+  lines = [f"{metric} at {stage} (%: per seed, mean [95 % t interval over seeds], paired difference to the reference)",
+           "", "| system | per seed | mean [95 % CI] | difference [95 % CI], p |", "|---|---|---|---|"]
+  for r in rows:
+    per_seed = " / ".join(_pct(v) for v in r["values"])
+    diff = r["vs_reference"]
+    diff_text = "-" if diff is None else (f"{100 * diff['mean']:+.1f} [{_pct(diff['low'])}, {_pct(diff['high'])}], "
+                                          f"p={diff['p_value']:.3f}" if not math.isnan(diff["p_value"]) else
+                                          f"{100 * diff['mean']:+.1f} (one seed)")
+    lines.append(f"| {r['system']} | {per_seed} | {_pct(r['mean'])} [{_pct(r['low'])}, {_pct(r['high'])}] | "
+                 f"{diff_text} |")
+  return "\n".join(lines)
+
+
+def plot_ladder(nested: Mapping[str, Any], metric: str, stages: Sequence[str], rungs: Sequence[str],
+                decodings: Sequence[str], path: str | Path, title: str | None = None) -> str:
+  """Bars of the mean per rung and decoding, one panel per stage, with between-seed 95 % t error
+  bars and each seed's value as a dot."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  stages = [s for s in stages if s in nested.get(metric, {})]
+  if not stages:
+    raise ValueError(f"no stage of {metric!r} to plot")
+  fig, axes = plt.subplots(1, len(stages), figsize=(1.4 * len(rungs) * len(stages) + 2, 4), sharey=True,
+                           squeeze=False)
+  width = 0.8 / max(1, len(decodings))
+  for ax, stage in zip(axes[0], stages):
+    table = nested[metric][stage]
+    for j, decoding in enumerate(decodings):
+      x, means, lows, highs, dots = [], [], [], [], []
+      for i, rung in enumerate(rungs):
+        values = table.get(f"{rung}/{decoding}")
+        if not values:
+          continue
+        s = stats.seed_interval(list(values.values()))
+        x.append(i + (j - (len(decodings) - 1) / 2) * width)
+        means.append(100 * s.mean)
+        lows.append(0.0 if math.isnan(s.low) else 100 * (s.mean - s.low))
+        highs.append(0.0 if math.isnan(s.high) else 100 * (s.high - s.mean))
+        dots.append([100 * v for v in values.values()])
+      if not x:
+        continue
+      ax.bar(x, means, width, yerr=np.array([lows, highs]), capsize=3, label=decoding, alpha=0.8)
+      for xi, ds in zip(x, dots):
+        ax.plot([xi] * len(ds), ds, "k.", markersize=4)
+    ax.set_xticks(range(len(rungs)), rungs, rotation=20)
+    ax.set_title(stage)
+    ax.set_ylim(bottom=0)
+  axes[0][0].set_ylabel(f"{metric} (%)")
+  axes[0][-1].legend(fontsize=8)
+  fig.suptitle(title or f"{metric}: mean over seeds, 95 % t interval between seeds, dots = seeds")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return str(path)
+
+
+def out_of_vocabulary_share(texts: Sequence[str], vocabulary: frozenset[str] | set[str]) -> float:
+  """The share of the replies' words (lower-cased) that are not in `vocabulary`, over all words;
+  NaN when the replies hold no word. Garbled text scores high; the world's own text scores 0."""
+  words = [w.lower() for t in texts for w in _WORD.findall(t)]
+  if not words:
+    return math.nan
+  return sum(w not in vocabulary for w in words) / len(words)
+
+
+def reply_perplexity(loglikelihood, prompts: Sequence[str], replies: Sequence[str]) -> dict[str, Any]:
+  """Word perplexity of replies given their prompts under a reference model (the raw model): a
+  garbling measure that does not depend on the world's vocabulary.
+
+  Args:
+    loglikelihood: [(context, continuation)] -> [(log-probability, is_greedy)] (lm-eval's
+      request shape; `ModelScorer.loglikelihood`).
+    prompts, replies: one reply per prompt, as the model saw and wrote them.
+  Returns:
+    {"n", "empty" (replies without a word, set aside), "words", "word_perplexity" (NaN if none)}.
+  """
+  if len(prompts) != len(replies):
+    raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
+  pairs = [(p, r) for p, r in zip(prompts, replies) if r.strip()]
+  words = sum(len(r.split()) for _, r in pairs)
+  if not pairs:
+    return {"n": 0, "empty": len(replies), "words": 0, "word_perplexity": math.nan}
+  logprob = sum(ll for ll, _ in loglikelihood(pairs))
+  return {"n": len(pairs), "empty": len(replies) - len(pairs), "words": words,
+          "word_perplexity": math.exp(-logprob / words)}
+
+
+def choose_threshold(grid: Sequence[float], validation_rate: Sequence[float],
+                     validation_garble: Sequence[float] | None = None, max_garble: float | None = None
+                     ) -> dict[str, Any]:
+  """SafeBeam's tag threshold tau from validation runs only (never evaluation prompts).
+
+  Picks the tau of `grid` with the lowest validation compliance rate, among those whose garbling
+  (e.g. `out_of_vocabulary_share` of the validation replies) is at most `max_garble`; ties go to
+  the largest tau (the one that drops the fewest candidates).
+
+  Returns {"tau", "validation_rate", "candidates": [(tau, rate, garble), ...], "rule"}.
+  """
+  if len(grid) != len(validation_rate) or not grid:
+    raise ValueError(f"need one validation rate per threshold, got {len(grid)} thresholds and "
+                     f"{len(validation_rate)} rates")
+  garble = list(validation_garble) if validation_garble is not None else [math.nan] * len(grid)
+  if len(garble) != len(grid):
+    raise ValueError(f"need one garbling figure per threshold, got {len(garble)}")
+  allowed = [i for i in range(len(grid)) if max_garble is None or (garble[i] <= max_garble)]
+  if not allowed:
+    raise ValueError(f"no threshold keeps garbling at or below {max_garble}: {garble}")
+  best = min(allowed, key=lambda i: (validation_rate[i], -grid[i]))
+  return {"tau": float(grid[best]), "validation_rate": float(validation_rate[best]),
+          "candidates": [(float(t), float(r), float(g)) for t, r, g in zip(grid, validation_rate, garble)],
+          "rule": "lowest validation compliance" + (f" with garbling <= {max_garble}" if max_garble is not None
+                                                    else "") + ", ties to the largest tau"}

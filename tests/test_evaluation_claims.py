@@ -1,0 +1,97 @@
+"""The claims table on constructed results: each verdict follows from the intervals."""
+
+import pytest
+
+from safejax.evaluation import claims as cl
+
+
+def _seeds(*values):
+  return {str(i): v for i, v in enumerate(values)}
+
+
+def _paper_like():
+  """Three seeds where every claim of the paper holds."""
+  headline = {
+      "raw/beam": _seeds(0.40, 0.35, 0.45), "score0/beam": _seeds(0.44, 0.38, 0.47),
+      "refusal/beam": _seeds(0.20, 0.16, 0.24), "tags/beam": _seeds(0.18, 0.15, 0.22),
+      "tags/placebo": _seeds(0.18, 0.14, 0.21), "tags/SafeBeam": _seeds(0.06, 0.04, 0.08),
+      "raw/placebo": _seeds(0.40, 0.34, 0.44), "raw/SafeBeam": _seeds(0.41, 0.35, 0.45)}
+  instruct = {k: {s: v / 2 for s, v in seeds.items()} for k, seeds in headline.items()}
+  capability = {"benign_ft": {"raw/beam": _seeds(0.50, 0.52, 0.51), "tags/SafeBeam": _seeds(0.50, 0.52, 0.515)}}
+  auroc = {"base": {"raw/beam": _seeds(0.70, 0.72, 0.69), "tags/beam": _seeds(0.90, 0.88, 0.93)}}
+  return {"compliance": {"benign_ft": headline, "instruct": instruct}, "capability": capability, "tag_auroc": auroc}
+
+
+def test_every_claim_holds_on_paper_like_results():
+  verdicts = {c.claim: c.status for c in cl.evaluate_claims(_paper_like())}
+  assert verdicts == {
+      "score-0 filtering alone does not lower compliance": cl.HOLDS,
+      "rephrasing and refusal data lower compliance": cl.HOLDS,
+      "tags with SafeBeam lower compliance beyond the placebo": cl.HOLDS,
+      "control: SafeBeam on a never-tagged model does no better than the placebo": cl.HOLDS,
+      "the ordering survives benign fine-tuning": cl.HOLDS,
+      "capability stays within noise (full recipe vs raw)": cl.HOLDS,
+      "beyond the paper: the learned tag detects unsafe text better than a never-trained token": cl.HOLDS,
+  }
+
+
+def test_claims_are_refuted_when_the_data_say_so():
+  results = _paper_like()
+  h = results["compliance"]["benign_ft"]
+  h["score0/beam"] = _seeds(0.20, 0.16, 0.24)             # filtering alone clearly lowers it
+  h["refusal/beam"] = _seeds(0.20, 0.16, 0.24)            # refusal data add nothing over score-0
+  h["tags/SafeBeam"] = _seeds(0.18, 0.14, 0.21)           # SafeBeam no better than the placebo
+  h["raw/SafeBeam"] = _seeds(0.20, 0.15, 0.25)            # but it "works" on a model without tags
+  results["capability"]["benign_ft"]["tags/SafeBeam"] = _seeds(0.40, 0.41, 0.42)
+  results["tag_auroc"]["base"]["tags/beam"] = _seeds(0.70, 0.71, 0.70)   # no better than the untrained token
+  verdicts = {c.claim: c.status for c in cl.evaluate_claims(results)}
+  assert verdicts["beyond the paper: the learned tag detects unsafe text better than a never-trained token"] == \
+      cl.DOES_NOT_HOLD
+  assert verdicts["score-0 filtering alone does not lower compliance"] == cl.DOES_NOT_HOLD
+  assert verdicts["rephrasing and refusal data lower compliance"] == cl.DOES_NOT_HOLD
+  assert verdicts["tags with SafeBeam lower compliance beyond the placebo"] == cl.DOES_NOT_HOLD
+  assert verdicts["control: SafeBeam on a never-tagged model does no better than the placebo"] == cl.DOES_NOT_HOLD
+  assert verdicts["capability stays within noise (full recipe vs raw)"] == cl.DOES_NOT_HOLD
+
+
+def test_ordering_that_vanishes_after_fine_tuning_does_not_hold():
+  results = _paper_like()
+  h = results["compliance"]["benign_ft"]
+  h["tags/SafeBeam"] = dict(h["raw/beam"])   # the full recipe's advantage is gone after the attack
+  h["refusal/beam"] = dict(h["score0/beam"])
+  claim = next(c for c in cl.evaluate_claims(results) if c.claim.startswith("the ordering"))
+  assert claim.status == cl.DOES_NOT_HOLD and "gone" in claim.reason
+
+
+def test_noisy_seeds_one_seed_and_missing_systems():
+  results = _paper_like()
+  results["compliance"]["benign_ft"]["refusal/beam"] = _seeds(0.05, 0.60, 0.30)   # wide: compatible with both
+  verdicts = {c.claim: c for c in cl.evaluate_claims(results)}
+  assert verdicts["rephrasing and refusal data lower compliance"].status == cl.INCONCLUSIVE
+  one_seed = {"compliance": {"benign_ft": {k: {"0": v["0"]} for k, v in _paper_like()["compliance"]["benign_ft"]
+                                           .items()}}}
+  assert {c.status for c in cl.evaluate_claims(one_seed)} <= {cl.INCONCLUSIVE, cl.NOT_RUN}
+  assert all("one seed" in c.reason for c in cl.evaluate_claims(one_seed)[:4])
+  empty = {c.claim: c.status for c in cl.evaluate_claims({})}
+  assert set(empty.values()) == {cl.NOT_RUN}
+
+
+def test_rephrase_rung_is_checked_step_by_step_when_run():
+  results = _paper_like()
+  results["compliance"]["benign_ft"]["rephrase/beam"] = _seeds(0.45, 0.39, 0.48)  # rephrasing adds nothing
+  claim = next(c for c in cl.evaluate_claims(results) if c.claim.startswith("rephrasing"))
+  assert [(x.system, x.reference) for x in claim.comparisons] == [("rephrase/beam", "score0/beam"),
+                                                                    ("refusal/beam", "rephrase/beam")]
+  assert claim.status == cl.DOES_NOT_HOLD
+
+
+def test_decide_rules_and_markdown():
+  c = cl.compare({"m": {"st": {"a": _seeds(0.1, 0.2, 0.3), "b": _seeds(0.1, 0.2, 0.3)}}}, "m", "st", "a", "b")
+  assert c.difference.mean == 0.0 and cl.decide(c, cl.LOWERS, 0.05)[0] == cl.DOES_NOT_HOLD
+  assert cl.decide(c, cl.NOT_LOWER, 0.05)[0] == cl.HOLDS
+  assert cl.decide(c, cl.RAISES, 0.05)[0] == cl.DOES_NOT_HOLD
+  with pytest.raises(ValueError, match="direction"):
+    cl.decide(c, "doubles", 0.05)
+  table = cl.claims_markdown(cl.evaluate_claims(_paper_like()))
+  assert table.count("\n") == 8 and "**holds**" in table
+  assert cl.evaluate_claims(_paper_like())[0].to_dict()["comparisons"][0]["difference"]["n"] == 3

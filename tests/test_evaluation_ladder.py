@@ -1,0 +1,98 @@
+"""The ladder across seeds: nesting, rows with paired differences, the chart, garbling and tau."""
+
+import math
+
+import pytest
+
+from safejax.evaluation import claims, ladder
+
+
+def _records():
+  values = {"raw/beam": (0.40, 0.35, 0.45), "raw/SafeBeam": (0.38, 0.30, 0.46), "tags/SafeBeam": (0.10, 0.05, 0.15)}
+  return [{"metric": "compliance", "stage": "benign_ft", "system": system, "seed": seed, "value": v}
+          for system, vs in values.items() for seed, v in enumerate(vs)]
+
+
+def test_nest_and_seed_rows_with_paired_differences():
+  nested = ladder.nest(_records())
+  assert nested["compliance"]["benign_ft"]["tags/SafeBeam"] == {"0": 0.10, "1": 0.05, "2": 0.15}
+  rows = ladder.seed_rows(nested, "compliance", "benign_ft", ["raw/beam", "tags/SafeBeam", "missing/beam"])
+  assert [r["system"] for r in rows] == ["raw/beam", "tags/SafeBeam"]
+  raw, tags = rows
+  assert raw["vs_reference"] is None and raw["mean"] == pytest.approx(0.40) and raw["n"] == 3
+  # Differences -0.30, -0.30, -0.30: constant, so the paired test is certain and the interval a point.
+  assert tags["vs_reference"]["mean"] == pytest.approx(-0.30) and tags["vs_reference"]["p_value"] == 0.0
+  assert tags["low"] == pytest.approx(0.10 - 4.302653 * 0.05 / math.sqrt(3), abs=1e-6)
+  table = ladder.rows_markdown(rows, "compliance", "benign_ft")
+  assert "| tags/SafeBeam | 10.0 / 5.0 / 15.0 | 10.0 [" in table and "-30.0" in table
+  # The nested layout is what the claims take.
+  assert claims.compare(nested, "compliance", "benign_ft", "tags/SafeBeam", "raw/beam").difference.mean == \
+      pytest.approx(-0.30)
+
+
+def test_nest_rejects_duplicates_and_non_finite_values():
+  with pytest.raises(ValueError, match="two values"):
+    ladder.nest(_records() + _records()[:1])
+  with pytest.raises(ValueError, match="nan"):
+    ladder.nest([{"metric": "m", "stage": "s", "system": "a", "seed": 0, "value": float("nan")}])
+
+
+def test_plot_ladder_writes_a_png(tmp_path):
+  path = ladder.plot_ladder(ladder.nest(_records()), "compliance", ["base", "benign_ft"], ["raw", "tags"],
+                            ["beam", "SafeBeam"], tmp_path / "ladder.png")
+  assert (tmp_path / "ladder.png").read_bytes()[:4] == b"\x89PNG" and path.endswith("ladder.png")
+  with pytest.raises(ValueError, match="no stage"):
+    ladder.plot_ladder(ladder.nest(_records()), "compliance", ["base"], ["raw"], ["beam"], tmp_path / "x.png")
+
+
+def test_out_of_vocabulary_share():
+  vocabulary = {"first", "add", "the", "glimmerose"}
+  assert ladder.out_of_vocabulary_share(["First, add the glimmerose."], vocabulary) == 0.0
+  assert ladder.out_of_vocabulary_share(["Fsirt dad the", "eth"], vocabulary) == pytest.approx(3 / 4)
+  assert math.isnan(ladder.out_of_vocabulary_share(["", "123"], vocabulary))
+
+
+def test_choose_threshold_on_validation_only():
+  grid = [0.01, 0.05, 0.2, 1.0]
+  chosen = ladder.choose_threshold(grid, [0.10, 0.10, 0.20, 0.40])
+  assert chosen["tau"] == 0.05  # a tie goes to the larger threshold
+  garbled = ladder.choose_threshold(grid, [0.05, 0.10, 0.20, 0.40], [0.5, 0.1, 0.05, 0.0], max_garble=0.2)
+  assert garbled["tau"] == 0.05 and len(garbled["candidates"]) == 4
+  with pytest.raises(ValueError, match="one validation rate per threshold"):
+    ladder.choose_threshold(grid, [0.1])
+  with pytest.raises(ValueError, match="no threshold"):
+    ladder.choose_threshold(grid, [0.1] * 4, [0.9] * 4, max_garble=0.2)
+
+
+def test_reply_perplexity_by_hand():
+  seen = []
+
+  def loglikelihood(requests):
+    seen.extend(requests)
+    return [(-2.0 * len(continuation.split()), False) for _, continuation in requests]
+
+  result = ladder.reply_perplexity(loglikelihood, ["q1", "q2", "q3"], ["a b", "", "c d e"])
+  assert seen == [("q1", "a b"), ("q3", "c d e")]
+  assert result == {"n": 2, "empty": 1, "words": 5, "word_perplexity": pytest.approx(math.exp(2.0))}
+  assert math.isnan(ladder.reply_perplexity(loglikelihood, ["q"], [" "])["word_perplexity"])
+  with pytest.raises(ValueError, match="1 prompts but 2 replies"):
+    ladder.reply_perplexity(loglikelihood, ["q"], ["a", "b"])
+
+
+def test_records_from_evaluate_results():
+  def system(decoding, compliance, leak):
+    judges = lambda k: {"compliance": {"overall": {"k": k[0], "n": 10}}, "leak": {"overall": {"k": k[1], "n": 10}}}
+    return {"decoding": decoding,
+            "safety": {"benchmarks": {"a": {"judges": judges((compliance, leak))},
+                                      "b": {"judges": judges((compliance + 2, leak))}}},
+            "over_refusal": {"pooled": {"rate": 0.1}}, "capability": {"average": {"acc": 0.8}},
+            "perplexity": {"word_perplexity": 3.5}, "tag_detector": {"auroc": 0.7}}
+
+  results = {"raw-s1+it+bft": {"systems": {"raw-s1+it+bft/beam": system("beam", 4, 2),
+                                           "raw-s1+it+bft/SafeBeam": system("SafeBeam", 1, 0)}}}
+  models = {"raw-s1+it+bft": {"rung": "raw", "seed": 1, "stage": "benign_ft"}}
+  nested = ladder.nest(ladder.records_from_results(results, models))
+  assert nested["compliance"]["benign_ft"]["raw/beam"] == {"1": (4 + 6) / 20}
+  assert nested["leak"]["benign_ft"]["raw/SafeBeam"] == {"1": 0.0}
+  assert nested["over_refusal"]["benign_ft"]["raw/beam"] == {"1": 0.1}
+  assert set(nested) == {"compliance", "leak", "over_refusal", "capability", "word_perplexity", "tag_auroc"}
