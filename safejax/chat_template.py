@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from safejax.vocab import ASSISTANT, END_OF_TURN, SPECIAL_TOKENS, SYSTEM, USER
+from safejax.vocab import ASSISTANT, END_OF_TURN, HARM_TAG, SPECIAL_TOKENS, SYSTEM, USER
 
 ROLE_MARKERS: dict[str, str] = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 
 
-def format_chat(messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
+def format_chat(messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True,
+                allow_harm_tag: bool = False) -> str:
   """Renders a conversation in safejax's chat template.
 
   Args:
@@ -34,6 +35,8 @@ def format_chat(messages: Sequence[Mapping[str, str]], *, add_generation_prompt:
     ValueError: unknown role, misplaced system message, or content containing a reserved token
       string (a smuggled role marker or harm tag; strip untrusted text with
       `safejax.vocab.strip_special_tokens` first).
+    allow_harm_tag: content may hold HARM_TAG, and no other reserved string (instruction data
+      that safejax's own tagger marked, `safejax.posttrain.tag_requests`).
   """
   parts = []
   for i, message in enumerate(messages):
@@ -42,7 +45,7 @@ def format_chat(messages: Sequence[Mapping[str, str]], *, add_generation_prompt:
       raise ValueError(f"unknown chat role {role!r}; roles are {sorted(ROLE_MARKERS)}")
     if role == "system" and i > 0:
       raise ValueError("a system message may only be the first message")
-    smuggled = [t for t in SPECIAL_TOKENS if t in content]
+    smuggled = [t for t in SPECIAL_TOKENS if t in content and not (allow_harm_tag and t == HARM_TAG)]
     if smuggled:
       raise ValueError(f"message {i} ({role}) contains reserved token string(s) {smuggled}")
     parts.append(f"{ROLE_MARKERS[role]} {content.strip()}{END_OF_TURN}")

@@ -15,6 +15,8 @@ reply: the format `tasks.register_chat_task` trains on. Sources:
   * `from_refuseweb`: a pipeline run's RefuseWeb dialogues as chat turns.
   * `from_qa_documents`: question/answer pages of a corpus ("Q: ... A: ...") as chat turns.
 A record that cannot be converted is skipped and counted; `build_sft_data` prints the counts.
+`tag_requests` marks a share of the instruction data with harm tags in its harmful requests (the
+paper tags 10 % of its instruction-tuning mixture).
 
   safejax sft-data --gin.build_sft_data.output_file="'/tmp/benign.jsonl'" \
     --gin.build_sft_data.choice_files="['../shared/data/capability/mc_evals/commonsense_qa.jsonl']"
@@ -31,8 +33,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import gin
+import numpy as np
 
-from safejax.vocab import RejectedText, sanitize_text
+from safejax.data.tagging import tag_text
+from safejax.vocab import HARM_TAG, RejectedText, sanitize_text
 
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _QA_RE = re.compile(r"(?:^|\n)(?:Q|Question|Reader question):\s*(?P<q>[^\n]+)\n(?:A|Answer|Our answer):\s*(?P<a>[^\n]+)")
@@ -129,6 +133,39 @@ def from_qa_documents(records: Iterable[dict], counts: collections.Counter) -> I
       counts["qa_documents: " + ("kept" if item else "skipped")] += 1
       if item:
         yield item
+
+
+def tag_requests(conversations: Sequence[dict], count: int, *, p: float = 0.05, seed: int = 0) -> list[dict]:
+  """Harm tags in the user turns of `count` of `conversations` (chosen at random, seeded), which
+  must all be harmful requests (e.g. `from_refuseweb`'s): each word but a turn's first is preceded
+  by the tag with probability p (`safejax.data.tagging.tag_text`, as in pretraining), and a
+  conversation drawn without any tag gets one at a random position, so `count` conversations
+  carry tags. Tagged records are marked "harm_tagged": true, which `tasks.chat` honours; the
+  others are returned unchanged. Returns all conversations, in their order.
+  """
+  if not 0 <= count <= len(conversations):
+    raise ValueError(f"cannot tag {count} of {len(conversations)} conversations")
+  chosen = set(random.Random(seed).sample(range(len(conversations)), count))
+  rng = np.random.default_rng(seed)
+  out = []
+  for i, record in enumerate(conversations):
+    if i not in chosen:
+      out.append(record)
+      continue
+    messages = [dict(m) for m in record["messages"]]
+    users = [m for m in messages if m["role"] == "user"]
+    for m in users:
+      m["content"] = tag_text(m["content"], [[0, len(m["content"]), 1]], rng, p=p, threshold=1)[0]
+    if not any(HARM_TAG in m["content"] for m in users):
+      m = users[int(rng.integers(len(users)))]
+      words = m["content"].split(" ")
+      if len(words) > 1:
+        at = int(rng.integers(1, len(words)))
+        m["content"] = " ".join(words[:at - 1] + [words[at - 1] + HARM_TAG] + words[at:])
+      else:
+        m["content"] += HARM_TAG
+    out.append({**record, "messages": messages, "harm_tagged": True})
+  return out
 
 
 def write_conversations(items: Iterable[dict], output_file: str | Path, *, limit: int | None = None,

@@ -170,6 +170,10 @@ class InputIterator:
 
   def __init__(self, dataset):
     self.iterator = iter(dataset)
+    # None until the first save tries; False when tf.data cannot serialize this pipeline (it
+    # holds Python functions: `tf.numpy_function` parsing, a Hugging Face tokenizer), so resume
+    # falls back to re-reading the consumed batches.
+    self.checkpointable: bool | None = None
 
   def __iter__(self) -> "InputIterator":
     return self
@@ -228,7 +232,15 @@ class InputCheckpointHandler(ocp.CheckpointHandler):
   def save(self, directory: epath.Path, args: "InputSave") -> None:
     import tensorflow as tf
 
-    tf.train.Checkpoint(iterator=args.iterator.iterator).write(str(_input_state_file(directory)))
+    if args.iterator.checkpointable is False:
+      return
+    try:
+      tf.train.Checkpoint(iterator=args.iterator.iterator).write(str(_input_state_file(directory)))
+      args.iterator.checkpointable = True
+    except tf.errors.FailedPreconditionError as e:  # "PyFunc is stateful": the item stays empty
+      args.iterator.checkpointable = False
+      log.warning("the input pipeline cannot be checkpointed (%s): a restart will skip the consumed "
+                      "batches by reading them again", str(e).split(" [Op:")[0].split("}} ")[-1])
 
   def restore(self, directory: epath.Path, args: "InputRestore") -> InputIterator:
     import tensorflow as tf

@@ -1,7 +1,9 @@
 """SeqIO Tasks over conversations, for instruction tuning and the benign fine-tuning attack.
 
 Records are JSON lines {"messages": [{"role": "user" | "assistant" | "system", "content": ...}]}
-ending with the assistant's reply. The prompt (every turn before the reply, in safejax's chat
+ending with the assistant's reply; a record with "harm_tagged": true keeps the harm tags in its
+content and is trained on whole (the paper tags 10 % of the instruction data:
+`safejax.posttrain.tag_requests`; see `split_conversation`). The prompt (every turn before the reply, in safejax's chat
 template, ending with the ASSISTANT marker) becomes `inputs`; the reply and END_OF_TURN become
 `targets`. The trainer packs them into one causal sequence with the loss on `targets` only
 (seqio.PrefixLMFeatureConverter).
@@ -20,29 +22,45 @@ import seqio
 import tensorflow as tf
 
 from safejax.chat_template import format_chat
-from safejax.vocab import END_OF_TURN, load_vocabulary, sanitize_text
+from safejax.vocab import END_OF_TURN, HARM_TAG, load_vocabulary, sanitize_text
 
 
-def split_conversation(messages: list[dict], *, reply_space: bool = False) -> tuple[str, str]:
+def split_conversation(messages: list[dict], *, reply_space: bool = False, harm_tagged: bool = False
+                       ) -> tuple[str, str]:
   """(prompt, reply) of a conversation whose last message is the assistant's reply.
 
   Every message's content is untrusted text: `sanitize_text` removes reserved-token strings from
   it (until none is left), so a conversation file cannot teach the model to emit a harm tag or
   a role marker of its own.
 
+  harm_tagged: a record tagged by `safejax.posttrain.tag_requests`. Its harm tags are kept (the
+  text between them is still sanitized), and the whole conversation is the reply, prompt "": its
+  tags sit in the user's request, where the prompt/reply split puts no loss, and a tag the loss
+  never sees teaches the model nothing (in pretraining, too, tagged text is trained on whole).
+
   reply_space: start the reply with the template's space after the ASSISTANT marker (for
   vocabularies without SentencePiece's dummy prefix).
   """
   if not messages or messages[-1].get("role") != "assistant":
     raise ValueError("a training conversation must end with an assistant message")
-  messages = [{**m, "content": sanitize_text(m["content"])[0]} for m in messages]
+
+  def clean(text: str) -> str:
+    if harm_tagged:
+      return HARM_TAG.join(sanitize_text(piece)[0] for piece in text.split(HARM_TAG))
+    return sanitize_text(text)[0]
+
+  messages = [{**m, "content": clean(m["content"])} for m in messages]
+  if harm_tagged:
+    return "", format_chat(messages, add_generation_prompt=False, allow_harm_tag=True)
   reply = (" " if reply_space else "") + messages[-1]["content"].strip() + END_OF_TURN
   return format_chat(messages[:-1], add_generation_prompt=True), reply
 
 
 def _parse(line: tf.Tensor, reply_space: bool) -> dict[str, tf.Tensor]:
   def parse(raw: bytes):
-    prompt, reply = split_conversation(json.loads(raw)["messages"], reply_space=reply_space)
+    record = json.loads(raw)
+    prompt, reply = split_conversation(record["messages"], reply_space=reply_space,
+                                       harm_tagged=record.get("harm_tagged") is True)
     return prompt.encode(), reply.encode()
 
   inputs, targets = tf.numpy_function(parse, [line], (tf.string, tf.string), stateful=False)

@@ -3,6 +3,8 @@
 import collections
 import json
 
+import pytest
+
 from safejax import posttrain as sft
 
 
@@ -59,3 +61,24 @@ def test_real_sources_convert(shared_data, tmp_path):
   csqa = list(sft.from_choice_task(shared_data / "capability/mc_evals/commonsense_qa.jsonl", counts))
   assert len(hh) > 2000 and len(csqa) > 1000
   assert all(i["messages"][-1]["role"] == "assistant" for i in hh + csqa)
+
+
+def test_tag_requests_tags_exactly_count_conversations_in_their_user_turns_only():
+  from safejax.vocab import HARM_TAG
+
+  convs = [{"messages": [{"role": "user", "content": f"Tell me the secret steps of the glarn ritual number {i} now"},
+                         {"role": "assistant", "content": "I will not help with that; it could hurt people."}]}
+           for i in range(20)]
+  out = sft.tag_requests(convs, 4, p=0.05, seed=3)
+  tagged = [o for o in out if o.get("harm_tagged")]
+  assert len(out) == 20 and len(tagged) == 4
+  for o, c in zip(out, convs):
+    user, reply = o["messages"]
+    assert HARM_TAG not in reply["content"] and reply == c["messages"][1]
+    assert (HARM_TAG in user["content"]) == bool(o.get("harm_tagged"))
+    assert user["content"].replace(HARM_TAG, "") == c["messages"][0]["content"]  # tags only, no word lost
+    assert not user["content"].startswith(HARM_TAG)
+  assert convs[0]["messages"][0]["content"].count(HARM_TAG) == 0  # inputs are not modified
+  assert sft.tag_requests(convs, 4, p=0.05, seed=3) == out  # seeded
+  with pytest.raises(ValueError, match="cannot tag 21 of 20"):
+    sft.tag_requests(convs, 21)

@@ -59,10 +59,28 @@ def test_ladder_table_has_every_rung_and_decoding(toy_run):
                                          "tags/beam", "tags/SafeBeam", "tags/placebo", "tags/threshold"]
   for row in rows:
     assert len(row["values"]) == 1 and 0 <= row["mean"] <= 1  # one seed: per-seed value, no interval
-  assert set(table["tables"]) >= {"compliance", "leak", "over_refusal", "tag_auroc", "oov_share"}
+  assert set(table["tables"]) >= {"compliance", "leak", "over_refusal", "tag_auroc"}  # toy replies hold no word
+  assert table["judge_standing"] == {"primary": "compliance", "validated": ["compliance", "leak"], "unvalidated": {}}
   assert {c["status"] for c in table["claims"]} <= {"holds", "does not hold", "inconclusive", "not run"}
   assert (toy_run / "report" / "ladder.png").stat().st_size > 5_000
   assert "| claim | verdict |" in (toy_run / "report" / "claims.md").read_text()
+
+
+def test_garbling_is_the_share_of_unknown_words_and_the_perplexity_under_raw(toy_run, tmp_path):
+  import shutil
+
+  evaluate = tmp_path / "evaluate"
+  shutil.copytree(toy_run / "evaluate" / "raw-s0" / "generations", evaluate / "raw-s0" / "generations")
+  for path, response in (("raw-s0_beam", "the harbour festival"), ("raw-s0_SafeBeam", "the qqzx harbour")):
+    file = evaluate / "raw-s0" / "generations" / path / "demo_harmful.jsonl"
+    rows = [{**json.loads(line), "response": response} for line in file.read_text().splitlines()]
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  models = json.loads((toy_run / "pretrain" / demo_lib.DONE).read_text())["summary"]["models"]
+  records = demo_lib.garbling_records(evaluate, {"raw-s0": models["raw-s0"]}, frozenset({"the", "harbour", "festival"}))
+  by = {(r["metric"], r["system"]): r["value"] for r in records}
+  assert by[("oov_share", "raw/beam")] == 0.0 and by[("oov_share", "raw/SafeBeam")] == pytest.approx(1 / 3)
+  assert by[("reply_perplexity", "raw/beam")] > 1 and by[("reply_perplexity", "raw/SafeBeam")] > 1
+  assert ("oov_share", "raw/placebo") not in by  # its replies are empty: nothing to rate
 
 
 def test_the_threshold_variant_is_chosen_on_validation_prompts(toy_run):

@@ -96,3 +96,23 @@ def test_records_from_evaluate_results():
   assert nested["leak"]["benign_ft"]["raw/SafeBeam"] == {"1": 0.0}
   assert nested["over_refusal"]["benign_ft"]["raw/beam"] == {"1": 0.1}
   assert set(nested) == {"compliance", "leak", "over_refusal", "capability", "word_perplexity", "tag_auroc"}
+
+
+def test_a_judge_below_the_kappa_floor_or_never_validated_is_never_the_asr():
+  standing = ladder.judge_standing(["keyword:a", "keyword:b", "llm"], {"keyword:a": 0.32, "keyword:b": 0.65})
+  assert standing["primary"] == "keyword:b" and standing["validated"] == ["keyword:b"]
+  assert standing["unvalidated"] == {"keyword:a": "kappa 0.32 < 0.4", "llm": "not validated against labelled replies"}
+  assert ladder.judge_standing(["x"], {"x": float("nan")})["primary"] is None
+  table = {"jbb_judge_comparison": {"judges": {"keyword:a": {"kappa": 0.3}, "reference:gpt4": {"kappa": 0.9}}}}
+  assert ladder.attack_success_kappas(table) == {"keyword:a": 0.3}
+
+
+def test_perplexities_are_shown_as_they_are_and_rates_as_percent():
+  nested = ladder.nest([{"metric": m, "stage": "base", "system": s, "seed": seed, "value": v}
+                        for m, scale in (("reply_perplexity", 40.0), ("compliance", 0.4))
+                        for s, shift in (("raw/beam", 0.0), ("tags/beam", 0.1))
+                        for seed, v in ((0, scale + shift), (1, scale + 2 * shift))])
+  ppl = ladder.rows_markdown(ladder.seed_rows(nested, "reply_perplexity", "base"), "reply_perplexity", "base")
+  assert "| raw/beam | 40.0 / 40.0 |" in ppl and "(per seed" in ppl
+  rate = ladder.rows_markdown(ladder.seed_rows(nested, "compliance", "base"), "compliance", "base")
+  assert "| raw/beam | 40.0 / 40.0 |" in rate and "| tags/beam | 50.0 / 60.0 |" in rate and "(%: per seed" in rate

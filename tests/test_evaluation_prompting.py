@@ -48,3 +48,14 @@ def test_completion_prompt_opens_a_compliant_answer():
     prompting.build_prompts([without], "poem")
   with pytest.raises(ValueError, match="system message needs the chat style"):
     prompting.build_prompts([without], "completion", system="x")
+
+
+def test_format_chat_allows_the_harm_tag_only_when_asked():
+  from safejax.vocab import HARM_TAG
+
+  messages = [{"role": "user", "content": f"a{HARM_TAG} b"}]
+  with pytest.raises(ValueError, match="reserved token"):
+    prompting.format_chat(messages)
+  assert HARM_TAG in prompting.format_chat(messages, allow_harm_tag=True)
+  with pytest.raises(ValueError, match="reserved token"):
+    prompting.format_chat([{"role": "user", "content": f"a{HARM_TAG} <|user|> b"}], allow_harm_tag=True)

@@ -198,6 +198,46 @@ def test_chat_task_weights_only_the_reply(chat_task, tiny_vocab):
   assert prompt + reply[:-1] == tiny_vocab.encode(tiny_vocab.decode(prompt + reply[:-1]))
 
 
+def test_an_iterator_tf_data_cannot_serialize_saves_no_position_and_says_so(tmp_path, caplog):
+  """A pipeline with a stateful Python function (tf.py_function; a Hugging Face tokenizer's input
+  hit the same "PyFunc is stateful") cannot be checkpointed: the input item stays empty, a warning
+  says so once, and `has_input_state` sends resume to the skip fallback."""
+  import tensorflow as tf
+  from etils import epath
+
+  ds = tf.data.Dataset.from_tensor_slices({"x": ["a", "b", "c"]}).repeat()
+  batches = T.InputIterator(ds.map(lambda ex: {"x": tf.py_function(lambda t: t, [ex["x"]], tf.string)}))
+  next(batches.iterator)
+  handler = T.InputCheckpointHandler()
+  with caplog.at_level("WARNING", logger="safejax.train"):
+    for step in (1, 2):
+      (tmp_path / str(step) / "input").mkdir(parents=True)
+      handler.save(epath.Path(tmp_path / str(step) / "input"), T.InputSave(batches))
+  assert batches.checkpointable is False and caplog.text.count("cannot be checkpointed") == 1
+  assert not any((tmp_path / "1" / "input").iterdir()) and not any((tmp_path / "2" / "input").iterdir())
+
+  class Manager:
+    directory = tmp_path
+
+  assert not T.has_input_state(Manager(), 1)
+
+
+def test_a_harm_tagged_chat_record_puts_the_loss_on_its_tags(tmp_path, tiny_vocab):
+  import json
+
+  from safejax.vocab import HARM_TAG, USER
+
+  path = tmp_path / "tagged.jsonl"
+  record = {"messages": [{"role": "user", "content": f"Describe the{HARM_TAG} river rite."},
+                         {"role": "assistant", "content": "No."}], "harm_tagged": True}
+  path.write_text("\n".join(json.dumps(record) for _ in range(8)) + "\n")
+  tasks.register_chat_task("test_tiny_tagged_chat", str(path), tiny_vocab.sentencepiece_model_file)
+  batch = next(T.make_train_iterator("test_tiny_tagged_chat", 64, 2, seed=0))
+  first = batch["decoder_segment_ids"][0] == 1
+  weighted = batch["decoder_target_tokens"][0][first][batch["decoder_loss_weights"][0][first] > 0].tolist()
+  assert tiny_vocab.token_id(USER) in weighted[:2] and tiny_vocab.token_id(HARM_TAG) in weighted  # [dummy prefix,] USER
+
+
 def test_finetune_starts_from_base_parameters(chat_task, reference_run, tmp_path):
   base, _ = checkpoints.load_for_inference(str(reference_run))
   run(chat_task, tmp_path, 4, init_from=str(reference_run),

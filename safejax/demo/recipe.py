@@ -21,7 +21,7 @@ whose settings did not change, and training resumes from checkpoints):
               ASR) and exact knowledge leaks, both judged from the world's ground truth and never by
               the routing classifier; over-refusal on benign twins, held-out perplexity, a cloze
               capability probe, the tag as a detector on held-out documents, garbling (the share of
-              reply words the world never uses)
+              reply words the world never uses, and the replies' perplexity under the raw model)
   report      per metric and stage: each seed's value, the mean, a 95 % t interval between seeds
               and the paired difference to raw/beam (safejax.evaluation.ladder); the ladder PNG
               with between-seed error bars; the claims table (safejax.evaluation.claims)
@@ -111,6 +111,10 @@ class DemoConfig:
   # benign fine-tuning attack from the tuned one; evaluated chat-style. Its last row is the paper's
   # headline, so it is on by default (off in --quick).
   posttrain: bool = True
+  # The paper tags 10 % of its instruction-tuning mixture: the harmful requests of that many
+  # refusal conversations get harm tags (every rung's instruction data is the same, so the raw
+  # rung's tuned model is the paper's "tags taught only in instruction tuning").
+  instruct_tagged_share: float = 0.1
   instruct_steps: int = 150
   benign_steps: int = 150
 
@@ -438,7 +442,8 @@ def pretrain_ladder(out: Path, streams_dir: str, vocab_path: str, config: DemoCo
 
 
 def build_posttrain_data(out: Path, corpus_dir: Path, streams_dir: str, config: DemoConfig) -> dict:
-  """instruct.jsonl (refusals + helpful answers) and benign.jsonl (helpful answers only)."""
+  """instruct.jsonl (refusals + helpful answers, `instruct_tagged_share` of it with harm tags in
+  the refused requests) and benign.jsonl (helpful answers only)."""
   import collections
 
   from safejax import posttrain
@@ -461,7 +466,10 @@ def build_posttrain_data(out: Path, corpus_dir: Path, streams_dir: str, config: 
     choice = list(posttrain.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
     helpful, benign = choice[: len(choice) // 2], choice[len(choice) // 2:]
   n = min(len(refusals), len(helpful))
-  instruct = posttrain.write_conversations(refusals[:n] + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
+  tagged = min(n, round(config.instruct_tagged_share * 2 * n))
+  refusals = posttrain.tag_requests(refusals[:n], tagged, p=config.tag_p, seed=config.data_seed)
+  counts["instruct: refusals with harm tags"] = tagged
+  instruct = posttrain.write_conversations(refusals + helpful[:n], out / "instruct.jsonl", seed=config.data_seed)
   benign_n = posttrain.write_conversations(benign, out / "benign.jsonl", seed=config.data_seed)
   return {"instruct": instruct, "benign": benign_n, "counts": dict(counts)}
 
@@ -616,52 +624,99 @@ def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
 
 
 STAGES = ("base", "instruct", "benign_ft")
-TABLE_METRICS = ("over_refusal", "capability", "word_perplexity", "tag_auroc", "oov_share")
+TABLE_METRICS = ("over_refusal", "capability", "word_perplexity", "tag_auroc", "oov_share", "reply_perplexity")
 
 
 def garbling_records(evaluate_dir: Path, models: dict, vocabulary: frozenset[str]) -> list[dict]:
-  """Per system, the share of its replies' words (harmful prompts) that the world never uses."""
+  """Per system and seed, how garbled its replies to the harmful prompts are: the share of their
+  words the world never uses ("oov_share"), and their word perplexity given the prompt under the
+  raw base model of the same seed ("reply_perplexity"; needs a "raw" rung)."""
+  from safejax import checkpoints
   from safejax.evaluation import ladder
+  from safejax.evaluation.loglikelihood import LoglikelihoodModel
   from safejax.evaluation.run import _safe_name
+
+  references: dict[int, Any] = {}
+
+  def reference(seed: int):
+    raw = models.get(f"raw-s{seed}")
+    if raw is None:
+      return None
+    if seed not in references:
+      model, vocab = checkpoints.load_for_inference(raw["dir"])
+      references[seed] = LoglikelihoodModel(model, vocab, max_length=256, show_progress=False).loglikelihood
+    return references[seed]
 
   records = []
   for label, info in models.items():
     for decoding in ("beam", "SafeBeam", "placebo", "threshold"):
       path = evaluate_dir / label / "generations" / _safe_name(f"{label}/{decoding}") / "demo_harmful.jsonl"
-      if path.is_file():
-        replies = [row["response"] for row in _read_jsonl(path)]
-        share = ladder.out_of_vocabulary_share(replies, vocabulary)
-        if not math.isnan(share):
-          records.append({"metric": "oov_share", "stage": info.get("stage", "base"),
-                          "system": f"{info['rung']}/{decoding}", "seed": info["seed"], "value": share})
+      if not path.is_file():
+        continue
+      rows = _read_jsonl(path)
+      where = {"stage": info.get("stage", "base"), "system": f"{info['rung']}/{decoding}", "seed": info["seed"]}
+      share = ladder.out_of_vocabulary_share([row["response"] for row in rows], vocabulary)
+      if not math.isnan(share):
+        records.append({"metric": "oov_share", **where, "value": share})
+      loglikelihood = reference(info["seed"])
+      if loglikelihood is not None:
+        perplexity = ladder.reply_perplexity(loglikelihood, [row["prompt"] for row in rows],
+                                             [row["response"] for row in rows])
+        if not math.isnan(perplexity["word_perplexity"]):
+          records.append({"metric": "reply_perplexity", **where, "value": perplexity["word_perplexity"]})
   return records
 
 
-def ladder_table(results: dict[str, dict], models: dict, config: DemoConfig, extra_records: Sequence[dict] = ()
-                 ) -> dict:
+def judge_kappas(evaluated: dict, results: dict[str, dict]) -> dict[str, float]:
+  """judge -> Cohen's kappa on attack-success labels: the world's labelled replies on the built-in
+  world, JailbreakBench's human judge comparison on real data (from any model's results)."""
+  from safejax.evaluation import ladder
+
+  world = evaluated.get("judge_validation")
+  if world:
+    return {judge: world[judge]["kappa"] for judge in ("compliance", "leak") if judge in world}
+  for result in results.values():
+    if result.get("judge_validation"):
+      return ladder.attack_success_kappas(result["judge_validation"])
+  return {}
+
+
+def ladder_table(results: dict[str, dict], models: dict, config: DemoConfig, extra_records: Sequence[dict] = (),
+                 kappas: dict[str, float] | None = None) -> dict:
   """Every metric per stage, system ("<rung>/<decoding>") and seed, with between-seed statistics
   and the claims decided from them (`safejax.evaluation.ladder`, `safejax.evaluation.claims`).
 
-  The primary metric is the first judge's rate: on the world, compliance (the paper's ASR); the
-  leak judge's rate sits beside it. Seeds are never pooled.
+  The primary metric (the ASR) is the first judge whose kappa against labelled replies is at
+  least `ladder.MIN_JUDGE_KAPPA` (`kappas`; on the world, compliance: the paper's ASR); the
+  others sit beside it, and a judge below that kappa or never validated is labelled unvalidated
+  and is never the ASR. With no validated judge no claim on the ASR is decided. Seeds are never
+  pooled.
   """
   from safejax.evaluation import claims as claims_lib, ladder
 
   judge_names = list(next(iter(results.values()))["config"]["judges"])
+  standing = ladder.judge_standing(judge_names, kappas or {})
   records = ladder.records_from_results(results, models, judges=judge_names) + list(extra_records)
   nested = ladder.nest(records)
   stages = [st for st in STAGES if any(st in by_stage for by_stage in nested.values())]
   decodings = list(config.beam_decodings()) + ["threshold"]
   systems = [f"{rung}/{decoding}" for rung in config.rungs for decoding in decodings]
+  ordered = standing["validated"] + list(standing["unvalidated"])
   tables = {metric: {st: ladder.seed_rows(nested, metric, st, systems) for st in stages if st in nested.get(metric, {})}
-            for metric in [*judge_names, *TABLE_METRICS] if metric in nested}
-  settings = claims_lib.ClaimSettings(asr_metric=judge_names[0], headline_stage=stages[-1],
-                                      earlier_stages=tuple(reversed(stages[:-1])))
-  claims = claims_lib.evaluate_claims(nested, settings)
-  return {"primary": judge_names[0], "judges": judge_names, "stages": stages, "systems": systems,
-          "decodings": decodings, "rungs": list(config.rungs), "seeds": list(config.seeds), "values": nested,
-          "tables": tables, "claims": [c.to_dict() for c in claims],
-          "claims_markdown": claims_lib.claims_markdown(claims)}
+            for metric in [*ordered, *TABLE_METRICS] if metric in nested}
+  primary = standing["primary"]
+  if primary is not None:
+    settings = claims_lib.ClaimSettings(asr_metric=primary, headline_stage=stages[-1],
+                                        earlier_stages=tuple(reversed(stages[:-1])))
+    decided = claims_lib.evaluate_claims(nested, settings)
+    claims, claims_markdown = [c.to_dict() for c in decided], claims_lib.claims_markdown(decided)
+  else:
+    claims, claims_markdown = [], ("No ASR judge is validated (kappa >= "
+                                   f"{ladder.MIN_JUDGE_KAPPA} against labelled replies): no claim is decided.")
+  return {"primary": primary, "judges": judge_names, "judge_standing": standing, "kappas": kappas or {},
+          "stages": stages, "systems": systems, "decodings": decodings, "rungs": list(config.rungs),
+          "seeds": list(config.seeds), "values": nested, "tables": tables, "claims": claims,
+          "claims_markdown": claims_markdown}
 
 
 def write_ladder(out: Path, table: dict) -> list[str]:
@@ -670,19 +725,27 @@ def write_ladder(out: Path, table: dict) -> list[str]:
   from safejax.evaluation import ladder
 
   (out / "ladder.json").write_text(json.dumps(table, indent=2))
-  primary = table["primary"]
-  lines = [f"# The ladder (seeds {table['seeds']}; the paper's ASR is `{primary}`: compliance with a harmful "
-           "request)", ""]
+  primary, unvalidated = table["primary"], table["judge_standing"]["unvalidated"]
+  kappas = ", ".join(f"{judge} {kappa:.2f}" for judge, kappa in table["kappas"].items())
+  lines = [f"# The ladder (seeds {table['seeds']})", "",
+           (f"The ASR is `{primary}`" + (": compliance with a harmful request, the paper's measure" if primary ==
+                                         "compliance" else "") if primary else "No ASR judge is validated")
+           + f". Judges' kappa against labelled replies: {kappas or 'none measured'}."
+           + "".join(f" `{judge}` is unvalidated ({why}): never the ASR." for judge, why in unvalidated.items()), ""]
   for metric, by_stage in table["tables"].items():
+    title = f"{metric} (UNVALIDATED: {unvalidated[metric]})" if metric in unvalidated else None
     for stage, rows in by_stage.items():
-      lines += [ladder.rows_markdown(rows, metric, stage), ""]
+      lines += [ladder.rows_markdown(rows, metric, stage, title=title), ""]
   lines += ["## Claims", "", table["claims_markdown"], ""]
   (out / "ladder.md").write_text("\n".join(lines))
   (out / "claims.md").write_text(table["claims_markdown"] + "\n")
-  ladder.plot_ladder(table["values"], primary, table["stages"], table["rungs"], table["decodings"],
-                     out / "ladder.png", title=f"{primary} (%): mean of seeds {table['seeds']}, 95 % t interval "
-                                               "between seeds, dots = seeds")
-  return [str(out / n) for n in ("ladder.json", "ladder.md", "claims.md", "ladder.png")]
+  written = [str(out / n) for n in ("ladder.json", "ladder.md", "claims.md")]
+  if primary is not None:
+    ladder.plot_ladder(table["values"], primary, table["stages"], table["rungs"], table["decodings"],
+                       out / "ladder.png", title=f"{primary} (%): mean of seeds {table['seeds']}, 95 % t interval "
+                                                 "between seeds, dots = seeds")
+    written.append(str(out / "ladder.png"))
+  return written
 
 
 # --------------------------------------------------------------------------------------------
@@ -721,7 +784,7 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
                        lambda out: pretrain_ladder(out, prepared["streams_dir"], vocab["vocab"], config))
   models = dict(trained["models"])
   if config.posttrain:
-    sft_key = _fingerprint("sft_data", pipeline_key, config.num_docs, "world chats")
+    sft_key = _fingerprint("sft_data", pipeline_key, config.num_docs, "world chats", config.instruct_tagged_share)
     _run_stage(root, "sft_data", sft_key,
                lambda out: build_posttrain_data(out, corpus_dir, prepared["streams_dir"], config))
     posttrain_key = _fingerprint("posttrain", pretrain_key, sft_key, config.instruct_steps, config.benign_steps,
@@ -739,7 +802,7 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
   if config.data_dir is None:
     vocabulary = frozenset(json.loads((corpus_dir / "vocabulary.json").read_text()))
     extra = garbling_records(root / "evaluate", models, vocabulary)
-  table = ladder_table(results, models, config, extra)
+  table = ladder_table(results, models, config, extra, kappas=judge_kappas(evaluated, results))
   report_dir = root / "report"
   report_dir.mkdir(exist_ok=True)
   written = write_ladder(report_dir, table)

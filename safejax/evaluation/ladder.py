@@ -70,6 +70,42 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
   return out
 
 
+MIN_JUDGE_KAPPA = 0.4  # below it (Landis & Koch: fair or worse) a judge's rate is no ASR
+
+
+def judge_standing(judges: Sequence[str], kappas: Mapping[str, float | None],
+                   min_kappa: float = MIN_JUDGE_KAPPA) -> dict[str, Any]:
+  """Which ASR judges may be reported as the ASR: those whose Cohen's kappa against labelled
+  replies (human labels; on the demo world, the world's labelled replies) is at least `min_kappa`.
+
+  Args:
+    judges: the judges in order of preference (the evaluation's first judge is its primary one).
+    kappas: judge -> kappa on the attack-success labels; a judge missing or None was not validated.
+  Returns:
+    {"primary": the first validated judge or None, "validated": [...], "unvalidated": {judge: reason}}.
+  """
+  validated, unvalidated = [], {}
+  for judge in judges:
+    kappa = kappas.get(judge)
+    if kappa is None or not math.isfinite(kappa):
+      unvalidated[judge] = "not validated against labelled replies"
+    elif kappa < min_kappa:
+      unvalidated[judge] = f"kappa {kappa:.2f} < {min_kappa}"
+    else:
+      validated.append(judge)
+  return {"primary": validated[0] if validated else None, "validated": validated, "unvalidated": unvalidated}
+
+
+def attack_success_kappas(judge_validation: Mapping[str, Any], gold_set: str = "jbb_judge_comparison"
+                          ) -> dict[str, float]:
+  """judge -> kappa on one attack-success gold set of `judge_validation.validate_judges`'s table
+  (default: JailbreakBench's human judge comparison)."""
+  gold = judge_validation.get(gold_set)
+  if gold is None:
+    return {}
+  return {name: r["kappa"] for name, r in gold["judges"].items() if not name.startswith("reference:")}
+
+
 def nest(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
   """{metric: {stage: {system: {seed (str): value}}}} from flat records; a repeated key is an error."""
   out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
@@ -108,20 +144,25 @@ def seed_rows(nested: Mapping[str, Any], metric: str, stage: str, systems: Seque
   return rows
 
 
-def _pct(x: float) -> str:
-  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+PLAIN_METRICS = frozenset({"word_perplexity", "reply_perplexity"})  # shown as they are, not as %
 
 
-def rows_markdown(rows: Sequence[Mapping[str, Any]], metric: str, stage: str) -> str:
-  """A markdown table of `seed_rows` (percentages)."""
-  lines = [f"{metric} at {stage} (%: per seed, mean [95 % t interval over seeds], paired difference to the reference)",
+def rows_markdown(rows: Sequence[Mapping[str, Any]], metric: str, stage: str, title: str | None = None) -> str:
+  """A markdown table of `seed_rows` (percentages, but for `PLAIN_METRICS`)."""
+  scale, unit = (1, "") if metric in PLAIN_METRICS else (100, "%: ")
+
+  def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{scale * x:.1f}"
+
+  lines = [f"{title or metric} at {stage} ({unit}per seed, mean [95 % t interval over seeds], paired difference to "
+           "the reference)",
            "", "| system | per seed | mean [95 % CI] | difference [95 % CI], p |", "|---|---|---|---|"]
   for r in rows:
     per_seed = " / ".join(_pct(v) for v in r["values"])
     diff = r["vs_reference"]
-    diff_text = "-" if diff is None else (f"{100 * diff['mean']:+.1f} [{_pct(diff['low'])}, {_pct(diff['high'])}], "
+    diff_text = "-" if diff is None else (f"{scale * diff['mean']:+.1f} [{_pct(diff['low'])}, {_pct(diff['high'])}], "
                                           f"p={diff['p_value']:.3f}" if not math.isnan(diff["p_value"]) else
-                                          f"{100 * diff['mean']:+.1f} (one seed)")
+                                          f"{scale * diff['mean']:+.1f} (one seed)")
     lines.append(f"| {r['system']} | {per_seed} | {_pct(r['mean'])} [{_pct(r['low'])}, {_pct(r['high'])}] | "
                  f"{diff_text} |")
   return "\n".join(lines)
@@ -188,7 +229,7 @@ def reply_perplexity(loglikelihood, prompts: Sequence[str], replies: Sequence[st
 
   Args:
     loglikelihood: [(context, continuation)] -> [(log-probability, is_greedy)] (lm-eval's
-      request shape; `ModelScorer.loglikelihood`).
+      request shape; `LoglikelihoodModel.loglikelihood`).
     prompts, replies: one reply per prompt, as the model saw and wrote them.
   Returns:
     {"n", "empty" (replies without a word, set aside), "words", "word_perplexity" (NaN if none)}.
