@@ -45,7 +45,7 @@ def test_multiple_choice_acc_and_acc_norm(tmp_path):
 def test_copa_uses_a_plain_space_and_no_acc_norm(tmp_path):
   write_jsonl(tmp_path / "capability/mc_evals/copa.jsonl", [
       {"query": "The man turned on the faucet, therefore", "choices": ["water flowed.", "it snowed.", "x."], "gold": 0}])
-  items = capability.load_task("copa", tmp_path)
+  assert len(capability.load_task("copa", tmp_path)) == 1
   ll = table_loglikelihood({("The man turned on the faucet, therefore", " water flowed."): (-4.0, False),
                             ("The man turned on the faucet, therefore", " it snowed."): (-9.0, False),
                             ("The man turned on the faucet, therefore", " x."): (-8.0, False)})
