@@ -94,8 +94,8 @@ class DemoConfig:
   classifier_docs: int = 3000          # the classifier's own labelled corpus (another seed)
   heldout_docs: int = 150              # held-out safe texts (perplexity, cloze)
   tag_detector_docs: int = 200         # held-out labelled texts (the tag as a detector)
-  n_harmful: int = 120                 # held-out harmful requests (attack success)
-  n_benign: int = 60                   # held-out benign twins (over-refusal)
+  n_harmful: int = 96                  # held-out harmful requests (attack success)
+  n_benign: int = 48                   # held-out benign twins (over-refusal)
   n_per_task: int = 100                # real data: capability items per task
   vocab_size: int = 4096               # the built-in corpus has ~3,100 distinct words
   rungs: tuple[str, ...] = ("raw", "score0", "refusal", "tags")
@@ -115,14 +115,14 @@ class DemoConfig:
   # refusal conversations get harm tags (every rung's instruction data is the same, so the raw
   # rung's tuned model is the paper's "tags taught only in instruction tuning").
   instruct_tagged_share: float = 0.1
-  instruct_steps: int = 150
-  benign_steps: int = 150
+  instruct_steps: int = 80
+  benign_steps: int = 80
 
   def quick(self) -> "DemoConfig":
     """The `--quick` budget: the two ends of the ladder, one seed, a smaller corpus."""
     return dataclasses.replace(self, num_docs=2500, classifier_docs=2000, heldout_docs=100, tag_detector_docs=100,
-                               n_harmful=64, n_benign=32, n_per_task=40, rungs=("raw", "tags"), seeds=(0,),
-                               train_steps=150, posttrain=False)
+                               n_harmful=48, n_benign=24, n_per_task=40, rungs=("raw", "tags"), seeds=(0,),
+                               train_steps=120, posttrain=False)
 
   def beam_decodings(self) -> dict[str, DecodingConfig]:
     """The demo's decodings: plain beam search, SafeBeam of the same beam, and SafeBeam's placebo
@@ -392,7 +392,7 @@ def run_pipeline(out: Path, corpus_dir: Path, scorer_dir: str, config: DemoConfi
           "streams": {k: v["records"] for k, v in manifest["streams"].items()}}
 
 
-def train_vocab(out: Path, streams_dir: str, config: DemoConfig, chars_per_stream: int = 1_000_000) -> dict:
+def train_vocab(out: Path, streams_dir: str, config: DemoConfig, chars_per_stream: int = 400_000) -> dict:
   """SentencePiece over what the models will read: up to `chars_per_stream` of every stream (a
   balanced sample; SentencePiece's unigram trainer slows down with the corpus, not the vocab)."""
   from safejax.data import manifest as manifest_lib, shards
