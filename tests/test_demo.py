@@ -48,6 +48,9 @@ def test_every_stage_leaves_its_outputs(toy_run):
     assert (toy_run / "pretrain" / label / "checkpoints" / "3").is_dir()
     assert (toy_run / "evaluate" / label / "results.json").is_file()
   assert (toy_run / "classifier" / "confusion.png").is_file()
+  pipeline = json.loads((toy_run / "pipeline" / demo_lib.DONE).read_text())["summary"]
+  assert set(pipeline["near_duplicates"]) == {"rephrase", "refuseweb", "moral_education"}
+  assert all(0 <= share < 0.05 for share in pipeline["near_duplicates"].values())  # issue 12: under 5 % a stream
 
 
 def test_ladder_table_has_every_rung_and_decoding(toy_run):

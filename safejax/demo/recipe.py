@@ -389,7 +389,23 @@ def run_pipeline(out: Path, corpus_dir: Path, scorer_dir: str, config: DemoConfi
   pipeline.prepare(pipeline_config, runner="beam")
   manifest = json.loads((out / "streams" / "manifest.json").read_text())
   return {"streams_dir": str(out / "streams"), "documents": manifest["documents"],
-          "streams": {k: v["records"] for k, v in manifest["streams"].items()}}
+          "streams": {k: v["records"] for k, v in manifest["streams"].items()},
+          "near_duplicates": generated_near_duplicates(str(out / "streams"))}
+
+
+def generated_near_duplicates(streams_dir: str) -> dict[str, float]:
+  """Per generated stream, the share of its texts with a near duplicate in the stream (word
+  5-gram Jaccard > 0.8, `backends.template.near_duplicate_share`; dialogues as their turns)."""
+  from safejax.backends.template import near_duplicate_share
+  from safejax.data import manifest as manifest_lib
+  from safejax.data.records import MORAL_EDUCATION, REFUSEWEB, REPHRASE
+
+  shares = {}
+  for stream in (REPHRASE, REFUSEWEB, MORAL_EDUCATION):
+    texts = [r["text"] if "text" in r else "\n".join(t["text"] for t in r["turns"])
+             for r in manifest_lib.read_stream(streams_dir, stream)]
+    shares[stream] = near_duplicate_share(texts)
+  return shares
 
 
 def train_vocab(out: Path, streams_dir: str, config: DemoConfig, chars_per_stream: int = 400_000) -> dict:
