@@ -116,3 +116,13 @@ def test_perplexities_are_shown_as_they_are_and_rates_as_percent():
   assert "| raw/beam | 40.0 / 40.0 |" in ppl and "(per seed" in ppl
   rate = ladder.rows_markdown(ladder.seed_rows(nested, "compliance", "base"), "compliance", "base")
   assert "| raw/beam | 40.0 / 40.0 |" in rate and "| tags/beam | 50.0 / 60.0 |" in rate and "(%: per seed" in rate
+
+
+def test_stages_markdown_puts_a_column_per_stage_with_seed_values():
+  nested = ladder.nest([{"metric": "compliance", "stage": st, "system": "raw/beam", "seed": seed, "value": v}
+                        for st, values in (("base", (0.2, 0.4)), ("benign_ft", (0.5, 0.5))) for seed, v in enumerate(values)])
+  text = ladder.stages_markdown(nested, "compliance", ["base", "instruct", "benign_ft"], ["raw/beam", "tags/beam"])
+  lines = text.splitlines()
+  assert lines[0] == "| system | base | benign_ft |"  # a stage without values has no column
+  assert lines[2].startswith("| raw/beam | 30.0 [") and "(20.0 / 40.0)" in lines[2] and "50.0 [50.0, 50.0] (50.0 / 50.0)" in lines[2]
+  assert len(lines) == 3  # tags/beam has no values: no row

@@ -748,11 +748,16 @@ def write_ladder(out: Path, table: dict) -> list[str]:
                                          "compliance" else "") if primary else "No ASR judge is validated")
            + f". Judges' kappa against labelled replies: {kappas or 'none measured'}."
            + "".join(f" `{judge}` is unvalidated ({why}): never the ASR." for judge, why in unvalidated.items()), ""]
+  lines += ["## Summary", "",
+            "Each cell: mean [95 % t interval between seeds] (per-seed values); percent but for perplexities.", ""]
+  for metric in table["tables"]:
+    label = f"{metric} (UNVALIDATED: {unvalidated[metric]})" if metric in unvalidated else metric
+    lines += [f"### {label}", "", ladder.stages_markdown(table["values"], metric, table["stages"], table["systems"]), ""]
+  lines += ["## Claims", "", table["claims_markdown"], "", "## Per stage, with paired differences to raw/beam", ""]
   for metric, by_stage in table["tables"].items():
     title = f"{metric} (UNVALIDATED: {unvalidated[metric]})" if metric in unvalidated else None
     for stage, rows in by_stage.items():
       lines += [ladder.rows_markdown(rows, metric, stage, title=title), ""]
-  lines += ["## Claims", "", table["claims_markdown"], ""]
   (out / "ladder.md").write_text("\n".join(lines))
   (out / "claims.md").write_text(table["claims_markdown"] + "\n")
   written = [str(out / n) for n in ("ladder.json", "ladder.md", "claims.md")]

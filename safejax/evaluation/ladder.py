@@ -168,6 +168,29 @@ def rows_markdown(rows: Sequence[Mapping[str, Any]], metric: str, stage: str, ti
   return "\n".join(lines)
 
 
+def stages_markdown(nested: Mapping[str, Any], metric: str, stages: Sequence[str], systems: Sequence[str],
+                    confidence: float = 0.95) -> str:
+  """One metric, a column per stage: each cell the mean [between-seed 95 % t interval] and the
+  per-seed values (percentages, but for `PLAIN_METRICS`); a system a row."""
+  scale = 1 if metric in PLAIN_METRICS else 100
+  fmt = lambda x: "-" if x is None or math.isnan(x) else f"{scale * x:.1f}"  # noqa: E731
+  stages = [st for st in stages if st in nested.get(metric, {})]
+  lines = ["| system | " + " | ".join(stages) + " |", "|---|" + "---|" * len(stages)]
+  for system in systems:
+    cells = []
+    for stage in stages:
+      values = nested[metric][stage].get(system)
+      if not values:
+        cells.append("")
+        continue
+      seeds = sorted(values, key=str)
+      s = stats.seed_interval([values[k] for k in seeds], confidence)
+      cells.append(f"{fmt(s.mean)} [{fmt(s.low)}, {fmt(s.high)}] ({' / '.join(fmt(values[k]) for k in seeds)})")
+    if any(cells):
+      lines.append(f"| {system} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def plot_ladder(nested: Mapping[str, Any], metric: str, stages: Sequence[str], rungs: Sequence[str],
                 decodings: Sequence[str], path: str | Path, title: str | None = None) -> str:
   """Bars of the mean per rung and decoding, one panel per stage, with between-seed 95 % t error
