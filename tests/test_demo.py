@@ -169,7 +169,10 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
     assert (tmp_path / "posttrain" / f"tags-s0{suffix}" / "checkpoints" / "2").is_dir()
     results = json.loads((tmp_path / "evaluate" / f"tags-s0{suffix}" / "results.json").read_text())
     assert results["systems"][f"tags-s0{suffix}/SafeBeam"]["prompt_style"] == "chat"
-  assert (tmp_path / "sft_data" / "instruct.jsonl").stat().st_size > 0
+  instruct = demo_lib._read_jsonl(tmp_path / "sft_data" / "instruct.jsonl")
+  tagged = [r for r in instruct if r.get("harm_tagged")]
+  assert len(tagged) == round(0.1 * len(instruct)) > 0  # the paper's 10 %, in refused requests only
+  assert all("<potentially_unsafe_content>" in r["messages"][0]["content"] for r in tagged)
   table = json.loads((tmp_path / "report" / "ladder.json").read_text())
   assert table["stages"] == ["base", "instruct", "benign_ft"]
   for stage in table["stages"]:
