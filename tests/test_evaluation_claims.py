@@ -29,6 +29,7 @@ def test_every_claim_holds_on_paper_like_results():
       "rephrasing and refusal data lower compliance": cl.HOLDS,
       "tags with SafeBeam lower compliance beyond the placebo": cl.HOLDS,
       "control: SafeBeam on a never-tagged model does no better than the placebo": cl.HOLDS,
+      "tags learned in pretraining beat tags taught only in instruction tuning (SafeBeam)": cl.HOLDS,
       "the ordering survives benign fine-tuning": cl.HOLDS,
       "capability stays within noise (full recipe vs raw)": cl.HOLDS,
       "beyond the paper: the learned tag detects unsafe text better than a never-trained token": cl.HOLDS,
@@ -76,6 +77,17 @@ def test_noisy_seeds_one_seed_and_missing_systems():
   assert set(empty.values()) == {cl.NOT_RUN}
 
 
+def test_pretrained_tags_against_instruction_only_tags_needs_post_training():
+  results = _paper_like()
+  results["compliance"]["benign_ft"]["raw/SafeBeam"] = _seeds(0.07, 0.05, 0.08)  # instruction-only tags do as well
+  by = {c.claim: c for c in cl.evaluate_claims(results)}
+  claim = by["tags learned in pretraining beat tags taught only in instruction tuning (SafeBeam)"]
+  assert claim.status == cl.DOES_NOT_HOLD and "tags/SafeBeam - raw/SafeBeam" in claim.reason
+  base = {"compliance": {"base": _paper_like()["compliance"]["benign_ft"]}}
+  by = {c.claim: c for c in cl.evaluate_claims(base, cl.ClaimSettings(headline_stage="base", earlier_stages=()))}
+  assert by["tags learned in pretraining beat tags taught only in instruction tuning (SafeBeam)"].status == cl.NOT_RUN
+
+
 def test_rephrase_rung_is_checked_step_by_step_when_run():
   results = _paper_like()
   results["compliance"]["benign_ft"]["rephrase/beam"] = _seeds(0.45, 0.39, 0.48)  # rephrasing adds nothing
@@ -93,5 +105,5 @@ def test_decide_rules_and_markdown():
   with pytest.raises(ValueError, match="direction"):
     cl.decide(c, "doubles", 0.05)
   table = cl.claims_markdown(cl.evaluate_claims(_paper_like()))
-  assert table.count("\n") == 8 and "**holds**" in table
+  assert table.count("\n") == 9 and "**holds**" in table  # header, rule, 8 claims
   assert cl.evaluate_claims(_paper_like())[0].to_dict()["comparisons"][0]["difference"]["n"] == 3

@@ -26,6 +26,9 @@ attack) and decodings "beam", "SafeBeam", "placebo", ... Claims (PAPER.md, secti
                                                             rephrase rung's own steps where run)
   3. tags with SafeBeam lower it beyond the placebo         tags/SafeBeam vs tags/placebo
      (control) SafeBeam without the tag does not            raw/SafeBeam vs raw/placebo
+     tags learned in pretraining beat tags  tags/SafeBeam vs raw/SafeBeam after post-training
+     taught only in instruction tuning      (10 % of every rung's instruction data is tagged, so
+                                            the raw rung learns the tag there only; section 4)
   4. the ordering survives benign fine-tuning               the significant differences of an earlier
                                                             stage keep their sign at the headline
   5. capability stays within noise                          capability of tags/SafeBeam vs raw/beam
@@ -199,6 +202,13 @@ def evaluate_claims(results: Mapping[str, Any], settings: ClaimSettings | None =
   c = cmp("raw/SafeBeam", "raw/placebo")
   claims.append(Claim("control: SafeBeam on a never-tagged model does no better than the placebo",
                       *decide(c, NOT_LOWER, s.margin), (c,)))
+
+  name = "tags learned in pretraining beat tags taught only in instruction tuning (SafeBeam)"
+  if stage == "base":
+    claims.append(Claim(name, NOT_RUN, "needs post-training: at base the raw model has seen no tag at all", ()))
+  else:
+    c = cmp("tags/SafeBeam", "raw/SafeBeam")
+    claims.append(Claim(name, *decide(c, LOWERS, s.margin), (c,)))
 
   claims.append(_ordering(results, s, [("score0/beam", "raw/beam"), ("refusal/beam", "score0/beam"),
                                        ("tags/SafeBeam", "raw/beam")]))
