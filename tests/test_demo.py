@@ -172,7 +172,9 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
   instruct = demo_lib._read_jsonl(tmp_path / "sft_data" / "instruct.jsonl")
   tagged = [r for r in instruct if r.get("harm_tagged")]
   assert len(tagged) == round(0.1 * len(instruct)) > 0  # the paper's 10 %, in refused requests only
-  assert all("<potentially_unsafe_content>" in r["messages"][0]["content"] for r in tagged)
+  assert all(any("<potentially_unsafe_content>" in m["content"] for m in r["messages"] if m["role"] == "user")
+             and not any("<potentially_unsafe_content>" in m["content"] for m in r["messages"] if m["role"] != "user")
+             for r in tagged)
   table = json.loads((tmp_path / "report" / "ladder.json").read_text())
   assert table["stages"] == ["base", "instruct", "benign_ft"]
   for stage in table["stages"]:
