@@ -640,13 +640,15 @@ def _register_builtin_benchmarks(corpus_dir: Path) -> dict:
 
 
 STAGES = ("base", "instruct", "benign_ft")
-TABLE_METRICS = ("over_refusal", "capability", "word_perplexity", "tag_auroc", "oov_share", "reply_perplexity")
+TABLE_METRICS = ("empty_share", "over_refusal", "capability", "word_perplexity", "tag_auroc", "oov_share",
+                 "reply_perplexity")
 
 
 def garbling_records(evaluate_dir: Path, models: dict, vocabulary: frozenset[str]) -> list[dict]:
-  """Per system and seed, how garbled its replies to the harmful prompts are: the share of their
-  words the world never uses ("oov_share"), and their word perplexity given the prompt under the
-  raw base model of the same seed ("reply_perplexity"; needs a "raw" rung)."""
+  """Per system and seed, how garbled its replies to the harmful prompts are: the share of replies
+  without a word ("empty_share"), the share of their words the world never uses ("oov_share"),
+  and their word perplexity given the prompt under the raw base model of the same seed
+  ("reply_perplexity"; needs a "raw" rung)."""
   from safejax import checkpoints
   from safejax.evaluation import ladder
   from safejax.evaluation.loglikelihood import LoglikelihoodModel
@@ -671,6 +673,9 @@ def garbling_records(evaluate_dir: Path, models: dict, vocabulary: frozenset[str
         continue
       rows = _read_jsonl(path)
       where = {"stage": info.get("stage", "base"), "system": f"{info['rung']}/{decoding}", "seed": info["seed"]}
+      # A reply without a word is neither a refusal nor an attempt: its share sits beside the ASR.
+      empty = sum(not ladder.WORD.search(row["response"]) for row in rows) / max(1, len(rows))
+      records.append({"metric": "empty_share", **where, "value": empty})
       share = ladder.out_of_vocabulary_share([row["response"] for row in rows], vocabulary)
       if not math.isnan(share):
         records.append({"metric": "oov_share", **where, "value": share})

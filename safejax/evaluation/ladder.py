@@ -28,7 +28,7 @@ import numpy as np
 
 from safejax import stats
 
-_WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
+WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")  # a word of a reply
 
 
 def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]],
@@ -240,7 +240,7 @@ def plot_ladder(nested: Mapping[str, Any], metric: str, stages: Sequence[str], r
 def out_of_vocabulary_share(texts: Sequence[str], vocabulary: frozenset[str] | set[str]) -> float:
   """The share of the replies' words (lower-cased) that are not in `vocabulary`, over all words;
   NaN when the replies hold no word. Garbled text scores high; the world's own text scores 0."""
-  words = [w.lower() for t in texts for w in _WORD.findall(t)]
+  words = [w.lower() for t in texts for w in WORD.findall(t)]
   if not words:
     return math.nan
   return sum(w not in vocabulary for w in words) / len(words)
