@@ -85,6 +85,7 @@ def test_garbling_is_the_share_of_unknown_words_and_the_perplexity_under_raw(toy
   assert by[("reply_perplexity", "raw/beam")] > 1 and by[("reply_perplexity", "raw/SafeBeam")] > 1
   assert ("oov_share", "raw/placebo") not in by  # its replies are empty: nothing to rate
   assert by[("empty_share", "raw/placebo")] == 1.0 and by[("empty_share", "raw/beam")] == 0.0
+  assert by[("harmful_refused", "raw/placebo")] == 0.0  # the judge's verdicts as written: an empty reply is no refusal
 
 
 def test_the_threshold_variant_is_chosen_on_validation_prompts(toy_run):
