@@ -737,6 +737,13 @@ def ladder_table(results: dict[str, dict], models: dict, config: DemoConfig, ext
                                         earlier_stages=tuple(reversed(stages[:-1])))
     decided = claims_lib.evaluate_claims(nested, settings)
     claims, claims_markdown = [c.to_dict() for c in decided], claims_lib.claims_markdown(decided)
+    # The same rules at each earlier stage, beside the headline: an effect at the base model that
+    # post-training removes (or a floor every rung reaches) shows here and not in the headline.
+    for i, stage in enumerate(stages[:-1]):
+      earlier = claims_lib.evaluate_claims(nested, dataclasses.replace(
+          settings, headline_stage=stage, earlier_stages=tuple(reversed(stages[:i]))))
+      claims_markdown += f"\n\nThe same claims at `{stage}` (not the paper's headline):\n\n"
+      claims_markdown += claims_lib.claims_markdown(earlier)
   else:
     claims, claims_markdown = [], ("No ASR judge is validated (kappa >= "
                                    f"{ladder.MIN_JUDGE_KAPPA} against labelled replies): no claim is decided.")
