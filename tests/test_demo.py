@@ -128,7 +128,9 @@ def test_changed_settings_redo_the_stages_they_touch(toy_run):
 def test_cloze_items_are_well_formed():
   docs = [{"text": "One two three four. Five six seven eight. Nine ten eleven twelve. Alpha beta gamma delta."},
           {"text": "Red green blue white. Cats dogs birds fish. Sun moon stars sky. Rain snow hail wind."}]
-  items = demo_lib.cloze_items(docs, seed=0, num_choices=2)
+  from safejax.demo import world
+
+  items = world.cloze_items(docs, seed=0, num_choices=2)
   assert len(items) == 2
   for item, doc in zip(items, docs):
     assert item["choices"][item["gold"]] in doc["text"]

@@ -270,25 +270,6 @@ def build_shared_corpus(out: Path, config: DemoConfig) -> dict:
           "classifier_test": len(data.splits["test"]), "labelled_table": data.table()}
 
 
-def cloze_items(docs: Sequence[dict], seed: int, num_choices: int = 4) -> list[dict]:
-  """A capability probe from held-out text: after a document's opening sentences, pick its real
-  next sentence among distractors taken from other documents (chance 1/num_choices)."""
-  rng = random.Random(seed)
-  sentences = [[s.strip() + "." for s in d["text"].split(".") if len(s.split()) >= 4] for d in docs]
-  pool = [s for doc in sentences for s in doc]
-  items = []
-  for doc in sentences:
-    if len(doc) < 3:
-      continue
-    cut = rng.randint(2, len(doc) - 1)
-    answer = doc[cut]
-    distractors = rng.sample([s for s in pool if s not in doc], num_choices - 1)
-    choices = distractors + [answer]
-    rng.shuffle(choices)
-    items.append({"query": " ".join(doc[max(0, cut - 3):cut]), "choices": choices, "gold": choices.index(answer)})
-  return items
-
-
 def generated_safe_examples(documents: Sequence[dict], seed: int) -> list[dict]:
   """The template backend's rephrasings, refusal dialogues and moral lessons of unsafe documents,
   labelled 0: what the recipe writes is safe by construction, and a classifier that has never
