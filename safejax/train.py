@@ -171,7 +171,7 @@ class InputIterator:
   def __init__(self, dataset):
     self.iterator = iter(dataset)
     # None until the first save tries; False when tf.data cannot serialize this pipeline (it
-    # holds Python functions: `tf.numpy_function` parsing, a Hugging Face tokenizer), so resume
+    # holds a stateful Python function: `tf.py_function`, `Dataset.from_generator`), so resume
     # falls back to re-reading the consumed batches.
     self.checkpointable: bool | None = None
 

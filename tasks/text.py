@@ -64,58 +64,109 @@ def _document(line: bytes, jsonl: bool, text_field: str) -> str:
   return sanitize_text(text)[0]
 
 
-def corpus_documents(path: str, jsonl: bool, text_field: str = "text", on_bad_record: str = "error") -> Iterator[str]:
-  """The sanitized documents of one jsonl or txt file (optionally .gz), one per non-blank line.
+def _bad_record(path: str, line_no: int, e: RejectedText, on_bad_record: str) -> None:
+  """Raises CorpusError naming the file and line (on_bad_record="error"), or logs a warning."""
+  where = f"{path}:{line_no}: {e.reason} ({e.detail[:200]})"
+  if on_bad_record == "error":
+    raise CorpusError(f"bad record in {where}; fix or remove it, set "
+                      "register_text_task.on_bad_record='skip', or run the corpus through "
+                      "`safejax prepare`, which sets bad documents aside") from None
+  log.warning("skipped a bad record in %s", where)
 
-  Raises:
-    CorpusError: a bad record (with on_bad_record="error"), or a damaged file, naming the file.
-  """
+
+def _check_on_bad_record(on_bad_record: str) -> None:
   if on_bad_record not in ON_BAD_RECORD:
     raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, not {on_bad_record!r}")
+
+
+def _lines(path: str) -> Iterator[bytes]:
+  """The lines of a file (optionally .gz), without their line ends.
+
+  Raises:
+    CorpusError: the file is damaged (a .gz cut short or corrupt), naming it and the last good line.
+  """
   line_no = 0
   try:
     with tf.io.gfile.GFile(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
       for line_no, line in enumerate(iter(f.readline, b""), start=1):
-        line = line.rstrip(b"\r\n")
-        if not line.strip():
-          continue
-        try:
-          yield _document(line, jsonl, text_field)
-        except RejectedText as e:
-          where = f"{path}:{line_no}: {e.reason} ({e.detail[:200]})"
-          if on_bad_record == "error":
-            raise CorpusError(f"bad record in {where}; fix or remove it, set "
-                              "register_text_task.on_bad_record='skip', or run the corpus through "
-                              "`safejax prepare`, which sets bad documents aside") from None
-          log.warning("skipped a bad record in %s", where)
+        yield line.rstrip(b"\r\n")
   except (EOFError, OSError, zlib.error) as e:
     raise CorpusError(f"{path} is damaged after line {line_no} ({type(e).__name__}: {e}); the rest of the "
                       "file cannot be read: repair or remove it") from None
 
 
+def corpus_documents(path: str, jsonl: bool, text_field: str = "text", on_bad_record: str = "error") -> Iterator[str]:
+  """The sanitized documents of one jsonl or txt file (optionally .gz), one per non-blank line:
+  in Python what `text_file_source` reads through tf.data.
+
+  Raises:
+    CorpusError: a bad record (with on_bad_record="error"), or a damaged file, naming the file.
+  """
+  _check_on_bad_record(on_bad_record)
+  for line_no, line in enumerate(_lines(path), start=1):
+    if line.strip():
+      try:
+        yield _document(line, jsonl, text_field)
+      except RejectedText as e:
+        _bad_record(path, line_no, e, on_bad_record)
+
+
+def _parse_line(path: bytes, line_no: int, line: bytes, jsonl: bool, text_field: str,
+                on_bad_record: str) -> tuple[bytes, bool]:
+  """(document, keep) of one line that tf.data read; line 0 stands for the file's integrity check."""
+  if line_no == 0:
+    if path.endswith(b".gz"):
+      for _ in _lines(path.decode("utf-8")):  # raises CorpusError on a damaged file
+        pass
+    return b"", False
+  if not line.strip():
+    return b"", False
+  try:
+    return _document(line, jsonl, text_field).encode("utf-8"), True
+  except RejectedText as e:
+    _bad_record(path.decode("utf-8"), int(line_no), e, on_bad_record)
+    return b"", False
+
+
+def read_text_lines(path: tf.Tensor, jsonl: bool, text_field: str = "text",
+                    on_bad_record: str = "error") -> tf.data.Dataset:
+  """The sanitized documents of one jsonl or txt file (optionally .gz) as a tf.data pipeline.
+
+  tf.data's own line reader with a stateless parse: unlike a Python generator, tf.data can
+  checkpoint it, so a trainer resumes it where it stopped instead of re-reading what it consumed.
+  The parse still names the file and line of a bad record. TensorFlow's gzip reader ends a
+  truncated file without a word, so each .gz file is first read through once in Python (one more
+  decompression a pass) and a damaged one stops the run before any of its lines is trained on.
+  """
+  _check_on_bad_record(on_bad_record)
+  compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
+  integrity_check = tf.data.Dataset.from_tensors((tf.constant(0, tf.int64), tf.constant(b"")))
+  lines = integrity_check.concatenate(tf.data.TextLineDataset(path, compression_type=compression).enumerate(start=1))
+
+  def parse(line_no, line):
+    text, keep = tf.numpy_function(
+        functools.partial(_parse_line, jsonl=jsonl, text_field=text_field, on_bad_record=on_bad_record),
+        [path, line_no, line], [tf.string, tf.bool], stateful=False)
+    return tf.reshape(text, []), tf.reshape(keep, [])
+
+  parsed = lines.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return parsed.filter(lambda text, keep: keep).map(lambda text, keep: text)
+
+
 def text_file_source(file_pattern: str | dict[str, str], text_field: str = "text",
                      on_bad_record: str = "error") -> seqio.DataSource:
   """A file-sharded seqio source of documents from jsonl / TFRecord / txt files: TFRecord files
-  yield {text_field: string}, the others the bare (sanitized) text."""
+  yield {text_field: string}, the others the bare (sanitized) text (`read_text_lines`)."""
   split_to_pattern = file_pattern if isinstance(file_pattern, dict) else {"train": file_pattern}
   pattern = next(iter(split_to_pattern.values()))
   if ".tfrecord" in pattern:
     return seqio.TFExampleDataSource(
         split_to_pattern, feature_description={text_field: tf.io.FixedLenFeature([], tf.string)})
-  if ".jsonl" in pattern or ".txt" in pattern:
-    jsonl = ".jsonl" in pattern
-  else:
+  if ".jsonl" not in pattern and ".txt" not in pattern:
     raise ValueError(f"{pattern}: unknown text format (jsonl[.gz], txt[.gz] or tfrecord)")
-  if on_bad_record not in ON_BAD_RECORD:
-    raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, not {on_bad_record!r}")
-
-  def generate(path: bytes):
-    for text in corpus_documents(path.decode("utf-8"), jsonl, text_field, on_bad_record):
-      yield text.encode("utf-8")
-
-  def read(path):
-    return tf.data.Dataset.from_generator(generate, args=(path,), output_signature=tf.TensorSpec([], tf.string))
-
+  _check_on_bad_record(on_bad_record)
+  read = functools.partial(read_text_lines, jsonl=".jsonl" in pattern, text_field=text_field,
+                           on_bad_record=on_bad_record)
   return seqio.FileDataSource(read_file_fn=read, split_to_filepattern=split_to_pattern)
 
 

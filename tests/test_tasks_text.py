@@ -84,3 +84,23 @@ def test_a_harm_tagged_conversation_keeps_its_tags_and_is_trained_on_whole():
   assert reply == f"{V.USER} Describe the{V.HARM_TAG} banned rite{V.END_OF_TURN}{V.ASSISTANT} No.{V.END_OF_TURN}"
   prompt, reply = split_conversation(messages)  # unmarked records lose their tags
   assert prompt == f"{V.USER} Describe the banned rite{V.END_OF_TURN}{V.ASSISTANT}" and V.HARM_TAG not in reply
+
+
+def test_a_gzip_corpus_iterator_checkpoints_and_resumes_mid_file(tmp_path):
+  """tf.data can save the position of the line reader (no Python generator in the pipeline), so a
+  trainer resumes a .jsonl.gz corpus where it stopped instead of re-reading it."""
+  import tensorflow as tf
+
+  rows = [json.dumps({"text": f"document {i}"}) for i in range(50)]
+  rows[7] = ""  # blank lines are not documents, and do not shift line numbers
+  (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(("\n".join(rows) + "\n").encode()))
+  ds = text_file_source(str(tmp_path / "c.jsonl.gz")).get_dataset("train", shuffle=False)
+  iterator = iter(ds)
+  first = [next(iterator).numpy().decode() for _ in range(20)]
+  checkpoint = tf.train.Checkpoint(iterator=iterator)
+  path = checkpoint.write(str(tmp_path / "ckpt"))
+  rest = [t.numpy().decode() for t in iterator]
+  restored = iter(ds)
+  tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
+  assert [t.numpy().decode() for t in restored] == rest
+  assert first + rest == [f"document {i}" for i in range(50) if i != 7]

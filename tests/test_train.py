@@ -84,34 +84,25 @@ def test_resume_after_crash_reproduces_losses(task, reference_run, tmp_path, mon
     assert resumed[step] == reference[step], step  # bit-for-bit on the same mesh
 
 
-def test_input_resumes_from_its_checkpoint_without_rereading(tiny_corpus, tiny_vocab, tmp_path):
+def test_input_resumes_from_its_checkpoint_without_rereading(tiny_corpus, tiny_vocab, tmp_path, monkeypatch):
   """300 batches in (two passes over the corpus), a restored iterator continues exactly where it
   stopped and reads a few documents to do so; skipping re-reads every document of those batches.
-
-  The corpus is read by tf.data's own line reader with a stateless parse, which tf.data can
-  checkpoint. (tasks.text's jsonl/txt source reads through a Python generator, which it cannot:
-  such a pipeline resumes by re-reading, `test_an_iterator_tf_data_cannot_serialize_...`.)"""
+  The task is a plain `register_text_task` over a jsonl corpus: its tf.data line reader and
+  stateless parse are what tf.data can checkpoint."""
   import orbax.checkpoint as ocp
-  import seqio
-  import tensorflow as tf
 
   from tasks import text
 
   reads = []
+  document = text._document
 
-  def parse(line):
+  def counted_document(*args):
     reads.append(1)
-    return text._document(line, True, "text").encode()
+    return document(*args)
 
-  def read(path):
-    lines = tf.data.TextLineDataset(path)
-    return lines.map(lambda line: tf.reshape(tf.numpy_function(parse, [line], tf.string, stateful=False), []))
-
-  if "test_tiny_lines" in seqio.TaskRegistry.names():
-    seqio.TaskRegistry.remove("test_tiny_lines")
-  seqio.TaskRegistry.add("test_tiny_lines", source=seqio.FileDataSource(read, {"train": str(tiny_corpus)}),
-                         output_features=text.output_features(tiny_vocab), preprocessors=text.lm_preprocessors())
-  task = "test_tiny_lines"
+  monkeypatch.setattr(text, "_document", counted_document)
+  task = "test_resume_text"
+  tasks.register_text_task(task, str(tiny_corpus), tiny_vocab.sentencepiece_model_file)
   consumed = 300
   batches = T.make_train_iterator(task, 32, 8, seed=0)
   expected = [next(batches) for _ in range(consumed + 2)][consumed:]
