@@ -12,6 +12,7 @@ layers: ModelConfig and train defaults). Contenders:
 
   jax             the defaults            jax_loop        scan_layers=False
   jax_plain_loss  loss_chunk_tokens=0     jax_bf16        bf16 compute (float32 parameters)
+  jax_xla_default XLA:CPU's default YNNPACK fusions, not safejax.CPU_XLA_FLAGS
   torch_eager     transformers, eager     torch_compile   the same step under torch.compile
 
 On a shared machine run-to-run spread is large: --repeats runs every contender that many times,
@@ -34,11 +35,14 @@ import subprocess
 import sys
 import time
 
+# contender: (ModelConfig options, train_step options, XLA_FLAGS added to its process)
 JAX_VARIANTS = {
-    "jax": ({}, {}),
-    "jax_loop": ({"scan_layers": False}, {}),
-    "jax_plain_loss": ({}, {"loss_chunk_tokens": 0}),
-    "jax_bf16": ({"dtype": "bfloat16"}, {}),
+    "jax": ({}, {}, ""),
+    "jax_loop": ({"scan_layers": False}, {}, ""),
+    "jax_plain_loss": ({}, {"loss_chunk_tokens": 0}, ""),
+    "jax_bf16": ({"dtype": "bfloat16"}, {}, ""),
+    # XLA:CPU's own YNNPACK fusion list, without the `dot` fusions safejax turns on (safejax.CPU_XLA_FLAGS)
+    "jax_xla_default": ({}, {}, "--xla_cpu_experimental_ynn_fusion_type=-dot"),
 }
 
 
@@ -78,7 +82,7 @@ def run_jax(spec: str, batch: int, length: int, vocab: int, steps: int, variant:
   from safejax.train import OptimizerConfig, peak_flops_per_device, train_step
 
   runtime_mb = rss_mb()
-  model_options, step_options = JAX_VARIANTS[variant]
+  model_options, step_options, _ = JAX_VARIANTS[variant]
   cfg = ModelConfig(vocab_size=vocab, **shapes(spec), **model_options)
   model = build_model(cfg)
   optimizer = nnx.Optimizer(model, OptimizerConfig(warmup_steps=1).make(10_000), wrt=nnx.Param)
@@ -184,7 +188,10 @@ def main() -> None:
         command = [sys.executable, __file__, "--contender", contender, "--shape", spec, "--batch", str(args.batch),
                    "--length", str(args.length), "--vocab", str(args.vocab), "--steps", str(args.steps)]
         load_before = load_average()
-        out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        if contender in JAX_VARIANTS and JAX_VARIANTS[contender][2]:
+          env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {JAX_VARIANTS[contender][2]}".strip()
+        out = subprocess.run(command, capture_output=True, text=True, env=env)
         loads[spec, contender] += [load_before, load_average()]
         bar.update(1)
         if out.returncode != 0:
