@@ -68,23 +68,6 @@ def test_cache_prefill_then_steps_equals_full_forward(model):
   assert int(cache.index) == 9
 
 
-def test_decoding_on_layer_params_split_once_equals_the_scan(model):
-  """`layer_params` (what decoding loops pass, split outside their step) gives the scan's logits
-  and cache, and must hold every layer."""
-  x = tokens(2, 9)
-  positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
-  layers = model.layer_params()
-  assert len(layers) == CFG.num_layers
-  for cut in (6, 8):
-    scanned, scan_cache = model(x[:, :cut], positions[:, :cut], cache=KVCache.init(CFG, 2, 12))
-    split, split_cache = model(x[:, :cut], positions[:, :cut], cache=KVCache.init(CFG, 2, 12), layer_params=layers)
-    np.testing.assert_allclose(split, scanned, atol=1e-6)
-    np.testing.assert_allclose(split_cache.keys, scan_cache.keys, atol=1e-6)
-    np.testing.assert_allclose(split_cache.values, scan_cache.values, atol=1e-6)
-  with pytest.raises(ValueError, match=f"layer_params holds 1 layers; the model has {CFG.num_layers}"):
-    model(x[:, :1], positions[:, :1], cache=KVCache.init(CFG, 2, 12), layer_params=layers[:1])
-
-
 def test_left_padding_is_invisible(model):
   x = tokens(1, 5)
   alone, _ = model(x)

@@ -36,12 +36,8 @@ def cached_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensT
   the compiled program rather than constants baked into it.
   """
 
-  # Split the stacked layer parameters here, once, not at every step of the decoding loop.
-  layer_params = nnx.merge(graphdef, state).layer_params()
-
   def tokens_to_logits(tokens, positions, cache, input_mask, siblings=False):
-    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings,
-                                      layer_params=layer_params)
+    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings)
 
   return tokens_to_logits
 

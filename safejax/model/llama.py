@@ -18,8 +18,6 @@ heads, H head dim, F mlp dim, V vocab.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-
 import gin
 import jax
 import jax.numpy as jnp
@@ -261,7 +259,6 @@ class Decoder(nnx.Module):
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
       siblings: bool = False,
-      layer_params: Sequence[nnx.State] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits for every position: `logits(hidden_states(...))`.
 
@@ -276,13 +273,10 @@ class Decoder(nnx.Module):
       siblings: with a cache: the T new tokens are alternatives for one and the same position
         (give them equal positions), not a sequence: each attends to the cache and itself only,
         so T candidates share one cache row; `KVCache.keep_sibling` then keeps one of them.
-      layer_params: with a cache, `self.layer_params()` taken once outside the decoding loop: the
-        layers then run one by one on those, instead of slicing the stacked [L, ...] parameters
-        at every step (XLA:CPU copies such a slice each time: a sixth of a decoding step).
     Returns:
       logits [B, T, V] float32, and the updated cache (None without one).
     """
-    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings, layer_params)
+    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings)
     return self.logits(x), cache
 
   def hidden_states(
@@ -293,7 +287,6 @@ class Decoder(nnx.Module):
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
       siblings: bool = False,
-      layer_params: Sequence[nnx.State] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """The final (normed) hidden states [B, T, D] in the compute dtype, and the cache.
 
@@ -333,7 +326,7 @@ class Decoder(nnx.Module):
     if cache is None:
       x = self._run_layers(x, positions, mask)
     else:
-      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots, layer_params)
+      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots)
       cache = KVCache(keys, values, key_valid, cache.index + t)
     return self.final_norm(x), cache
 
@@ -347,11 +340,6 @@ class Decoder(nnx.Module):
 
     return layer, stacked
 
-  def layer_params(self) -> list[nnx.State]:
-    """The blocks' parameters split per layer [L] of trees (see `__call__`'s layer_params)."""
-    _, stacked = nnx.split(self.blocks)
-    return [jax.tree.map(lambda p: p[i], stacked) for i in range(self.cfg.num_layers)]
-
   def _run_layers(self, x, positions, mask):
     """Training / scoring: every layer over x [B, T, D], rematerialised as the config says."""
     layer, stacked = self._layer_fn()
@@ -364,12 +352,10 @@ class Decoder(nnx.Module):
       x = run(x, jax.tree.map(lambda p: p[i], stacked))
     return x
 
-  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots, layer_params=None):
+  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots):
     """Decoding: every layer reads its cache and writes this call's keys and values into it.
     Returns x and the cache's new keys and values [L, B, S, K, H]."""
     layer, stacked = self._layer_fn()
-    if layer_params is not None and len(layer_params) != self.cfg.num_layers:
-      raise ValueError(f"layer_params holds {len(layer_params)} layers; the model has {self.cfg.num_layers}")
 
     def run(x, keys, values, params, i):
       # Written into the whole cache first, then read back: reading layer i before writing made
@@ -385,16 +371,14 @@ class Decoder(nnx.Module):
       x = layer(x, params, positions, mask, cache_update)
       return x, written["keys"], written["values"]
 
-    if self.cfg.scan_layers and layer_params is None:
+    if self.cfg.scan_layers:
       def body(carry, xs):
         return run(*carry, *xs), None
       layers = (stacked, jnp.arange(self.cfg.num_layers))
       return jax.lax.scan(body, (x, cache.keys, cache.values), layers)[0]
-    if layer_params is None:
-      layer_params = [jax.tree.map(lambda p: p[i], stacked) for i in range(self.cfg.num_layers)]
     keys, values = cache.keys, cache.values
-    for i, params in enumerate(layer_params):
-      x, keys, values = run(x, keys, values, params, i)
+    for i in range(self.cfg.num_layers):
+      x, keys, values = run(x, keys, values, jax.tree.map(lambda p: p[i], stacked), i)
     return x, keys, values
 
   def logits(self, x: jax.Array) -> jax.Array:
