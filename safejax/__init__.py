@@ -7,7 +7,7 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # XLA:CPU gives YNNPACK each matmul on its own by default, with layout copies and elementwise
 # passes around it; the `dot` fusion type lets YNNPACK fuse the matmuls with their neighbours. One
-# train step is 12-18 % faster with it on this project's shapes (README "Speed";
+# train step gains 9-16 % tokens/s with it on this project's shapes (README "Speed";
 # `benchmarks/bench_train.py --contenders jax,jax_xla_default`). An xla_cpu_* flag: GPU and TPU
 # ignore it. It takes effect when safejax is imported before JAX starts its CPU backend; a value of
 # your own for the same flag in XLA_FLAGS wins.
