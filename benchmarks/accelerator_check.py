@@ -191,7 +191,7 @@ def decode_figures(config, method: str, batch: int, args) -> dict:
       "greedy": functools.partial(decoding.sample, temperature=0.0, **common),
       "beam": functools.partial(decoding.beam_search, beam_size=args.beam_size, **common),
       "safebeam": functools.partial(decoding.safebeam, beam_size=args.beam_size, num_expand=args.num_expand,
-                                    tag_id=TAG, **common),
+                                    drop_fraction=decoding.DecodingConfig().drop_fraction, tag_id=TAG, **common),
   }[method]
   init_cache = functools.partial(KVCache.init, config)
   run = jax.jit(lambda state, prompts, mask: algorithm(decoding.cached_tokens_to_logits(graphdef, state),

@@ -134,7 +134,7 @@ def build_safejax(args, part: Part) -> tuple[Callable[[], None], str]:
       "greedy": functools.partial(decoding.sample, temperature=0.0, **common),
       "beam": functools.partial(decoding.beam_search, beam_size=args.beam_size, **common),
       "safebeam": functools.partial(decoding.safebeam, beam_size=args.beam_size, num_expand=part.num_expand,
-                                    tag_id=TAG, **common),
+                                    drop_fraction=decoding.DecodingConfig().drop_fraction, tag_id=TAG, **common),
   }[part.method]
   if part.use_cache:
     make, init_cache = decoding.cached_tokens_to_logits, functools.partial(KVCache.init, config)

@@ -77,7 +77,7 @@ EXAMPLES: dict[str, str] = {
     "demo": "safejax demo --quick",
     "decode": "safejax decode --gin.decode.checkpoint_dir=\"'/tmp/demo'\" \"Once upon a time\" \"The river\"",
     "eval": "safejax eval --gin_file=runs/eval.gin --gin.eval_checkpoints.checkpoints=\"{'raw': '/tmp/raw'}\" \\\n"
-            "    --gin.evaluate.out_dir=\"'/tmp/report'\" --gin.evaluate.data_dir=\"'../shared/data'\"",
+            "    --gin.eval_checkpoints.out_dir=\"'/tmp/report'\" --gin.EvalConfig.data_dir=\"'../shared/data'\"",
     "classify train": "safejax classify train --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR=\"'/tmp/clf'\"",
     "classify calibrate": "safejax classify calibrate --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR=\"'/tmp/clf'\"",
     "classify eval": "safejax classify eval --gin_file=classify/ngram.gin --gin.CLASSIFIER_DIR=\"'/tmp/clf'\"",

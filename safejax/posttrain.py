@@ -135,10 +135,10 @@ def from_qa_documents(records: Iterable[dict], counts: collections.Counter) -> I
         yield item
 
 
-def tag_requests(conversations: Sequence[dict], count: int, *, p: float = 0.05, seed: int = 0) -> list[dict]:
+def tag_requests(conversations: Sequence[dict], count: int, *, p: float, seed: int = 0) -> list[dict]:
   """Harm tags in the user turns of `count` of `conversations` (chosen at random, seeded), which
   must all be harmful requests (e.g. `from_refuseweb`'s): each word but a turn's first is preceded
-  by the tag with probability p (`safejax.data.tagging.tag_text`, as in pretraining), and a
+  by the tag with probability p (pretraining's, `PipelineConfig.tag_p`; `safejax.data.tagging.tag_text`), and a
   conversation drawn without any tag gets one at a random position, so `count` conversations
   carry tags. Tagged records are marked "harm_tagged": true, which `tasks.chat` honours; the
   others are returned unchanged. Returns all conversations, in their order.
@@ -155,7 +155,7 @@ def tag_requests(conversations: Sequence[dict], count: int, *, p: float = 0.05, 
     messages = [dict(m) for m in record["messages"]]
     users = [m for m in messages if m["role"] == "user"]
     for m in users:
-      m["content"] = tag_text(m["content"], [[0, len(m["content"]), 1]], rng, p=p, threshold=1)[0]
+      m["content"] = tag_text(m["content"], [[0, len(m["content"]), 1]], rng, p=p, level=1)[0]
     if not any(HARM_TAG in m["content"] for m in users):
       m = users[int(rng.integers(len(users)))]
       words = m["content"].split(" ")

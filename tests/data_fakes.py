@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from safejax.backends import Generation, GenerationRequest
+from safejax.generation import Generation, GenerationRequest
 from safejax.vocab import USER
 
 # A word in a document -> its score under KeywordScorer (the highest one found wins).

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from safejax.backends import Generation
+from safejax.generation import Generation
 from safejax.safety.annotator import PREFILL, LLMAnnotator, parse_annotation
 from safejax.safety.scorer import Scorer
 

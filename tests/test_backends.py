@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from safejax.backends import (GenerationRequest, OpenAICompatibleBackend, TemplateBackend, TextBackend,
-                              generate_validated)
+from safejax.generation import GenerationRequest, TextBackend, generate_validated
+from safejax.backends import OpenAICompatibleBackend, TemplateBackend
 from safejax.backends import template as templates
 
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from data_fakes import FailingBackend
-from safejax.backends import Generation, TemplateBackend
+from safejax.generation import Generation
+from safejax.backends import TemplateBackend
 from safejax.backends import template as templates
 from safejax.data import generators
 from safejax.data.generators import choose_style, parse_dialogue, render_dialogue

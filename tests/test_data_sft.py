@@ -81,4 +81,4 @@ def test_tag_requests_tags_exactly_count_conversations_in_their_user_turns_only(
   assert convs[0]["messages"][0]["content"].count(HARM_TAG) == 0  # inputs are not modified
   assert sft.tag_requests(convs, 4, p=0.05, seed=3) == out  # seeded
   with pytest.raises(ValueError, match="cannot tag 21 of 20"):
-    sft.tag_requests(convs, 21)
+    sft.tag_requests(convs, 21, p=0.05)

@@ -26,7 +26,7 @@ def _segments(text: str, scores: list[int]) -> list[list[int]]:
 @given(text=texts, scores=st.lists(st.integers(0, 5), min_size=1, max_size=4), p=st.floats(0, 1), seed=st.integers(0, 99))
 def test_removing_tags_restores_the_text_and_tags_sit_only_in_unsafe_segments(text, scores, p, seed):
   segments = _segments(text, scores)
-  tagged, n, candidates = tag_text(text, segments, np.random.default_rng(seed), p=p, threshold=3)
+  tagged, n, candidates = tag_text(text, segments, np.random.default_rng(seed), p=p, level=3)
   assert tagged.replace(HARM_TAG, "") == text
   assert tagged.count(HARM_TAG) == n <= candidates
   # Map each tag back to its offset in the original text: it must close a word of an unsafe
@@ -50,7 +50,7 @@ def test_removing_tags_restores_the_text_and_tags_sit_only_in_unsafe_segments(te
 
 def test_safe_documents_get_no_tags():
   text = "word " * 500
-  tagged, n, candidates = tag_text(text, [[0, len(text), 2]], np.random.default_rng(0), p=1.0, threshold=3)
+  tagged, n, candidates = tag_text(text, [[0, len(text), 2]], np.random.default_rng(0), p=1.0, level=3)
   assert tagged == text and n == candidates == 0
 
 
@@ -59,7 +59,7 @@ def test_tag_counts_follow_the_binomial():
   p = 0.05
   counts = []
   for doc in range(40):
-    _, n, candidates = tag_text(text, [[0, len(text), 5]], doc_rng(0, f"d{doc}", "tag"), p=p, threshold=3)
+    _, n, candidates = tag_text(text, [[0, len(text), 5]], doc_rng(0, f"d{doc}", "tag"), p=p, level=3)
     assert candidates == 20000
     counts.append(n)
   mean, std = candidates * p, math.sqrt(candidates * p * (1 - p))
@@ -73,10 +73,10 @@ def test_tagging_is_deterministic_per_document_and_seed():
   record = {"id": "src/1", "source": "src", "score": 4, "route": "refuse",
             "text": "one two three four five six seven eight nine ten " * 20}
   record["segments"] = [[0, len(record["text"]), 4]]
-  a, b = tag_record(record, seed=0, p=0.2), tag_record(record, seed=0, p=0.2)
+  a, b = tag_record(record, seed=0, p=0.2, level=3), tag_record(record, seed=0, p=0.2, level=3)
   assert a == b
-  assert tag_record(record, seed=1, p=0.2)["text"] != a["text"]
-  assert tag_record({**record, "id": "src/2"}, seed=0, p=0.2)["text"] != a["text"]
+  assert tag_record(record, seed=1, p=0.2, level=3)["text"] != a["text"]
+  assert tag_record({**record, "id": "src/2"}, seed=0, p=0.2, level=3)["text"] != a["text"]
   assert a["id"] == "src/1/tagged" and a["source_id"] == "src/1" and a["tags"] == a["text"].count(HARM_TAG)
 
 
@@ -85,7 +85,7 @@ def test_the_tag_is_exactly_one_token_in_context(tmp_path):
       "Students wrote essays, drew maps, and read aloud; then (quietly) they left."] * 50
   vocab = train_sentencepiece(corpus, str(tmp_path / "spm.model"), vocab_size=300)
   for text in corpus[:1] + corpus[-1:]:
-    tagged, n, _ = tag_text(text, [[0, len(text), 5]], np.random.default_rng(0), p=1.0, threshold=3)
+    tagged, n, _ = tag_text(text, [[0, len(text), 5]], np.random.default_rng(0), p=1.0, level=3)
     ids = vocab.tokenizer.encode(tagged)
     assert ids.count(vocab.harm_tag_id) == n == len(text.split()) - 1
     assert vocab.tokenizer.decode([i for i in ids if i != vocab.harm_tag_id]) == text

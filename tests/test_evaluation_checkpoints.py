@@ -25,15 +25,15 @@ def test_eval_checkpoints_writes_the_report(tiny_checkpoint, tmp_path):
                                                                              prompt_column="prompt", id_column="id"))
   quick = decoding.DecodingConfig(method="greedy", max_new_tokens=3)
   with gin.unlock_config():
-    gin.bind_parameter("evaluate.out_dir", str(tmp_path / "report"))
-    gin.bind_parameter("evaluate.data_dir", None)
-    gin.bind_parameter("evaluate.safety_benchmarks", ("ckpt_test",))
-    gin.bind_parameter("evaluate.over_refusal_benchmarks", ())
-    gin.bind_parameter("evaluate.capability_tasks", ())
-    gin.bind_parameter("evaluate.judges", ("keyword:builtin",))
-    gin.bind_parameter("evaluate.refusal_judge", "keyword:builtin")
-    gin.bind_parameter("evaluate.perplexity_file", None)
-    gin.bind_parameter("evaluate.validate_judges", False)
+    gin.bind_parameter("eval_checkpoints.out_dir", str(tmp_path / "report"))
+    gin.bind_parameter("EvalConfig.data_dir", None)
+    gin.bind_parameter("EvalConfig.safety_benchmarks", ("ckpt_test",))
+    gin.bind_parameter("EvalConfig.over_refusal_benchmarks", ())
+    gin.bind_parameter("EvalConfig.capability_tasks", ())
+    gin.bind_parameter("EvalConfig.judges", ("keyword:builtin",))
+    gin.bind_parameter("EvalConfig.refusal_judge", "keyword:builtin")
+    gin.bind_parameter("EvalConfig.perplexity_file", None)
+    gin.bind_parameter("EvalConfig.validate_judges", False)
   try:
     assert checkpoints.eval_checkpoints({"a": tiny_checkpoint}, decodings={"greedy": quick}) == 0
   finally:
@@ -58,13 +58,13 @@ def test_safejax_eval_takes_a_prompt_file_from_the_command_line(tiny_checkpoint,
   flags = [f"--gin.eval_checkpoints.checkpoints={{'a': '{tiny_checkpoint}'}}",
            "--gin.eval_checkpoints.decodings={'greedy': @DecodingConfig()}",
            "--gin.DecodingConfig.method='greedy'", "--gin.DecodingConfig.max_new_tokens=3",
-           f"--gin.evaluate.out_dir='{out}'", "--gin.evaluate.data_dir=None",
-           f"--gin.evaluate.prompt_files={{'strongreject': {{'path': '{prompts}', 'prompt_column': 'forbidden_prompt', "
+           f"--gin.eval_checkpoints.out_dir='{out}'", "--gin.EvalConfig.data_dir=None",
+           f"--gin.EvalConfig.prompt_files={{'strongreject': {{'path': '{prompts}', 'prompt_column': 'forbidden_prompt', "
            "'category_column': 'category'}}",
-           "--gin.evaluate.safety_benchmarks=()", "--gin.evaluate.over_refusal_benchmarks=()",
-           "--gin.evaluate.capability_tasks=()", "--gin.evaluate.judges=('keyword:builtin',)",
-           "--gin.evaluate.refusal_judge='keyword:builtin'", "--gin.evaluate.perplexity_file=None",
-           "--gin.evaluate.validate_judges=False"]
+           "--gin.EvalConfig.safety_benchmarks=()", "--gin.EvalConfig.over_refusal_benchmarks=()",
+           "--gin.EvalConfig.capability_tasks=()", "--gin.EvalConfig.judges=('keyword:builtin',)",
+           "--gin.EvalConfig.refusal_judge='keyword:builtin'", "--gin.EvalConfig.perplexity_file=None",
+           "--gin.EvalConfig.validate_judges=False"]
   try:
     assert cli.main(["eval", *flags]) == 0
   finally:

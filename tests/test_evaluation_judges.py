@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from safejax.backends import Generation
+from safejax.generation import Generation
 from safejax.evaluation import judges
 from safejax.evaluation.judges import JudgeVerdict, KeywordRefusalJudge, MatchRule
 

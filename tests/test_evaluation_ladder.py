@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from safejax.evaluation import claims, ladder
+from safejax.evaluation import claims, ladder, metrics
 
 
 def _records():
@@ -47,9 +47,9 @@ def test_plot_ladder_writes_a_png(tmp_path):
 
 def test_out_of_vocabulary_share():
   vocabulary = {"first", "add", "the", "glimmerose"}
-  assert ladder.out_of_vocabulary_share(["First, add the glimmerose."], vocabulary) == 0.0
-  assert ladder.out_of_vocabulary_share(["Fsirt dad the", "eth"], vocabulary) == pytest.approx(3 / 4)
-  assert math.isnan(ladder.out_of_vocabulary_share(["", "123"], vocabulary))
+  assert metrics.out_of_vocabulary_share(["First, add the glimmerose."], vocabulary) == 0.0
+  assert metrics.out_of_vocabulary_share(["Fsirt dad the", "eth"], vocabulary) == pytest.approx(3 / 4)
+  assert math.isnan(metrics.out_of_vocabulary_share(["", "123"], vocabulary))
 
 
 def test_choose_threshold_on_validation_only():
@@ -71,12 +71,12 @@ def test_reply_perplexity_by_hand():
     seen.extend(requests)
     return [(-2.0 * len(continuation.split()), False) for _, continuation in requests]
 
-  result = ladder.reply_perplexity(loglikelihood, ["q1", "q2", "q3"], ["a b", "", "c d e"])
+  result = metrics.reply_perplexity(loglikelihood, ["q1", "q2", "q3"], ["a b", "", "c d e"])
   assert seen == [("q1", "a b"), ("q3", "c d e")]
   assert result == {"n": 2, "empty": 1, "words": 5, "word_perplexity": pytest.approx(math.exp(2.0))}
-  assert math.isnan(ladder.reply_perplexity(loglikelihood, ["q"], [" "])["word_perplexity"])
+  assert math.isnan(metrics.reply_perplexity(loglikelihood, ["q"], [" "])["word_perplexity"])
   with pytest.raises(ValueError, match="1 prompts but 2 replies"):
-    ladder.reply_perplexity(loglikelihood, ["q"], ["a", "b"])
+    metrics.reply_perplexity(loglikelihood, ["q"], ["a", "b"])
 
 
 def test_records_from_evaluate_results():

@@ -23,7 +23,7 @@ def test_labels_from_score_or_category_columns(tmp_path):
   assert texts == ["A calm walk in the park.", "A violent threat.", "A rude insult."]
   assert labels == [False, True, True]
   assert counts == {"read": 5, "kept": 3, "no_text": 1, "no_label": 1, "unreadable": 0}
-  _, graded, _ = tag_detector.load_labelled_texts(path, text_column="text", label_columns=("V",), unsafe_threshold=2)
+  _, graded, _ = tag_detector.load_labelled_texts(path, text_column="text", label_columns=("V",), unsafe_level=2)
   assert graded == [False, False, False]  # V=1 is below a threshold of 2
 
 

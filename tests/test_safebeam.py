@@ -16,7 +16,7 @@ VOCAB = 24
 
 def run_safebeam(table, prompts, **options):
   tokens_to_logits, init_cache = bigram_model(table)
-  options = {"beam_size": 2, "num_expand": 3, "alpha": 0.0, **options}
+  options = {"beam_size": 2, "num_expand": 3, "drop_fraction": 0.5, "alpha": 0.0, **options}
   run = functools.partial(decoding.safebeam, tokens_to_logits, init_cache, tag_id=TAG, eos_id=EOS, **options)
   return jax.jit(run)(*prompt_batch(prompts))
 
@@ -138,7 +138,7 @@ def test_one_lookahead_pass_per_step():
   calls = []
   tokens_to_logits, init_cache = bigram_model(RISKY_SECOND_STEP, calls)
   decoding.safebeam(tokens_to_logits, init_cache, *prompt_batch([[5], [3, 6]]), tag_id=TAG, eos_id=EOS,
-                    beam_size=2, num_expand=3, max_new_tokens=3)
+                    beam_size=2, num_expand=3, drop_fraction=0.5, max_new_tokens=3)
   assert calls == [((2, 2), False), ((2 * 2, 3), True)]
 
 
@@ -156,7 +156,7 @@ def test_safebeam_without_dropping_equals_beam_search(model):
   np.testing.assert_array_equal(safe.tokens, beam.tokens)
   np.testing.assert_allclose(safe.scores, beam.scores, rtol=1e-5)
   # With the default drop the search really changes course.
-  dropped = run(method="safebeam", num_expand=2, tag_id=TAG)
+  dropped = run(method="safebeam", num_expand=2, drop_fraction=decoding.DecodingConfig().drop_fraction, tag_id=TAG)
   assert not np.array_equal(dropped.tokens, beam.tokens)
   # The prompt proposes all k*N first candidates, so even N = 2 fills the beam (halving k*N).
   assert np.isfinite(dropped.scores).all()
@@ -170,6 +170,7 @@ def test_sibling_lookahead_equals_one_history_per_candidate():
   model = build_model(ModelConfig(vocab_size=12, init_std=0.2), seed=1)
   run = functools.partial(decoding.generate, model, [[5, 6, 7, 8, 9], [7, 8], [9, 5, 6, 7, 8, 9, 5, 6, 7], [3]],
                           method="safebeam", max_new_tokens=8, eos_id=EOS, tag_id=TAG, beam_size=3, num_expand=2,
+                          drop_fraction=0.5,
                           prompt_multiple=1)
   siblings, separate = run(use_kv_cache=True), run(use_kv_cache=False)
   for field in ("tokens", "lengths", "finished", "tag_stopped"):

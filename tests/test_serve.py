@@ -17,7 +17,8 @@ from flax import nnx
 from safejax import cli
 from safejax.serve import app as S
 from safejax import checkpoints
-from safejax.backends import GenerationRequest, OpenAICompatibleBackend
+from safejax.generation import GenerationRequest
+from safejax.backends import OpenAICompatibleBackend
 from safejax.decoding import generate
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.chat_template import format_chat

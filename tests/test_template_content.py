@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from safejax.demo import world as dw
-from safejax.backends import GenerationRequest, TemplateBackend
+from safejax.generation import GenerationRequest
+from safejax.backends import TemplateBackend
 from safejax.backends import template as templates
 from safejax.data import generators
 

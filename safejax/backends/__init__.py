@@ -1,12 +1,9 @@
-"""Text generation backends behind one interface (`base`): an OpenAI-compatible endpoint (`openai`),
-a safejax checkpoint in this process (`local`) and the offline template backend (`template`).
-
-`local` is not imported here: it pulls in the decoder, which the data stages never need.
+"""Text generation backends that need no model: an OpenAI-compatible endpoint (`openai`) and the
+offline template backend (`template`). The interface they implement is `safejax.generation`; a
+safejax checkpoint as a backend is `safejax.decoding.backend.LocalModelBackend`, beside the decoder.
 """
 
-from safejax.backends.base import Generation, GenerationRequest, TextBackend, generate_validated
 from safejax.backends.openai import OpenAICompatibleBackend, request_key
 from safejax.backends.template import TemplateBackend
 
-__all__ = ["Generation", "GenerationRequest", "TextBackend", "generate_validated", "OpenAICompatibleBackend",
-           "request_key", "TemplateBackend"]
+__all__ = ["OpenAICompatibleBackend", "request_key", "TemplateBackend"]

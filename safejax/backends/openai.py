@@ -19,7 +19,7 @@ from typing import Any
 import gin
 import httpx
 
-from safejax.backends.base import Generation, GenerationRequest
+from safejax.generation import Generation, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class OpenAICompatibleBackend:
 
     Raises:
       ValueError: the request has no chat messages (a template-only request: the caller's mistake,
-        raised at once by `generate` too, see `safejax.backends.base`).
+        raised at once by `generate` too, see `safejax.generation`).
     """
     if not request.messages:
       raise ValueError(f"{request.task} request has no chat messages for an LLM backend")

@@ -23,9 +23,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from safejax.backends import Generation, GenerationRequest, TextBackend, generate_validated
+from safejax.generation import Generation, GenerationRequest, TextBackend, generate_validated
 from safejax.data.records import GENERATE, MORAL_EDUCATION, REFUSEWEB, REPHRASE, dead_letter, doc_rng, doc_seed
-from safejax.backends.template import STYLES, detect_categories
+from safejax.safety.rubric import detect_categories
+from safejax.text import STYLES
 from safejax.vocab import strip_special_tokens
 
 _SYSTEM = ("You write educational web text for a general audience that includes children. You never "

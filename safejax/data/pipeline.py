@@ -33,7 +33,8 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from safejax.backends import TemplateBackend, TextBackend
+from safejax.generation import TextBackend
+from safejax.backends import TemplateBackend
 from safejax.data import generators, manifest as manifest_lib, shards, sources as sources_lib
 from safejax.data.records import (DEAD_LETTER, KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED,
                                   is_dead_letter)
@@ -42,7 +43,7 @@ from safejax.data.scoring import score_documents
 from safejax.data.sources import SourceSpec
 from safejax.data.tagging import tag_record
 from safejax.safety import load_scorer
-from safejax.safety.rubric import UNSAFE
+from safejax.safety.rubric import UNSAFE_LEVEL
 
 log = logging.getLogger(__name__)
 ALL_STREAMS = (*STREAMS, DEAD_LETTER)
@@ -62,8 +63,9 @@ class PipelineConfig:
     backend: the text backend of the generators.
     routing: scores -> routes.
     seed: seeds styles, sampling and tags (per document).
-    tag_p: the probability of a harm tag before each candidate word.
-    tag_threshold: segments scored at least this are tagged.
+    tag_p: the probability of a harm tag before each candidate word (the paper's 5 %; the one
+      home of this default: the demo and post-training read it from here).
+    tag_level: segments scored at this level or above are tagged.
     segment_chars: scoring segment length (characters).
     score_batch_size: documents per scorer call.
     generate_batch_size: documents per backend call.
@@ -78,7 +80,7 @@ class PipelineConfig:
   routing: RoutingTable = dataclasses.field(default_factory=RoutingTable)
   seed: int = 0
   tag_p: float = 0.05
-  tag_threshold: int = UNSAFE
+  tag_level: int = UNSAFE_LEVEL
   segment_chars: int = 1000
   score_batch_size: int = 64
   generate_batch_size: int = 16
@@ -106,7 +108,7 @@ class PipelineConfig:
         "scorer": scorer,
         "backend": {"name": self.backend.name, "model": getattr(self.backend, "model", None)},
         "routing": self.routing.as_dict(),
-        "seed": self.seed, "tag_p": self.tag_p, "tag_threshold": self.tag_threshold,
+        "seed": self.seed, "tag_p": self.tag_p, "tag_level": self.tag_level,
         "segment_chars": self.segment_chars, "num_shards": self.num_shards,
         "generation_attempts": self.generation_attempts,
     }
@@ -141,7 +143,7 @@ def refuse_batch(records: Sequence[dict], config: PipelineConfig) -> tuple[list[
 
 
 def tag(record: dict, config: PipelineConfig) -> dict:
-  return tag_record(record, seed=config.seed, p=config.tag_p, threshold=config.tag_threshold)
+  return tag_record(record, seed=config.seed, p=config.tag_p, level=config.tag_level)
 
 
 def shard_key(stream: str, record: dict, num_shards: int) -> tuple[str, int]:

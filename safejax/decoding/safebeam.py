@@ -1,6 +1,7 @@
 """SafeBeam (Safety Pretraining, section 4): beam search that steers away from the harm tag.
 
-Built from beam search's pieces in `safejax.decoding.search` (same state, same settling of rows);
+Built from beam search's public state and steps in `safejax.decoding.search` (`BeamState`,
+`prefill`, `ended_by`, `extend_beams`, `settle_beams`, ...: the same state, the same settling of rows);
 `harm_tag_filter` is its dropping rule written as a candidate filter, so a caller can also apply
 it, or a control of the same cost, to plain beam search's candidates; `RandomDropFilter` is that
 control (the placebo: the same share dropped at random).
@@ -13,12 +14,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from safejax.decoding.search import (NEG_INF, CandidateFilter, Candidates, DecodeResult, InitCache, LogitsProcessor,
-                                     TokensToLogits, _BeamState, _alive_log_probs, _beam_rows, _check_beam_args,
-                                     _ended_by, _extend, _final, _initial_beams, _kth_largest, _prefill, _settle)
+from safejax.decoding.search import (NEG_INF, BeamState, CandidateFilter, Candidates, DecodeResult, InitCache,
+                                     LogitsProcessor, TokensToLogits, beam_rows, check_beam_args, ended_by,
+                                     extend_beams, final_beams, initial_beams, kth_largest, prefill, score_extensions,
+                                     settle_beams)
 
 
-def harm_tag_filter(tag_id: int, drop_fraction: float = 0.5, threshold: float | None = None) -> CandidateFilter:
+def harm_tag_filter(tag_id: int, drop_fraction: float, threshold: float | None = None) -> CandidateFilter:
   """SafeBeam's rule as a candidate filter: drop the candidates most likely to be followed by the tag.
 
   Risk of a candidate = the lookahead probability of `tag_id` right after it. Per prompt, the
@@ -57,7 +59,7 @@ class RandomDropFilter:
   share one compilation.
   """
 
-  drop_fraction: float = 0.5
+  drop_fraction: float
   seed: int = 0
 
   def __post_init__(self):
@@ -82,9 +84,9 @@ def safebeam(
     tag_id: int,
     max_new_tokens: int,
     eos_id: int,
-    beam_size: int = 4,
-    num_expand: int = 4,
-    drop_fraction: float = 0.5,
+    beam_size: int,
+    num_expand: int,
+    drop_fraction: float,
     tag_threshold: float | None = None,
     alpha: float = 0.6,
     logits_processor: LogitsProcessor | None = None,
@@ -116,11 +118,12 @@ def safebeam(
   With drop_fraction 0, N >= k and the tag suppressed by the processor, it equals `beam_search`.
 
   Args: as `beam_search`, plus tag_id, num_expand (N), drop_fraction, tag_threshold. The
-    candidate_filter sees the k*N candidates with their lookahead.
+    candidate_filter sees the k*N candidates with their lookahead. The paper's settings (k, N and
+    the drop fraction) have one home, `DecodingConfig`; this function takes them explicitly.
   Returns:
     DecodeResult with n = k, best first.
   """
-  _check_beam_args(beam_size, alpha, max_new_tokens)
+  check_beam_args(beam_size, alpha, max_new_tokens)
   if num_expand < 1:
     raise ValueError(f"num_expand must be >= 1, got {num_expand}")
   if tag_id == eos_id:
@@ -128,22 +131,22 @@ def safebeam(
   batch = prompts.shape[0]
   num_candidates = beam_size * num_expand
   # The N siblings of the last step take N slots before all but the kept one are freed.
-  logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask,
+  logits, cache, prompt_lengths = prefill(tokens_to_logits, init_cache, prompts, prompt_mask,
                                            max_new_tokens + num_expand - 1)
   vocab = logits.shape[-1]
   if num_candidates > vocab - 2:
     raise ValueError(f"beam_size * num_expand = {num_candidates} exceeds the vocabulary ({vocab}) less EOS and tag")
-  state = _initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
+  state = initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
   harm_filter = harm_tag_filter(tag_id, drop_fraction, tag_threshold)
   beam_parents = jnp.broadcast_to(jnp.repeat(jnp.arange(beam_size, dtype=jnp.int32), num_expand),
                                   (batch, num_candidates))
 
-  def step_fn(state: _BeamState) -> _BeamState:
+  def step_fn(state: BeamState) -> BeamState:
     step = state.step
-    extension_log_probs = _alive_log_probs(state, logits_processor)  # [B, k, V]
-    kth_best = _kth_largest(extension_log_probs.reshape(batch, -1), beam_size)
-    ended = [_ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id),
-             _ended_by(state.alive, extension_log_probs, kth_best, tag_id, step, alpha, pad_id, tag_stop=True)]
+    extension_log_probs = score_extensions(state, logits_processor)  # [B, k, V]
+    kth_best = kth_largest(extension_log_probs.reshape(batch, -1), beam_size)
+    ended = [ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id),
+             ended_by(state.alive, extension_log_probs, kth_best, tag_id, step, alpha, pad_id, tag_stop=True)]
     continuing = extension_log_probs.at[:, :, eos_id].set(NEG_INF).at[:, :, tag_id].set(NEG_INF)
     beam_log_probs, beam_tokens = jax.lax.top_k(continuing, num_expand)  # [B, k, N]
     # At the first step the prompt (beam 0, the only live one) proposes all k*N candidates.
@@ -168,15 +171,15 @@ def safebeam(
     candidate_log_probs = jnp.where(keep, candidate_log_probs, NEG_INF)
 
     alive_log_probs, alive_index = jax.lax.top_k(candidate_log_probs, beam_size)
-    alive = _extend(state.alive, jnp.take_along_axis(parents, alive_index, axis=1), alive_log_probs,
+    alive = extend_beams(state.alive, jnp.take_along_axis(parents, alive_index, axis=1), alive_log_probs,
                     jnp.take_along_axis(candidate_tokens, alive_index, axis=1), step, alpha, pad_id)
     blocked = ~jnp.isfinite(candidate_log_probs).any(-1, keepdims=True)
     stopped = state.alive.replace(scores=jnp.where(blocked, state.alive.scores, NEG_INF),
                                   tag_stopped=jnp.isfinite(state.alive.log_probs))
-    cache = cache.gather_rows(_beam_rows(alive_index // num_expand)).keep_sibling(
+    cache = cache.gather_rows(beam_rows(alive_index // num_expand)).keep_sibling(
         (alive_index % num_expand).reshape(-1), num_expand)
-    return _settle(state, alive, [*ended, stopped], alpha, max_new_tokens, cache=cache,
+    return settle_beams(state, alive, [*ended, stopped], alpha, max_new_tokens, cache=cache,
                    logits=jnp.take_along_axis(lookahead_logits, alive_index[..., None], axis=1))
 
   state = jax.lax.while_loop(lambda s: (s.step < max_new_tokens) & ~jnp.all(s.done), step_fn, state)
-  return _final(state, beam_size)
+  return final_beams(state, beam_size)

@@ -182,7 +182,7 @@ def chain(*processors: LogitsProcessor | None) -> LogitsProcessor | None:
   return processors[0] if len(processors) == 1 else _Chain(processors)
 
 
-def _kth_largest(x: jax.Array, k: int) -> jax.Array:
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
   """[..., 1] the k-th largest value along the last axis.
 
   Reduced with min, not sliced: XLA on CPU lowers a top-k whose outputs are sliced to a full sort
@@ -193,8 +193,8 @@ def _kth_largest(x: jax.Array, k: int) -> jax.Array:
 
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
   """Keeps the k largest logits of the last axis ([..., V]); the others become -inf (ties kept)."""
-  kth_largest = _kth_largest(logits, k)
-  return jnp.where(logits < kth_largest, NEG_INF, logits)
+  kth = kth_largest(logits, k)
+  return jnp.where(logits < kth, NEG_INF, logits)
 
 
 def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
@@ -216,8 +216,8 @@ def _positions_and_lengths(prompt_mask: jax.Array) -> tuple[jax.Array, jax.Array
   return jnp.maximum(counts - 1, 0), counts[:, -1]
 
 
-def _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, new_slots):
-  """Runs the prompts in one call, in a cache with `new_slots` slots to spare after them.
+def prefill(tokens_to_logits, init_cache, prompts, prompt_mask, new_slots):
+  """Runs the prompts [B, P] (mask [B, P]) in one call, in a cache with `new_slots` slots to spare after them.
 
   Returns next-token logits [B, V], cache, prompt lengths [B].
   """
@@ -301,7 +301,7 @@ def sample(
     raise ValueError("tag_stop_threshold needs tag_id")
   rng = jax.random.key(0) if rng is None else rng
   batch = prompts.shape[0]
-  logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
+  logits, cache, prompt_lengths = prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
 
   def choose(state: _SampleState) -> tuple[_SampleState, jax.Array]:
     """Picks token `step` of every row; returns the new state and the tokens [B]."""
@@ -354,11 +354,15 @@ def sample(
 
 
 # ------------------------------------------------------------------------------------------------
-# Beam search and SafeBeam.
+# Beam search's state and steps: public, because SafeBeam (`safebeam.py`) and any other beam
+# variant build on them. A variant runs `prefill` and `initial_beams`, then per step scores the
+# extensions (`score_extensions`), collects the beams a terminal token ends (`ended_by`), picks its
+# new alive beams, writes them (`extend_beams`), gathers their cache rows (`beam_rows`) and folds
+# everything into the next state (`settle_beams`); `final_beams` gives the result.
 
 
 @struct.dataclass
-class _BeamState:
+class BeamState:
   """The search over k beams per prompt (the shapes of `DecodeResult` with n = k).
 
   alive: the k best unfinished hypotheses (scores: log_probs penalised at their length);
@@ -394,7 +398,7 @@ def _best_hypotheses(pools: Sequence[DecodeResult], k: int) -> DecodeResult:
   return _take_hypotheses(merged, jax.lax.top_k(merged.scores, k)[1])
 
 
-def _extend(alive: DecodeResult, parents: jax.Array, log_probs: jax.Array, tokens: jax.Array | None,
+def extend_beams(alive: DecodeResult, parents: jax.Array, log_probs: jax.Array, tokens: jax.Array | None,
             step: jax.Array, alpha: float, pad_id: int, *, finished: bool = False,
             tag_stopped: bool = False) -> DecodeResult:
   """New hypotheses: alive beams `parents` [B, m] extended by `tokens` [B, m] (None: nothing written).
@@ -431,25 +435,25 @@ def _freeze(done: jax.Array, old: DecodeResult, new: DecodeResult) -> DecodeResu
   return jax.tree.map(lambda o, n: jnp.where(done.reshape(done.shape + (1,) * (o.ndim - 1)), o, n), old, new)
 
 
-def _initial_beams(prefill_logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id):
+def initial_beams(prefill_logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id):
   """k copies of each prompt; only beam 0 is live (the others would repeat its candidates)."""
   alive = _empty_hypotheses(batch, beam_size, max_new_tokens, pad_id)
   live = jnp.arange(beam_size) == 0
   alive = alive.replace(log_probs=jnp.where(live, 0.0, NEG_INF)[None].repeat(batch, 0))
   alive = alive.replace(scores=alive.log_probs / brevity_penalty(alpha, 0))
-  return _BeamState(
+  return BeamState(
       step=jnp.zeros((), jnp.int32), alive=alive, finished=_empty_hypotheses(batch, beam_size, max_new_tokens, pad_id),
       done=jnp.zeros(batch, bool), logits=jnp.repeat(prefill_logits[:, None], beam_size, axis=1),
       cache=cache.gather_rows(jnp.repeat(jnp.arange(batch), beam_size)))
 
 
-def _beam_rows(parents: jax.Array) -> jax.Array:
+def beam_rows(parents: jax.Array) -> jax.Array:
   """[B*k] the cache rows of the beams `parents` [B, k] (indices among each prompt's k beams)."""
   batch, beam_size = parents.shape
   return (jnp.arange(batch)[:, None] * beam_size + parents).reshape(-1)
 
 
-def _alive_log_probs(state: _BeamState, logits_processor) -> jax.Array:
+def score_extensions(state: BeamState, logits_processor) -> jax.Array:
   """[B, k, V] cumulative log-probabilities of every one-token extension of the alive beams."""
   batch, beam_size, vocab = state.logits.shape
   logits = _process(logits_processor, state.step, state.logits.reshape(batch * beam_size, vocab),
@@ -457,7 +461,7 @@ def _alive_log_probs(state: _BeamState, logits_processor) -> jax.Array:
   return state.alive.log_probs[..., None] + jax.nn.log_softmax(logits).reshape(batch, beam_size, vocab)
 
 
-def _ended_by(alive: DecodeResult, extension_log_probs: jax.Array, kth_best: jax.Array, token_id: int,
+def ended_by(alive: DecodeResult, extension_log_probs: jax.Array, kth_best: jax.Array, token_id: int,
               step: jax.Array, alpha: float, pad_id: int, *, tag_stop: bool = False) -> DecodeResult:
   """Each alive beam ended by a terminal token, where that extension ranks among the step's k best.
 
@@ -467,12 +471,13 @@ def _ended_by(alive: DecodeResult, extension_log_probs: jax.Array, kth_best: jax
   batch, beam_size, _ = extension_log_probs.shape
   log_probs = extension_log_probs[:, :, token_id]
   parents = jnp.broadcast_to(jnp.arange(beam_size), (batch, beam_size))
-  return _extend(alive, parents, jnp.where(log_probs >= kth_best, log_probs, NEG_INF),
+  return extend_beams(alive, parents, jnp.where(log_probs >= kth_best, log_probs, NEG_INF),
                  None if tag_stop else jnp.full((batch, beam_size), token_id), step, alpha, pad_id,
                  finished=not tag_stop, tag_stopped=tag_stop)
 
 
-def _check_beam_args(beam_size, alpha, max_new_tokens):
+def check_beam_args(beam_size, alpha, max_new_tokens):
+  """Raises ValueError for a beam size below 1, a negative alpha or max_new_tokens below 1."""
   if beam_size < 1:
     raise ValueError(f"beam_size must be >= 1, got {beam_size}")
   if alpha < 0:
@@ -481,8 +486,8 @@ def _check_beam_args(beam_size, alpha, max_new_tokens):
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
-def _settle(state: _BeamState, alive: DecodeResult, ended: Sequence[DecodeResult], alpha: float,
-            max_new_tokens: int, **updates) -> _BeamState:
+def settle_beams(state: BeamState, alive: DecodeResult, ended: Sequence[DecodeResult], alpha: float,
+            max_new_tokens: int, **updates) -> BeamState:
   """The next state: new alive beams, the k best finished, rows that had ended left untouched."""
   beam_size = alive.scores.shape[1]
   finished = _freeze(state.done, state.finished, _best_hypotheses([state.finished, *ended], beam_size))
@@ -491,7 +496,7 @@ def _settle(state: _BeamState, alive: DecodeResult, ended: Sequence[DecodeResult
   return state.replace(step=state.step + 1, alive=alive, finished=finished, done=done, **updates)
 
 
-def _final(state: _BeamState, beam_size: int) -> DecodeResult:
+def final_beams(state: BeamState, beam_size: int) -> DecodeResult:
   """The k best of finished and still-alive hypotheses (alive ones ran out of length)."""
   return _best_hypotheses([state.finished, state.alive], beam_size)
 
@@ -524,16 +529,16 @@ def beam_search(
   Returns:
     DecodeResult with n = k, best first.
   """
-  _check_beam_args(beam_size, alpha, max_new_tokens)
+  check_beam_args(beam_size, alpha, max_new_tokens)
   batch = prompts.shape[0]
-  logits, cache, prompt_lengths = _prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
-  state = _initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
+  logits, cache, prompt_lengths = prefill(tokens_to_logits, init_cache, prompts, prompt_mask, max_new_tokens)
+  state = initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
   vocab = logits.shape[-1]
 
-  def choose(state: _BeamState) -> tuple[_BeamState, jax.Array, jax.Array]:
+  def choose(state: BeamState) -> tuple[BeamState, jax.Array, jax.Array]:
     """Selects the new alive beams; returns the state, their tokens [B, k] and parents [B, k]."""
     step = state.step
-    extension_log_probs = _alive_log_probs(state, logits_processor)
+    extension_log_probs = score_extensions(state, logits_processor)
     if candidate_filter is not None:
       tokens = jnp.broadcast_to(jnp.arange(vocab, dtype=jnp.int32), (batch, beam_size, vocab))
       parents = jnp.broadcast_to(jnp.arange(beam_size, dtype=jnp.int32)[:, None], (batch, beam_size, vocab))
@@ -543,21 +548,21 @@ def beam_search(
     flat_log_probs = extension_log_probs.reshape(batch, beam_size * vocab)
     is_eos = (jnp.arange(beam_size * vocab) % vocab) == eos_id
     alive_log_probs, alive_index = jax.lax.top_k(jnp.where(is_eos, NEG_INF, flat_log_probs), beam_size)
-    kth_best = _kth_largest(flat_log_probs, beam_size)
-    ended = _ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id)
+    kth_best = kth_largest(flat_log_probs, beam_size)
+    ended = ended_by(state.alive, extension_log_probs, kth_best, eos_id, step, alpha, pad_id)
     parents, tokens = alive_index // vocab, (alive_index % vocab).astype(jnp.int32)
-    alive = _extend(state.alive, parents, alive_log_probs, tokens, step, alpha, pad_id)
-    return _settle(state, alive, [ended], alpha, max_new_tokens), tokens, parents
+    alive = extend_beams(state.alive, parents, alive_log_probs, tokens, step, alpha, pad_id)
+    return settle_beams(state, alive, [ended], alpha, max_new_tokens), tokens, parents
 
-  def choose_and_step(state: _BeamState) -> _BeamState:
+  def choose_and_step(state: BeamState) -> BeamState:
     state, tokens, parents = choose(state)
     positions = jnp.repeat(prompt_lengths, beam_size) + state.step - 1
     logits, cache = _step_logits(tokens_to_logits, tokens.reshape(-1), positions,
-                                 state.cache.gather_rows(_beam_rows(parents)))
+                                 state.cache.gather_rows(beam_rows(parents)))
     return state.replace(logits=logits.reshape(batch, beam_size, vocab), cache=cache)
 
   # The last token needs no forward pass after it: the loop stops one short and `choose` ends.
   state = jax.lax.while_loop(
       lambda s: (s.step < max_new_tokens - 1) & ~jnp.all(s.done), choose_and_step, state)
   state, _, _ = choose(state)
-  return _final(state, beam_size)
+  return final_beams(state, beam_size)

@@ -1,11 +1,11 @@
 """`safejax eval`: safejax checkpoints as evaluation systems, each with several decodings.
 
   safejax eval --gin.eval_checkpoints.checkpoints="{'raw': '/tmp/raw', 'safe': '/tmp/safe'}" \
-    --gin.evaluate.out_dir="'/tmp/report'" --gin.evaluate.data_dir="'../shared/data'"
+    --gin.eval_checkpoints.out_dir="'/tmp/report'" --gin.EvalConfig.data_dir="'../shared/data'"
 
 Every checkpoint becomes one `System` per decoding (default: beam search and SafeBeam with the
 same beam size), sharing one `LoglikelihoodModel`, so capability, perplexity and the tag detector are
-computed once per checkpoint. Everything else (benchmarks, judges, subsampling) is `evaluate`'s,
+computed once per checkpoint. What is measured (benchmarks, judges, subsampling) is `EvalConfig`'s,
 bound in gin.
 """
 
@@ -21,10 +21,10 @@ from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.evaluation.tag_detector import tag_scores
 from safejax.vocab import END_OF_TURN
 
+# Beam search and SafeBeam with `DecodingConfig`'s beam size, expansion and drop fraction.
 DEFAULT_DECODINGS = {
-    "beam": decoding_lib.DecodingConfig(method="beam", beam_size=4, max_new_tokens=64),
-    "SafeBeam": decoding_lib.DecodingConfig(method="safebeam", beam_size=4, num_expand=4, drop_fraction=0.5,
-                                            max_new_tokens=64),
+    "beam": decoding_lib.DecodingConfig(method="beam", max_new_tokens=64),
+    "SafeBeam": decoding_lib.DecodingConfig(method="safebeam", max_new_tokens=64),
 }
 
 
@@ -57,11 +57,13 @@ def checkpoint_systems(model_dir: str, label: str, decodings: Mapping[str, decod
 
 @gin.configurable
 def eval_checkpoints(checkpoints: Mapping[str, str] = gin.REQUIRED,
+                     out_dir: str = gin.REQUIRED,
                      decodings: Mapping[str, decoding_lib.DecodingConfig] = DEFAULT_DECODINGS,
                      stages: Mapping[str, str] | None = None, prompt_style: str = "completion",
-                     max_length: int = 512) -> int:
-  """Evaluates checkpoints ({label: model_dir}) under every decoding; writes evaluate's report.
+                     max_length: int = 512, config: run_lib.EvalConfig | None = None) -> int:
+  """Evaluates checkpoints ({label: model_dir}) under every decoding; writes evaluate's report to out_dir.
 
+  config: what to measure; default `EvalConfig()` with its gin bindings (`EvalConfig.n_per_set`, ...).
   stages: {label: stage} for the paper table's column groups ("base", "instruct", "benign_ft");
   default "base" for every checkpoint.
   """
@@ -70,5 +72,5 @@ def eval_checkpoints(checkpoints: Mapping[str, str] = gin.REQUIRED,
     stage = (stages or {}).get(label, "base")
     systems += checkpoint_systems(model_dir, label, decodings, stage=stage, prompt_style=prompt_style,
                                   max_length=max_length)
-  run_lib.evaluate(systems)
+  run_lib.evaluate(systems, out_dir, config)
   return 0

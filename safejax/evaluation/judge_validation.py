@@ -26,7 +26,7 @@ from typing import Any
 
 import gin
 
-from safejax.backends import TextBackend
+from safejax.generation import TextBackend
 from safejax.evaluation import judges as judges_lib
 from safejax import stats
 from safejax.evaluation import report

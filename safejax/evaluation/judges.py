@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from safejax.backends import GenerationRequest, TextBackend
+from safejax.generation import GenerationRequest, TextBackend
 from safejax.safety.scorer import Scorer
 
 
@@ -57,7 +57,7 @@ class Judge(Protocol):
     ...
 
 
-def _check_lengths(prompts: Sequence[str], responses: Sequence[str]) -> None:
+def check_lengths(prompts: Sequence[str], responses: Sequence[str]) -> None:
   if len(prompts) != len(responses):
     raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
 
@@ -118,7 +118,7 @@ class KeywordRefusalJudge:
     return None
 
   def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[JudgeVerdict]:
-    _check_lengths(prompts, responses)
+    check_lengths(prompts, responses)
     verdicts = []
     for response in responses:
       matched = self.match(response)
@@ -170,7 +170,7 @@ class ClassifierJudge:
   name: str = "classifier"
 
   def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[JudgeVerdict]:
-    _check_lengths(prompts, responses)
+    check_lengths(prompts, responses)
     if not responses:
       return []
     scores = np.asarray(self.scorer.score(list(responses)))
@@ -217,7 +217,7 @@ class LLMJudge:
   name: str = "llm"
 
   def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[JudgeVerdict]:
-    _check_lengths(prompts, responses)
+    check_lengths(prompts, responses)
     requests = [GenerationRequest(
         task="judge", messages=({"role": "user", "content": self.template.format(behavior=p, generation=r)},),
         max_tokens=self.max_tokens, temperature=0.0) for p, r in zip(prompts, responses)]

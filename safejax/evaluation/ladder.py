@@ -11,15 +11,12 @@ statistic (`safejax.stats`): the per-seed values, their mean, a 95 % Student-t i
 and the paired difference to a reference system (same seed, same prompts) with a paired t-test.
 Seeds are never pooled into one binomial; within-seed Wilson intervals stay in each run's report.
 
-Also here: `out_of_vocabulary_share` and `reply_perplexity` (how garbled replies are: the share of
-their words the world never uses; their perplexity under the raw model) and `choose_threshold`
-(SafeBeam's tag threshold, chosen on validation prompts only).
+Also here: `choose_threshold` (SafeBeam's tag threshold tau, chosen on validation prompts only).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,9 @@ import numpy as np
 
 from safejax import stats
 
-WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")  # a word of a reply
+# Ladder metric -> field of `evaluation.run.reply_measures` (a system's replies to harmful requests).
+REPLY_METRICS = {"harmful_refused": "refused_share", "empty_share": "empty_share", "oov_share": "oov_share",
+                 "reply_perplexity": "reply_perplexity"}
 
 
 def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]],
@@ -42,8 +41,8 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
       benchmarks of one run: same seed, so pooling prompts is fine).
   Returns:
     Records {"metric", "stage", "system": "<rung>/<decoding>", "seed", "value"} for every judge,
-    "over_refusal", "capability" (mean accuracy over tasks), "word_perplexity" and "tag_auroc"
-    a system has.
+    "over_refusal", "capability" (mean accuracy over tasks), "word_perplexity", "tag_auroc" and the
+    reply measures ("harmful_refused", "empty_share", "oov_share", "reply_perplexity") a system has.
   """
   out = []
   for label, result in results.items():
@@ -66,6 +65,9 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
         values["word_perplexity"] = entry["perplexity"]["word_perplexity"]
       if entry.get("tag_detector", {}).get("auroc") is not None:
         values["tag_auroc"] = entry["tag_detector"]["auroc"]
+      for metric, field in REPLY_METRICS.items():
+        if entry.get("replies", {}).get(field) is not None:
+          values[metric] = entry["replies"][field]
       out += [{"metric": metric, **key, "value": value} for metric, value in values.items()]
   return out
 
@@ -235,37 +237,6 @@ def plot_ladder(nested: Mapping[str, Any], metric: str, stages: Sequence[str], r
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return str(path)
-
-
-def out_of_vocabulary_share(texts: Sequence[str], vocabulary: frozenset[str] | set[str]) -> float:
-  """The share of the replies' words (lower-cased) that are not in `vocabulary`, over all words;
-  NaN when the replies hold no word. Garbled text scores high; the world's own text scores 0."""
-  words = [w.lower() for t in texts for w in WORD.findall(t)]
-  if not words:
-    return math.nan
-  return sum(w not in vocabulary for w in words) / len(words)
-
-
-def reply_perplexity(loglikelihood, prompts: Sequence[str], replies: Sequence[str]) -> dict[str, Any]:
-  """Word perplexity of replies given their prompts under a reference model (the raw model): a
-  garbling measure that does not depend on the world's vocabulary.
-
-  Args:
-    loglikelihood: [(context, continuation)] -> [(log-probability, is_greedy)] (lm-eval's
-      request shape; `LoglikelihoodModel.loglikelihood`).
-    prompts, replies: one reply per prompt, as the model saw and wrote them.
-  Returns:
-    {"n", "empty" (replies without a word, set aside), "words", "word_perplexity" (NaN if none)}.
-  """
-  if len(prompts) != len(replies):
-    raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
-  pairs = [(p, r) for p, r in zip(prompts, replies) if r.strip()]
-  words = sum(len(r.split()) for _, r in pairs)
-  if not pairs:
-    return {"n": 0, "empty": len(replies), "words": 0, "word_perplexity": math.nan}
-  logprob = sum(ll for ll, _ in loglikelihood(pairs))
-  return {"n": len(pairs), "empty": len(replies) - len(pairs), "words": words,
-          "word_perplexity": math.exp(-logprob / words)}
 
 
 def choose_threshold(grid: Sequence[float], validation_rate: Sequence[float],

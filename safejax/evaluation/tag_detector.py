@@ -27,11 +27,11 @@ def load_labelled_texts(
     *,
     text_column: str,
     label_columns: Sequence[str],
-    unsafe_threshold: int = 1,
+    unsafe_level: int = 1,
 ) -> tuple[list[str], list[bool], dict[str, int]]:
   """Texts with a binary unsafe label from a CSV / JSONL file.
 
-  A row is unsafe iff any of its `label_columns` that is present holds a value >= unsafe_threshold
+  A row is unsafe iff any of its `label_columns` that is present holds a value >= unsafe_level
   (one 0..5 score column, or several 0/1 category columns such as the OpenAI moderation set's,
   where an absent key means unknown). Rows without text or without any label are set aside.
 
@@ -53,7 +53,7 @@ def load_labelled_texts(
       counts["no_label"] += 1
     else:
       texts.append(text)
-      labels.append(max(float(v) for v in values) >= unsafe_threshold)
+      labels.append(max(float(v) for v in values) >= unsafe_level)
       counts["kept"] += 1
   return texts, labels, counts
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from safejax import stats
-from safejax.evaluation.judges import JudgeVerdict, KeywordRefusalJudge, MatchRule, _check_lengths
+from safejax.evaluation.judges import JudgeVerdict, KeywordRefusalJudge, MatchRule, check_lengths
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
@@ -89,7 +89,7 @@ class KnowledgeLeakJudge:
       raise ValueError(f"min_facts must be >= 1, got {self.min_facts}")
 
   def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[JudgeVerdict]:
-    _check_lengths(prompts, responses)
+    check_lengths(prompts, responses)
     harmful_topics = [t for t in self.topics if t.harmful]
     verdicts = []
     for prompt, response in zip(prompts, responses):
@@ -170,7 +170,7 @@ class ComplianceJudge:
     return JudgeVerdict(harmful=False, refused=False, reason="neither refuses nor attempts the request")
 
   def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[JudgeVerdict]:
-    _check_lengths(prompts, responses)
+    check_lengths(prompts, responses)
     return [self.judge_one(p, r) for p, r in zip(prompts, responses)]
 
 

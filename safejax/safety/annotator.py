@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import gin
 import numpy as np
 
-from safejax.backends import GenerationRequest, TextBackend, generate_validated
+from safejax.generation import GenerationRequest, TextBackend, generate_validated
 from safejax.safety.rubric import HARM_CATEGORIES, NUM_LEVELS, rubric_text
 
 PREFILL = '{"score": '

@@ -4,17 +4,22 @@ The levels paraphrase section 1 of the Safety Pretraining paper (Maini et al. 20
 words. A document gets the highest level that applies anywhere in it; levels are never summed.
 
 The harm categories carry short lists of indicative terms. They are deliberately generic words
-that signal a topic (never instructions) and exist for one purpose: counting harmful-term hits per
-million tokens in the data report card, before and after the pipeline. They are not a classifier.
+that signal a topic (never instructions). They count harmful-term hits per million tokens in the
+data report card (before and after the pipeline), name a document's categories for the generators
+(`detect_categories`) and rate sentences where no scorer is configured (`lexical_scores`, the
+template backend's fallback). They are not the safety classifier.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 
 NUM_LEVELS = 6
-SAFE, UNSAFE = 0, 3  # score >= 1 is "not child-safe"; score >= 3 is the usual unsafe cut.
+# A level >= 1 is "not child-safe"; UNSAFE_LEVEL is the unsafe cut: the level from which text is
+# tagged, and the positives of the tag as a detector.
+UNSAFE_LEVEL = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,3 +130,14 @@ def level(score: int) -> Level:
 def rubric_text() -> str:
   """The rubric as plain text, one level per line (for prompts and reports)."""
   return "\n".join(f"{lv.score}: {lv.description}" for lv in LEVELS)
+
+
+def detect_categories(text: str) -> list[str]:
+  """The harm categories whose indicative terms occur in `text`, most hits first."""
+  hits = category_term_hits(text)
+  return [name for name, n in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])) if n > 0]
+
+
+def lexical_scores(sentences: Sequence[str]) -> list[int]:
+  """A fallback sentence rater: UNSAFE_LEVEL (3) for a sentence with any of the rubric's indicative terms, else 0."""
+  return [UNSAFE_LEVEL if any(category_term_hits(s).values()) else 0 for s in sentences]

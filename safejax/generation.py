@@ -3,15 +3,18 @@ judge call a backend.
 
   backend.generate([GenerationRequest(...), ...]) -> [Generation, ...]   (one per request, in order)
 
-Backends (one module each):
-  openai.OpenAICompatibleBackend  any OpenAI-compatible chat-completions endpoint (vLLM, TGI, hosted
+This module is the interface only, shared ground of every layer that generates text. Backends:
+  safejax.backends.openai.OpenAICompatibleBackend
+                                  any OpenAI-compatible chat-completions endpoint (vLLM, TGI, hosted
                                   APIs) with bounded concurrency, retries with exponential backoff,
                                   timeouts and an on-disk cache keyed by a hash of the request.
-  template.TemplateBackend        offline and deterministic: fills the hand-written templates of
-                                  `safejax.backends.template`; its outputs say `template: True`.
-  local.LocalModelBackend         a safejax checkpoint in this process (safejax.decoding),
-                                  chat-formatted with safejax's template. To serve one to other
-                                  processes or machines, run `safejax serve` and point
+  safejax.backends.template.TemplateBackend
+                                  offline and deterministic: fills the hand-written templates of
+                                  that module; its outputs say `template: True`.
+  safejax.decoding.backend.LocalModelBackend
+                                  a safejax checkpoint in this process, beside the decoder it
+                                  drives, chat-formatted with safejax's template. To serve one to
+                                  other processes or machines, run `safejax serve` and point
                                   OpenAICompatibleBackend at it.
 
 A request carries both forms of the task: chat `messages` for LLM backends and structured `fields`

@@ -1,5 +1,8 @@
-"""`LocalModelBackend`: a safejax checkpoint generating in this process, chat-formatted with
-safejax's template (`safejax.chat_template`)."""
+"""`LocalModelBackend`: a safejax checkpoint behind the text-generation interface (`safejax.generation`),
+generating in this process, chat-formatted with safejax's template (`safejax.chat_template`).
+
+It lives beside the decoder it drives; the other backends (`safejax.backends`) need no model.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +12,10 @@ from typing import Any
 
 import gin
 
-from safejax import decoding as decoding_lib
-from safejax.backends.base import Generation, GenerationRequest
 from safejax.chat_template import format_chat
 from safejax.checkpoints import load_for_inference
+from safejax.decoding.generate import DecodingConfig, generate_texts
+from safejax.generation import Generation, GenerationRequest
 from safejax.vocab import END_OF_TURN
 
 
@@ -29,7 +32,7 @@ class LocalModelBackend:
   def __init__(self, model_dir: str = gin.REQUIRED, decoding: Any = None, batch_size: int = 8):
     self.model_dir = model_dir
     self.model, self.vocab = load_for_inference(model_dir)
-    self.decoding = decoding or decoding_lib.DecodingConfig(method="sample", top_p=0.95)
+    self.decoding = decoding or DecodingConfig(method="sample", top_p=0.95)
     self.batch_size = batch_size
 
   def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -48,9 +51,9 @@ class LocalModelBackend:
           out[i] = Generation("", self._metadata(), error=f"bad request: {e}")
           prompts.append(None)
       live = [(i, p) for i, p in zip(indices, prompts) if p is not None]
-      texts = decoding_lib.generate_texts(self.model, self.vocab, [p for _, p in live], config,
-                                          batch_size=self.batch_size, progress=False,
-                                          stop_id=self.vocab.token_id(END_OF_TURN))
+      texts = generate_texts(self.model, self.vocab, [p for _, p in live], config,
+                             batch_size=self.batch_size, progress=False,
+                             stop_id=self.vocab.token_id(END_OF_TURN))
       for (i, _), generated in zip(live, texts):
         out[i] = Generation((requests[i].prefill or "") + generated.text, self._metadata())
     return out

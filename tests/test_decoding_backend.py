@@ -1,8 +1,8 @@
 """LocalModelBackend: a safejax checkpoint behind the generators' backend interface."""
 
 from safejax import decoding
-from safejax.backends import GenerationRequest, TextBackend
-from safejax.backends.local import LocalModelBackend
+from safejax.generation import GenerationRequest, TextBackend
+from safejax.decoding.backend import LocalModelBackend
 
 
 def test_local_backend_generates_per_request(tiny_checkpoint):
