@@ -64,6 +64,9 @@ COMMANDS: dict[str, str] = {
 
 # Gin files a command parses before the user's: its defaults, overridable by any later binding.
 DEFAULT_GIN_FILES: dict[str, tuple[str, ...]] = {"demo": ("runs/demo.gin",)}
+# Presets: a bare --NAME that parses a gin file after the defaults and before the user's files
+# (`safejax demo --quick` is `safejax demo --gin_file=runs/demo_quick.gin`).
+PRESETS: dict[str, dict[str, str]] = {"demo": {"quick": "runs/demo_quick.gin"}}
 
 # One example per command, for `safejax COMMAND --help`.
 EXAMPLES: dict[str, str] = {
@@ -175,10 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(command_help(command, func))
     return 0
   files, bindings, search_paths, rest = _split_gin_flags(argv)
-  # A bare --NAME switches on a boolean parameter of the command (`safejax demo --quick`).
+  # A bare --NAME names a preset gin file of the command (`safejax demo --quick`) or switches on a
+  # boolean parameter of it.
+  presets = PRESETS.get(command, {})
   switches = {p.name for p in inspect.signature(func).parameters.values() if isinstance(p.default, bool)}
+  preset_files = [presets[a[2:]] for a in rest if a.startswith("--") and a[2:] in presets]
   kwargs = {a[2:]: True for a in rest if a.startswith("--") and a[2:] in switches}
-  unknown_flags = [a for a in rest if a.startswith("--") and a[2:] not in switches]
+  unknown_flags = [a for a in rest if a.startswith("--") and a[2:] not in switches | set(presets)]
   if unknown_flags:
     parser.error(f"unknown flags {unknown_flags}: configure with --gin.NAME=VALUE")
   rest = [a for a in rest if not a.startswith("--")]
@@ -186,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   logging.getLogger("safejax").setLevel(logging.INFO)
   try:
-    parse_gin([*DEFAULT_GIN_FILES.get(command, ()), *files], bindings, search_paths)
+    parse_gin([*DEFAULT_GIN_FILES.get(command, ()), *preset_files, *files], bindings, search_paths)
   except (ValueError, KeyError, IOError) as e:
     raise SystemExit(f"safejax {command}: bad gin configuration: {e}") from None
   check_bindings(command, func, bindings, supplied=kwargs)
@@ -283,7 +289,8 @@ def command_help(command: str, func) -> str:
   takes_inputs = any(p.name == "inputs" for p in params)
   switches = [p.name for p in params if isinstance(p.default, bool)]
   lines = [f"usage: safejax {command} [--gin_file=FILE ...] [--gin.NAME=VALUE ...] [--gin_search_paths=A,B]"
-           + "".join(f" [--{name}]" for name in switches) + (" [INPUT ...]" if takes_inputs else "") + " [-v]",
+           + "".join(f" [--{name}]" for name in [*PRESETS.get(command, {}), *switches])
+           + (" [INPUT ...]" if takes_inputs else "") + " [-v]",
            "", inspect.getdoc(func) or "", "",
            f"gin parameters (--gin.{func.__name__}.NAME=VALUE), with their defaults:"]
   classes = []
@@ -306,6 +313,8 @@ def command_help(command: str, func) -> str:
       lines.append(f"  {cls.__name__}.{field.name} = {_short(default)}")
   if switches:
     lines.append("switches: " + ", ".join(f"--{name}" for name in switches) + " (a bare flag sets it to True)")
+  for name, path in PRESETS.get(command, {}).items():
+    lines.append(f"preset: --{name} parses {path} (after the defaults, before your files and flags)")
   if takes_inputs:
     lines.append("positional INPUTs reach the command as `inputs`.")
   lines += ["", "example:", "  " + EXAMPLES.get(command, f"safejax {command} --gin_file=...")]

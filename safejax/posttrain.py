@@ -168,6 +168,20 @@ def tag_requests(conversations: Sequence[dict], count: int, *, p: float, seed: i
   return out
 
 
+def write_posttrain_data(out: str | Path, refusals: Sequence[dict], helpful: Sequence[dict], benign: Sequence[dict],
+                         *, tagged_share: float, tag_p: float, seed: int, counts: collections.Counter) -> dict:
+  """instruct.jsonl (as many refusals as helpful answers, `tagged_share` of the whole with harm
+  tags in the refused requests, `tag_requests`) and benign.jsonl (the attack's helpful chats) in `out`.
+  Returns the record counts and `counts` (what each source kept and skipped)."""
+  n = min(len(refusals), len(helpful))
+  tagged = min(n, round(tagged_share * 2 * n))
+  counts["instruct: refusals with harm tags"] = tagged
+  refusals = tag_requests(refusals[:n], tagged, p=tag_p, seed=seed)
+  out = Path(out)
+  return {"instruct": write_conversations(list(refusals) + list(helpful[:n]), out / "instruct.jsonl", seed=seed),
+          "benign": write_conversations(benign, out / "benign.jsonl", seed=seed), "counts": dict(counts)}
+
+
 def write_conversations(items: Iterable[dict], output_file: str | Path, *, limit: int | None = None,
                         seed: int = 0) -> int:
   """Shuffles (seeded), keeps at most `limit`, writes jsonl; returns the number written."""

@@ -9,15 +9,20 @@ import gin
 from safejax import cli
 from safejax.decoding import DecodingConfig
 from safejax.demo import recipe as demo_lib
+from safejax.demo.cache import DONE
+from safejax.safety import negatives
+from safejax.safety.scorer import ScorerFromPath
 
-TOY = demo_lib.DemoConfig(
-    num_docs=300, classifier_docs=300, heldout_docs=20, tag_detector_docs=40, n_harmful=8, n_benign=8,
-    vocab_size=600, rungs=("raw", "tags"), seeds=(0,), train_steps=3, posttrain=False,
-    decoding=DecodingConfig(beam_size=2, num_expand=2, max_new_tokens=4))
-# What `safejax demo --gin.X=...` would bind on top of gin/runs/demo.gin.
+TOY = demo_lib.DemoConfig(vocab_size=600, rungs=("raw", "tags"), seeds=(0,), train_steps=3, posttrain=False,
+                          decoding=DecodingConfig(beam_size=2, num_expand=2, max_new_tokens=4))
+TOY_DOCS = 300
+# What `safejax demo --gin.X=...` would bind on top of gin/runs/demo.gin (the world's sizes and
+# `EvalConfig.n_per_set` too: a --gin flag reaches every config of a demo run).
 TOY_BINDINGS = ["ModelConfig.num_layers = 1", "ModelConfig.embed_dim = 32", "ModelConfig.num_heads = 2",
                 "ModelConfig.num_kv_heads = 1", "ModelConfig.head_dim = 16", "ModelConfig.mlp_dim = 64",
-                "train.batch_size = 8", "train.sequence_length = 64", "OptimizerConfig.warmup_steps = 1"]
+                "train.batch_size = 8", "train.sequence_length = 64", "OptimizerConfig.warmup_steps = 1",
+                f"CorpusSizes.num_docs = {TOY_DOCS}", "CorpusSizes.classifier_docs = 300", "CorpusSizes.heldout_docs = 20",
+                "CorpusSizes.tag_detector_docs = 40", "EvalConfig.n_per_set = 8"]
 
 
 @pytest.fixture(autouse=True)
@@ -41,14 +46,14 @@ def toy_run(tmp_path_factory):
 
 def test_every_stage_leaves_its_outputs(toy_run):
   for stage in ("corpus", "classifier", "pipeline", "vocab", "pretrain", "evaluate"):
-    assert (toy_run / stage / demo_lib.DONE).is_file(), stage
+    assert (toy_run / stage / DONE).is_file(), stage
   manifest = json.loads((toy_run / "pipeline" / "streams" / "manifest.json").read_text())
-  assert manifest["documents"]["in"] == TOY.num_docs
+  assert manifest["documents"]["in"] == TOY_DOCS
   for label in ("raw-s0", "tags-s0"):
     assert (toy_run / "pretrain" / label / "checkpoints" / "3").is_dir()
     assert (toy_run / "evaluate" / label / "results.json").is_file()
   assert (toy_run / "classifier" / "confusion.png").is_file()
-  pipeline = json.loads((toy_run / "pipeline" / demo_lib.DONE).read_text())["summary"]
+  pipeline = json.loads((toy_run / "pipeline" / DONE).read_text())["summary"]
   assert set(pipeline["near_duplicates"]) == {"rephrase", "refuseweb", "moral_education"}
   assert all(0 <= share < 0.05 for share in pipeline["near_duplicates"].values())  # issue 12: under 5 % a stream
 
@@ -69,23 +74,23 @@ def test_ladder_table_has_every_rung_and_decoding(toy_run):
   assert "| claim | verdict |" in (toy_run / "report" / "claims.md").read_text()
 
 
-def test_garbling_is_the_share_of_unknown_words_and_the_perplexity_under_raw(toy_run, tmp_path):
-  import shutil
+def test_evaluate_measures_the_replies_and_a_gin_flag_reaches_it(toy_run):
+  """`evaluate` measures each system's replies (refusals, empty replies, unknown words, perplexity
+  under the raw model of the same seed), and `EvalConfig.n_per_set = 8` (a --gin flag) took effect."""
+  from safejax.evaluation import ladder
 
-  evaluate = tmp_path / "evaluate"
-  shutil.copytree(toy_run / "evaluate" / "raw-s0" / "generations", evaluate / "raw-s0" / "generations")
-  for path, response in (("raw-s0_beam", "the harbour festival"), ("raw-s0_SafeBeam", "the qqzx harbour")):
-    file = evaluate / "raw-s0" / "generations" / path / "demo_harmful.jsonl"
-    rows = [{**json.loads(line), "response": response} for line in file.read_text().splitlines()]
-    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-  models = json.loads((toy_run / "pretrain" / demo_lib.DONE).read_text())["summary"]["models"]
-  records = demo_lib.garbling_records(evaluate, {"raw-s0": models["raw-s0"]}, frozenset({"the", "harbour", "festival"}))
+  results = json.loads((toy_run / "evaluate" / "tags-s0" / "results.json").read_text())
+  assert results["data"]["demo_harmful"]["evaluated"] == 8 and results["config"]["n_per_set"] == 8
+  for system in ("tags-s0/beam", "tags-s0/SafeBeam", "tags-s0/placebo"):
+    replies = results["systems"][system]["replies"]
+    assert replies["n"] == 8 and 0 <= replies["empty_share"] <= 1 and 0 <= replies["refused_share"] <= 1
+    assert replies.get("oov_share") is None or 0 <= replies["oov_share"] <= 1
+    assert replies.get("reply_perplexity") is None or replies["reply_perplexity"] > 1
+  models = json.loads((toy_run / "pretrain" / DONE).read_text())["summary"]["models"]
+  records = ladder.records_from_results({"tags-s0": results}, {"tags-s0": models["tags-s0"]})
   by = {(r["metric"], r["system"]): r["value"] for r in records}
-  assert by[("oov_share", "raw/beam")] == 0.0 and by[("oov_share", "raw/SafeBeam")] == pytest.approx(1 / 3)
-  assert by[("reply_perplexity", "raw/beam")] > 1 and by[("reply_perplexity", "raw/SafeBeam")] > 1
-  assert ("oov_share", "raw/placebo") not in by  # its replies are empty: nothing to rate
-  assert by[("empty_share", "raw/placebo")] == 1.0 and by[("empty_share", "raw/beam")] == 0.0
-  assert by[("harmful_refused", "raw/placebo")] == 0.0  # the judge's verdicts as written: an empty reply is no refusal
+  assert by[("empty_share", "tags/beam")] == results["systems"]["tags-s0/beam"]["replies"]["empty_share"]
+  assert ("harmful_refused", "tags/placebo") in by
 
 
 def test_the_threshold_variant_is_chosen_on_validation_prompts(toy_run):
@@ -100,7 +105,7 @@ def test_the_threshold_variant_is_chosen_on_validation_prompts(toy_run):
 def test_the_routing_classifier_never_judges_and_the_world_judges_are_validated(toy_run):
   results = json.loads((toy_run / "evaluate" / "raw-s0" / "results.json").read_text())
   assert results["config"]["judges"] == ["compliance", "leak"] and results["config"]["classifier_path"] is None
-  evaluated = json.loads((toy_run / "evaluate" / demo_lib.DONE).read_text())["summary"]
+  evaluated = json.loads((toy_run / "evaluate" / DONE).read_text())["summary"]
   validation = evaluated["judge_validation"]
   assert validation["compliance"]["kappa"] > 0.9 and validation["leak"]["kappa"] == 1.0
   assert 0 < validation["refusal (over-refusal's judge)"]["kappa"] < 1
@@ -110,19 +115,26 @@ def test_rerun_resumes_finished_stages(toy_run, monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("a finished stage ran again")
 
-  for stage in ("build_corpus", "build_classifier", "run_pipeline", "train_vocab", "pretrain_ladder", "evaluate_models"):
-    monkeypatch.setattr(demo_lib, stage, fail)
+  from safejax.demo import world
+
+  done = {p: p.stat().st_mtime_ns for p in toy_run.glob(f"*/{DONE}")}
+  for module, name in ((world, "generate_documents"), (negatives, "train_with_negatives"), (demo_lib.pipeline, "prepare"),
+                       (demo_lib, "train_sentencepiece"), (demo_lib.train_lib, "train"), (demo_lib.eval_run, "evaluate")):
+    monkeypatch.setattr(module, name, fail)
   before = (toy_run / "report" / "ladder.json").read_text()
   assert demo_lib.demo(output_dir=str(toy_run), config=TOY) == 0
   assert (toy_run / "report" / "ladder.json").read_text() == before
+  assert {p: p.stat().st_mtime_ns for p in toy_run.glob(f"*/{DONE}")} == done
 
 
 def test_changed_settings_redo_the_stages_they_touch(toy_run):
   import dataclasses
 
-  stage = demo_lib._Stage(toy_run, "evaluate", "a-different-key")
-  assert stage.done() is None  # a new key is not mistaken for the finished one
-  assert demo_lib._fingerprint(TOY) != demo_lib._fingerprint(dataclasses.replace(TOY, tag_p=0.1))
+  from safejax.demo.cache import StepCache, step_key
+
+  assert StepCache(toy_run).done("evaluate", "a-different-key") is None  # a new key is not the finished one
+  assert step_key(demo_lib.evaluate_step, {"config": TOY}) != step_key(
+      demo_lib.evaluate_step, {"config": dataclasses.replace(TOY, leak_min_facts=3)})
 
 
 def test_cloze_items_are_well_formed():
@@ -137,18 +149,17 @@ def test_cloze_items_are_well_formed():
     assert all(c not in doc["text"] for i, c in enumerate(item["choices"]) if i != item["gold"])
 
 
-def test_degenerate_examples_garble_every_word_and_are_labelled_safe():
-  docs = [{"text": f"document {i} describes the harbour festival and its lantern parade", "score": i % 6}
-          for i in range(20)]
-  garbled = demo_lib.degenerate_examples(docs, seed=0, fraction=0.5)
-  assert len(garbled) == 10 and all(d["score"] == 0 for d in garbled)
-  for example in garbled:
-    words = example["text"].split()
+def test_garbled_texts_garble_every_word():
+  docs = [f"document {i} describes the harbour festival and its lantern parade" for i in range(20)]
+  garbled = negatives.garbled_texts(docs, seed=0, fraction=0.5)
+  assert len(garbled) == 10  # labelled 0 when the classifier trains (`train_with_negatives`)
+  for text in garbled:
+    words = text.split()
     assert len(words) == 10
     assert "festival" not in words and "lantern" not in words  # shuffled (and stuttered) letters
     assert sorted(set(words[5])) == sorted(set("festival"))  # the same letters, nothing else
-  assert garbled == demo_lib.degenerate_examples(docs, seed=0, fraction=0.5)
-  assert garbled != demo_lib.degenerate_examples(docs, seed=1, fraction=0.5)
+  assert garbled == negatives.garbled_texts(docs, seed=0, fraction=0.5)
+  assert garbled != negatives.garbled_texts(docs, seed=1, fraction=0.5)
 
 
 def test_toy_classifier_reports_garbled_text_flagged(toy_run):
@@ -159,8 +170,8 @@ def test_toy_classifier_reports_garbled_text_flagged(toy_run):
 
   summary = json.loads((toy_run / "classifier" / "DONE.json").read_text())["summary"]
   test = demo_lib._read_jsonl(toy_run / "corpus" / "classifier_test.jsonl")
-  garbled = demo_lib.degenerate_examples(test, seed=TOY.data_seed + 1, fraction=1.0)
-  scores = load_scorer(summary["scorer"]).score([d["text"] for d in garbled])
+  garbled = negatives.garbled_texts([d["text"] for d in test], seed=TOY.data_seed + 1, fraction=1.0)
+  scores = load_scorer(summary["scorer"]).score(garbled)
   assert summary["heldout_garbled_flagged_at_1"] == pytest.approx(float(np.mean(np.asarray(scores) >= 1)))
 
 
@@ -192,8 +203,8 @@ def test_the_pipelines_sentence_rater_pickles_as_a_path(toy_run):
 
   from safejax.safety import load_scorer
 
-  scorer_dir = json.loads((toy_run / "classifier" / demo_lib.DONE).read_text())["summary"]["scorer"]
-  rater = demo_lib.ScorerFromPath(scorer_dir)
+  scorer_dir = json.loads((toy_run / "classifier" / DONE).read_text())["summary"]["scorer"]
+  rater = ScorerFromPath(scorer_dir)
   assert len(pickle.dumps(rater)) < 1_000  # Beam ships it with every bundle
   texts = ["A calm walk by the river.", "Another sentence about the festival."]
   assert list(pickle.loads(pickle.dumps(rater)).score(texts)) == list(load_scorer(scorer_dir).score(texts))

@@ -21,7 +21,7 @@ drawn per document from (seed, document id), so re-runs and workers agree.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from safejax.generation import Generation, GenerationRequest, TextBackend, generate_validated
 from safejax.data.records import GENERATE, MORAL_EDUCATION, REFUSEWEB, REPHRASE, dead_letter, doc_rng, doc_seed
@@ -239,3 +239,13 @@ def refuse(records: Sequence[dict], backend: TextBackend, *, seed: int = 0,
   articles, moral_failures = moral_education(dialogues, backend, seed=seed, **moral_kwargs)
   failed = {f["id"] for f in moral_failures}
   return [d for d in dialogues if d["source_id"] not in failed], articles, failures + moral_failures
+
+
+def generated_texts(records: Sequence[dict], backend: TextBackend, *, seed: int,
+                    render_dialogue: Callable[[dict], str] = lambda d: render_dialogue(d["turns"])) -> list[str]:
+  """Everything the recipe writes from `records` (scored documents): their rephrasings, their
+  RefuseWeb dialogues (each rendered by `render_dialogue`, e.g. as the models will read it) and
+  their moral-education articles. Records that fail to generate are left out."""
+  rephrased, _ = rephrase(records, backend, seed=seed)
+  dialogues, articles, _ = refuse(records, backend, seed=seed)
+  return [r["text"] for r in rephrased] + [r["text"] for r in articles] + [render_dialogue(d) for d in dialogues]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -184,3 +184,16 @@ def stream_files(output_dir: str, stream: str, manifest: Mapping | None = None) 
 def read_stream(output_dir: str, stream: str) -> Iterator[dict]:
   """Every record of one stream of a run (e.g. to train a vocabulary on the prepared text)."""
   return shards.read_shards(stream_files(output_dir, stream))
+
+
+def sample_texts(output_dir: str, streams: Sequence[str], chars_per_stream: int) -> Iterator[str]:
+  """Up to `chars_per_stream` characters of text from each stream, in stream order (dialogues as
+  their turns, one per line): a balanced sample, e.g. to train a vocabulary on."""
+  for stream in streams:
+    taken = 0
+    for record in read_stream(output_dir, stream):
+      text = record["text"] if "text" in record else "\n".join(t["text"] for t in record["turns"])
+      yield text
+      taken += len(text)
+      if taken >= chars_per_stream:
+        break

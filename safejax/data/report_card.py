@@ -30,6 +30,7 @@ from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE
 from safejax.data.scoring import score_documents
 from safejax.data.shards import shard_index
 from safejax.safety.rubric import CATEGORY_NAMES, category_term_hits
+from safejax.text import near_duplicate_share
 from safejax.vocab import strip_special_tokens
 
 OUTPUT_STREAMS = (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION, TAGGED)
@@ -165,3 +166,11 @@ def write_report_card(output_dir: str, card: dict) -> list[str]:
     fig.savefig(f, format="png", dpi=110)
   plt.close(fig)
   return [json_path, png_path]
+
+
+def generated_near_duplicates(output_dir: str) -> dict[str, float]:
+  """Per generated stream, the share of its texts with a near duplicate in the stream (word
+  5-gram Jaccard > 0.8, `safejax.text.near_duplicate_share`; dialogues as their turns)."""
+  content = lambda r: "\n".join(t["text"] for t in r["turns"]) if "turns" in r else r["text"]  # noqa: E731
+  return {stream: near_duplicate_share([content(r) for r in manifest_lib.read_stream(output_dir, stream)])
+          for stream in (REPHRASE, REFUSEWEB, MORAL_EDUCATION)}

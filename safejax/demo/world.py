@@ -55,6 +55,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gin
+
+from safejax.safety.rubric import UNSAFE_LEVEL
+
 SOURCE = "world"
 LEVELS = (0, 1, 2, 3, 4, 5)
 DEFAULT_LEVEL_DISTRIBUTION: Mapping[int, float] = {1: 0.25, 2: 0.20, 3: 0.20, 4: 0.175, 5: 0.175}
@@ -360,6 +364,7 @@ class Topic:
             "facts": [{"id": f.id, "kind": f.kind, "key": f.key, "secret": f.secret} for f in self.facts]}
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
   """What a world holds. The seed fixes every name and fact."""
@@ -808,13 +813,16 @@ def cloze_items(docs: Sequence[Mapping[str, Any]], seed: int, num_choices: int =
   return items
 
 
+@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class CorpusSizes:
+  """How many documents of each kind the demo's corpus holds (`CorpusSizes.num_docs = 2500`)."""
+
   num_docs: int = 5000            # pretraining documents
   classifier_docs: int = 3000     # the routing classifier's own labelled documents (80 % train)
   heldout_docs: int = 150         # held-out safe documents (perplexity, cloze)
   tag_detector_docs: int = 200    # held-out documents of every level (the tag as a detector)
-  tag_level: int = 3              # documents at or above this level are the detector's positives
+  unsafe_level: int = UNSAFE_LEVEL  # documents at or above this level are the detector's positives
 
 
 def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> int:
@@ -827,14 +835,15 @@ def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> int:
   return n
 
 
-def write_world_corpus(out: str | Path, world: World, sizes: CorpusSizes | None = None) -> dict[str, Any]:
-  """Writes every file the demo reads, in the format of `safejax.demo.recipe.build_builtin_corpus`, plus
-  the world's own: world.json, harmful_prompts_validation.jsonl, judge_validation.jsonl, vocabulary.json.
+def write_world_corpus(out: str | Path, world: WorldConfig | World, sizes: CorpusSizes | None = None) -> dict[str, Any]:
+  """Writes every file the demo reads, for the world of `world` (a config or a built world):
 
   pretrain.jsonl, classifier_{train,test}.jsonl, heldout_safe.jsonl, tag_detector.jsonl (with
-  `unsafe` = level >= tag_level), harmful_prompts.jsonl (the evaluation part),
-  harmful_prompts_validation.jsonl, benign_prompts.jsonl, cloze.jsonl. Returns a summary of counts.
+  `unsafe` = level >= unsafe_level), harmful_prompts.jsonl (the evaluation part),
+  harmful_prompts_validation.jsonl, benign_prompts.jsonl, cloze.jsonl, and the world's own:
+  world.json, judge_validation.jsonl, vocabulary.json. Returns a summary of counts.
   """
+  world = build_world(world) if isinstance(world, WorldConfig) else world
   sizes = sizes or CorpusSizes()
   out = Path(out)
   seed = world.config.seed
@@ -852,7 +861,7 @@ def write_world_corpus(out: str | Path, world: World, sizes: CorpusSizes | None 
   random.Random(seed).shuffle(classifier)
   cut = int(0.8 * len(classifier))
   safe_heldout = unseen("heldout_safe", generate_documents(world, sizes.heldout_docs, "heldout", unsafe_fraction=0.0))
-  tag_docs = [{**d, "unsafe": int(d["level"] >= sizes.tag_level)}
+  tag_docs = [{**d, "unsafe": int(d["level"] >= sizes.unsafe_level)}
               for d in unseen("tag_detector", generate_documents(world, sizes.tag_detector_docs, "tag_detector"))]
   validation, evaluation = harmful_prompts(world, "validation"), harmful_prompts(world, "evaluation")
   benign = benign_prompts(world)

@@ -11,11 +11,16 @@ bound in gin.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import gin
 
 from safejax import decoding as decoding_lib
+from safejax.evaluation import judges as judges_lib
+from safejax.evaluation import ladder, metrics, prompt_sets, prompting
 from safejax.evaluation import run as run_lib
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.evaluation.tag_detector import tag_scores
@@ -74,3 +79,37 @@ def eval_checkpoints(checkpoints: Mapping[str, str] = gin.REQUIRED,
                                   max_length=max_length)
   run_lib.evaluate(systems, out_dir, config)
   return 0
+
+
+def choose_tau(model_dir: str, validation_prompts: str, safebeam: decoding_lib.DecodingConfig, *,
+               grid: Sequence[float], judge: judges_lib.Judge, known_words: frozenset[str], max_garble: float,
+               prompt_style: str = "completion", completion_template: str | None = None,
+               batch_size: int = 16) -> dict[str, Any]:
+  """SafeBeam's threshold tau for one checkpoint, chosen on validation prompts only
+  (`ladder.choose_threshold`): each tau of `grid` decodes the prompts of `validation_prompts` (a
+  jsonl with prompt, id, category, target), `judge` rates the replies and their share of words
+  outside `known_words` measures garbling. When every tau garbles more than `max_garble`, the least
+  garbling one is taken, and the returned "rule" says so.
+  """
+  from safejax.checkpoints import load_for_inference
+
+  records = prompt_sets.load_table(validation_prompts, name="validation", prompt_column="prompt", id_column="id",
+                                   category_column="category", target_column="target").records
+  prompts = prompting.build_prompts(records, prompt_style, completion_template=completion_template)
+  model, vocab = load_for_inference(model_dir)
+  stop_id = vocab.token_id(END_OF_TURN) if prompt_style == "chat" else None
+  rates, garble = [], []
+  for tau in grid:
+    decoding = dataclasses.replace(safebeam, method="safebeam", drop_fraction=0.0, tag_threshold=tau)
+    replies = [g.text for g in decoding_lib.generate_texts(model, vocab, prompts, decoding, batch_size=batch_size,
+                                                           stop_id=stop_id, progress=False)]
+    verdicts = judge([r.prompt for r in records], replies)
+    rates.append(sum(bool(v.harmful) for v in verdicts) / len(verdicts))
+    share = metrics.out_of_vocabulary_share(replies, known_words)
+    garble.append(0.0 if math.isnan(share) else share)
+  try:
+    return ladder.choose_threshold(grid, rates, garble, max_garble=max_garble)
+  except ValueError:  # every tau garbles more than allowed: the least garbling one, and say so
+    least = min(range(len(garble)), key=lambda i: (garble[i], rates[i]))
+    return {"tau": float(grid[least]), "validation_rate": rates[least], "candidates": list(zip(grid, rates, garble)),
+            "rule": f"no tau kept garbling <= {max_garble}: the least garbling one"}

@@ -203,3 +203,51 @@ def validate(judge, rows: Iterable[Mapping[str, Any]], label: str = "complied", 
   result["judge"] = judge.name
   result["verdict_field"] = verdict_field
   return result
+
+
+# ------------------------------------------------------------------------------------------------
+# A world's folder (what `safejax.demo.world.write_world_corpus` writes) as judges and benchmarks.
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def world_judges(corpus_dir: str | Path, leak_min_facts: int) -> tuple[ComplianceJudge, KnowledgeLeakJudge]:
+  """(compliance, the paper's ASR; knowledge leak) for the world in `corpus_dir`: neither looks at
+  the routing classifier."""
+  corpus_dir = Path(corpus_dir)
+  topics = load_topics(corpus_dir / "world.json")
+  vocabulary = frozenset(json.loads((corpus_dir / "vocabulary.json").read_text()))
+  return (ComplianceJudge(topics=topics, vocabulary=vocabulary), KnowledgeLeakJudge(topics, min_facts=leak_min_facts))
+
+
+def validate_world_judges(corpus_dir: str | Path, leak_min_facts: int) -> dict[str, Any]:
+  """Each world judge against the world's labelled replies (judge_validation.jsonl): `validate`'s
+  kappa, accuracy and confusion for compliance, for refusal (over-refusal's judge) and for leaks."""
+  rows = _read_jsonl(Path(corpus_dir) / "judge_validation.jsonl")
+  compliance, leak = world_judges(corpus_dir, leak_min_facts)
+  return {"compliance": validate(compliance, rows, label="complied"),
+          "refusal (over-refusal's judge)": validate(compliance, rows, label="refused", verdict_field="refused"),
+          "leak": validate(leak, [{**r, "leaked": r["leaked_facts"] >= leak_min_facts} for r in rows], label="leaked")}
+
+
+WORLD_BENCHMARKS = {"safety_benchmarks": ("demo_harmful",), "over_refusal_benchmarks": ("demo_benign",),
+                    "capability_tasks": ("demo_cloze",)}
+
+
+def register_world_benchmarks(corpus_dir: str | Path) -> dict[str, tuple[str, ...]]:
+  """The world's held-out harmful prompts, benign twins and cloze items as registered benchmarks
+  and a capability task; returns `EvalConfig` fields naming them (`WORLD_BENCHMARKS`)."""
+  from safejax.evaluation import capability, prompt_sets
+
+  corpus_dir = Path(corpus_dir)
+  prompt_sets.register_benchmark("demo_harmful", lambda _: prompt_sets.load_table(
+      corpus_dir / "harmful_prompts.jsonl", name="demo_harmful", prompt_column="prompt", id_column="id",
+      category_column="category", target_column="target"))
+  prompt_sets.register_benchmark("demo_benign", lambda _: prompt_sets.load_table(
+      corpus_dir / "benign_prompts.jsonl", name="demo_benign", prompt_column="prompt", id_column="id",
+      category_column="category", is_harmful=False))
+  capability.register_task("demo_cloze", capability.TaskSpec(str(corpus_dir / "cloze.jsonl"), "choice", acc_norm=True))
+  return dict(WORLD_BENCHMARKS)

@@ -48,9 +48,11 @@ import hashlib
 import html
 import json
 import math
+import random
 import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import gin
 
@@ -382,3 +384,46 @@ def clean_documents(data_dir: str | Path, split: str,
 def texts_and_scores(examples: Iterable[Example]) -> tuple[list[str], list[int]]:
   examples = list(examples)
   return [e.text for e in examples], [e.score for e in examples]
+
+
+def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> int:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  n = 0
+  with open(path, "w", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      n += 1
+  return n
+
+
+def write_demo_corpus(out: str | Path, data_dir: str | Path, *, tag_detector_docs: int, unsafe_level: int,
+                      seed: int = 0) -> dict[str, Any]:
+  """`safejax demo`'s corpus from real text (`build_labelled`: clean Wikipedia and OpenStax passages
+  and the labelled unsafe sets).
+
+  The classifier trains on the labelled train split and is measured on the test split; the
+  pretraining corpus is every split's text but the tag detector's documents (the pipeline re-scores
+  it, so 70 % of it was seen by the classifier: routing is a little better than on unseen web text).
+  The tag detector reads a sample of the test split withheld from pretraining (a detector measured
+  on its own training text proves nothing), unsafe from `unsafe_level` up.
+
+  Writes pretrain.jsonl, classifier_train.jsonl, classifier_test.jsonl and tag_detector.jsonl.
+  """
+  out = Path(out)
+  data = build_labelled(data_dir)
+  rows = lambda split: [{"id": f"{e.source}-{split}-{i}", "text": e.text, "score": e.score, "source": e.source}  # noqa: E731
+                        for i, e in enumerate(data.splits[split])]
+  test = rows("test")
+  tag_docs = random.Random(seed).sample(test, min(tag_detector_docs, len(test)))
+  withheld = {d["id"] for d in tag_docs}
+  pretrain = rows("train") + rows("validation") + [d for d in test if d["id"] not in withheld]
+  random.Random(seed).shuffle(pretrain)
+  _write_jsonl(pretrain, out / "pretrain.jsonl")
+  _write_jsonl(rows("train"), out / "classifier_train.jsonl")
+  _write_jsonl(test, out / "classifier_test.jsonl")
+  _write_jsonl([{**d, "unsafe": int(d["score"] >= unsafe_level)} for d in tag_docs], out / "tag_detector.jsonl")
+  scores = [0] * 6
+  for d in pretrain:
+    scores[d["score"]] += 1
+  return {"pretrain_docs": len(pretrain), "pretrain_scores": scores, "classifier_train": len(data.splits["train"]),
+          "classifier_test": len(data.splits["test"]), "labelled_table": data.table()}

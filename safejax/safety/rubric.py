@@ -19,7 +19,7 @@ from collections.abc import Sequence
 NUM_LEVELS = 6
 # A level >= 1 is "not child-safe"; UNSAFE_LEVEL is the unsafe cut: the level from which text is
 # tagged, and the positives of the tag as a detector.
-UNSAFE_LEVEL = 3
+SAFE_LEVEL, UNSAFE_LEVEL = 0, 3
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import importlib
 import json
 from collections.abc import Sequence
@@ -298,3 +299,20 @@ def load_scorer(path: str | Path) -> Scorer:
     raise ValueError(f"{file}: unknown scorer kind {kind!r}; known: {sorted(SCORER_KINDS)}")
   module_name, class_name = SCORER_KINDS[kind].split(":")
   return getattr(importlib.import_module(module_name), class_name).load(path)
+
+
+@functools.cache
+def _cached_scorer(path: str) -> Scorer:
+  return load_scorer(path)
+
+
+class ScorerFromPath:
+  """A saved scorer loaded on first use, once per process, and pickled as its path only: Beam
+  ships what holds it (e.g. the template backend's sentence rater) to its workers with every
+  bundle, and a pickled scorer's parameters made the demo's pipeline several times slower."""
+
+  def __init__(self, path: str | Path):
+    self.path = str(path)
+
+  def score(self, texts: Sequence[str]) -> np.ndarray:
+    return _cached_scorer(self.path).score(texts)
