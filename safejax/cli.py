@@ -146,6 +146,27 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     logging.disable(logging.NOTSET)
 
 
+# Bindings whose settings moved to a config class of their own (issue 20): old name -> new name.
+RENAMED_BINDINGS: dict[str, str] = {
+    "evaluate": "EvalConfig", "DemoConfig.world_seed": "WorldConfig.seed",
+    "DemoConfig.harmful_topics": "WorldConfig.n_harmful_topics", "DemoConfig.num_docs": "CorpusSizes.num_docs",
+    "DemoConfig.classifier_docs": "CorpusSizes.classifier_docs", "DemoConfig.heldout_docs": "CorpusSizes.heldout_docs",
+    "DemoConfig.tag_detector_docs": "CorpusSizes.tag_detector_docs", "DemoConfig.n_harmful": "EvalConfig.n_per_set",
+    "DemoConfig.n_per_task": "EvalConfig.n_per_task", "DemoConfig.tag_p": "PipelineConfig.tag_p",
+}
+
+
+def renamed_hint(bindings: Sequence[str]) -> str:
+  """"; X is now Y" for each binding that names a setting by its old name."""
+  hints = []
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    for old, new in RENAMED_BINDINGS.items():
+      if name == old or name.startswith(old + "."):
+        hints.append(f"--gin.{name} is now --gin.{new}{name[len(old):]}")
+  return "".join(f"; {hint}" for hint in hints)
+
+
 def _resolve(command: str):
   module_name, func_name = COMMANDS[command].split(":")
   return getattr(importlib.import_module(module_name), func_name)
@@ -194,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     parse_gin([*DEFAULT_GIN_FILES.get(command, ()), *preset_files, *files], bindings, search_paths)
   except (ValueError, KeyError, IOError) as e:
-    raise SystemExit(f"safejax {command}: bad gin configuration: {e}") from None
+    raise SystemExit(f"safejax {command}: bad gin configuration: {e}{renamed_hint(bindings)}") from None
   check_bindings(command, func, bindings, supplied=kwargs)
   if rest:
     if "inputs" not in inspect.signature(func).parameters:

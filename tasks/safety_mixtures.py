@@ -22,9 +22,9 @@ the vocabulary on a sample of each stream (exact when the stream is smaller than
 Streams without any record are left out of the mixtures.
 
 Every task reads TFRecords with `seqio.TFExampleDataSource` and tokenizes before seqio's cache
-placeholder, so it works on the fly and with seqio's offline cache. For `cache_tasks_main`, which
-imports modules by name, importing this module registers the run named by the environment
-variables SAFEJAX_PIPELINE_DIR and SAFEJAX_VOCAB (and SAFEJAX_TASK_PREFIX); `cache_tasks` runs it.
+placeholder, so it works on the fly and with seqio's offline cache. `cache_tasks` runs seqio's
+`cache_tasks_main`, which imports task modules by name: it writes a small module that registers the
+run (`write_task_module`) and names it there.
 
 In gin (t5x style, evaluated when the trainer starts):
   import tasks.safety_mixtures
@@ -43,6 +43,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import gin
@@ -163,22 +164,32 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabular
   return SafetyTaskNames(tasks, mixtures, tokens)
 
 
+def write_task_module(directory: str, data_dir: str, vocab_path: str, *, prefix: str = "safejax") -> str:
+  """Writes a module to `directory` that registers one pipeline run's tasks and mixtures when
+  imported (what `--module_import` of seqio's scripts needs); returns the module's name."""
+  name = f"{prefix}_registered_tasks"
+  source = (f"# Written by tasks.safety_mixtures.write_task_module: registers one pipeline run.\n"
+            f"from tasks.safety_mixtures import register_safety_mixtures\n\n"
+            f"register_safety_mixtures({data_dir!r}, {vocab_path!r}, prefix={prefix!r})\n")
+  with open(os.path.join(directory, f"{name}.py"), "w", encoding="utf-8") as f:
+    f.write(source)
+  return name
+
+
 def cache_tasks(data_dir: str, vocab_path: str, cache_dir: str, *, prefix: str = "safejax",
                 pipeline_options: Sequence[str] = ("--runner=DirectRunner",), min_shards: int = 1) -> None:
   """Caches every stream task of a run with seqio's own Beam job (`seqio.scripts.cache_tasks_main`).
 
   Afterwards `seqio.add_global_cache_dirs([cache_dir])` and `get_dataset(..., use_cached=True)` read
-  the cache. The job imports this module, which registers the run from the environment.
+  the cache. The job imports a module written for the run (`write_task_module`), which registers it.
   """
-  env = {**os.environ, "SAFEJAX_PIPELINE_DIR": data_dir, "SAFEJAX_VOCAB": vocab_path, "SAFEJAX_TASK_PREFIX": prefix}
-  command = [sys.executable, "-m", "seqio.scripts.cache_tasks_main", "--module_import=tasks.safety_mixtures",
-             f"--tasks={prefix}_({'|'.join(STREAMS)})", f"--output_cache_dir={cache_dir}",
-             f"--min_shards={min_shards}", f"--pipeline_options={','.join(pipeline_options)}"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-  subprocess.run(command, env=env, check=True)
-
-
-if os.environ.get("SAFEJAX_PIPELINE_DIR") and os.environ.get("SAFEJAX_VOCAB"):
-  register_safety_mixtures(os.environ["SAFEJAX_PIPELINE_DIR"], os.environ["SAFEJAX_VOCAB"],
-                           prefix=os.environ.get("SAFEJAX_TASK_PREFIX", "safejax"))
+  with tempfile.TemporaryDirectory() as modules:
+    module = write_task_module(modules, data_dir, vocab_path, prefix=prefix)
+    command = [sys.executable, "-m", "seqio.scripts.cache_tasks_main", f"--module_import={module}",
+               f"--tasks={prefix}_({'|'.join(STREAMS)})", f"--output_cache_dir={cache_dir}",
+               f"--min_shards={min_shards}", f"--pipeline_options={','.join(pipeline_options)}"]
+    path = os.pathsep.join(p for p in (root, modules, os.environ.get("PYTHONPATH")) if p)
+    result = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f"seqio's cache_tasks_main failed ({result.returncode}): {result.stderr.strip()[-2000:]}")

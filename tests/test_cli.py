@@ -177,3 +177,19 @@ def test_start_up_noise_stays_off_the_console_unless_verbose():
   assert missing.returncode != 0 and "Traceback" not in missing.stderr
   assert missing.stderr.strip().count("\n") == 0 and "--gin.MODEL_DIR=" in missing.stderr
   assert run_cli("prepare", "--help", "--verbose").returncode == 0
+
+
+def test_a_moved_setting_names_its_new_home():
+  with pytest.raises(SystemExit, match=r"--gin.evaluate.n_per_set is now --gin.EvalConfig.n_per_set"):
+    cli.main(["demo", "--gin.evaluate.n_per_set=8"])
+  with pytest.raises(SystemExit, match=r"--gin.DemoConfig.world_seed is now --gin.WorldConfig.seed"):
+    cli.main(["demo", "--gin.DemoConfig.world_seed=1"])
+
+
+def test_quick_is_a_preset_gin_file_parsed_before_the_users_flags(monkeypatch):
+  monkeypatch.setattr(cli, "_resolve", lambda command: _record_demo)
+  assert cli.main(["demo", "--quick"]) == 0
+  assert _RECORDED[-1].rungs == ("raw", "tags") and _RECORDED[-1].seeds == (0,)
+  assert cli.main(["demo", "--quick", "--gin.DemoConfig.seeds=(4,)"]) == 0
+  assert _RECORDED[-1].seeds == (4,)  # the user's flag wins over the preset
+  assert "preset: --quick parses runs/demo_quick.gin" in cli.command_help("demo", demo_config.demo)

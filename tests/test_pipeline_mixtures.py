@@ -2,9 +2,6 @@
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ from safejax.data import manifest as manifest_lib, shards
 from safejax.data.pipeline import PipelineConfig, run_loop
 from safejax.data.sources import SourceSpec
 from safejax.vocab import train_sentencepiece
-from tasks.safety_mixtures import LADDER, register_safety_mixtures
+from tasks.safety_mixtures import LADDER, cache_tasks, register_safety_mixtures
 
 WORDS = ["river", "mountain", "school", "garden", "library", "music", "science", "history", "ocean", "forest"]
 
@@ -97,11 +94,7 @@ def test_tasks_tokenize_tags_and_renamed_dialogues(run):
 def test_seqio_cache_tasks_main_caches_the_streams(run, tmp_path):
   out, vocab = run
   cache = tmp_path / "cache"
-  env = {**os.environ, "SAFEJAX_PIPELINE_DIR": str(out), "SAFEJAX_VOCAB": vocab.sentencepiece_model_file,
-         "SAFEJAX_TASK_PREFIX": "cached", "PYTHONPATH": os.getcwd()}
-  subprocess.run([sys.executable, "-m", "seqio.scripts.cache_tasks_main", "--module_import=tasks.safety_mixtures",
-                  "--tasks=cached_(keep|refuseweb)", f"--output_cache_dir={cache}", "--min_shards=1",
-                  "--pipeline_options=--runner=DirectRunner"], env=env, check=True, capture_output=True)
+  cache_tasks(str(out), vocab.sentencepiece_model_file, str(cache), prefix="cached")
   names = register_safety_mixtures(str(out), vocab, prefix="cached")
   seqio.add_global_cache_dirs([str(cache)])
   for stream in ("keep", "refuseweb"):

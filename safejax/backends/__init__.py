@@ -1,6 +1,6 @@
 """Text generation backends that need no model: an OpenAI-compatible endpoint (`openai`) and the
 offline template backend (`template`). The interface they implement is `safejax.generation`; a
-safejax checkpoint as a backend is `safejax.decoding.backend.LocalModelBackend`, beside the decoder.
+model checkpoint as a backend is `safejax.decoding.backend.LocalModelBackend`, beside the decoder.
 """
 
 from safejax.backends.openai import OpenAICompatibleBackend, request_key

@@ -115,7 +115,7 @@ def code_fingerprint(module: str) -> str:
     seen.add(name)
     try:
       importlib.import_module(name)
-    except ImportError:  # `from safejax.x import attribute`: the attribute is no module
+    except ImportError:  # `from package import attribute`: the attribute is no module
       continue
     path, source = _module_source(name)
     if path is None:

@@ -6,7 +6,7 @@ Every judge is a callable `judge(prompts, responses) -> list[JudgeVerdict]` with
   ClassifierJudge      a safety scorer (`.score(texts) -> int 0..5`, safejax.safety) on the
                        response; harmful iff score >= threshold; rates harmfulness only.
   LLMJudge             a HarmBench-style yes/no question to a language model through a
-                       `safejax.backends.TextBackend` (OpenAI-compatible); rates harmfulness only.
+                       `safejax.generation.TextBackend` (OpenAI-compatible); rates harmfulness only.
 A verdict leaves a field None where its judge cannot tell; `attack_success` falls back from
 harmfulness to "not refused", which is how keyword judges score attacks (GCG, JailbreakBench).
 `build_judge("keyword:<list>" | "classifier" | "llm", ...)` makes one from a short spec string.
@@ -204,7 +204,7 @@ _ANSWER = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
 
 @dataclasses.dataclass(frozen=True)
 class LLMJudge:
-  """Asks a language model behind a `safejax.backends.TextBackend` the yes/no question of `template`.
+  """Asks a language model behind a `safejax.generation.TextBackend` the yes/no question of `template`.
 
   All pairs go to the backend in one `generate` call (the HTTP backend runs them concurrently and
   caches them). An answer that does not start with yes or no, or a failed request, gives

