@@ -184,8 +184,12 @@ class InputIterator:
 
 
 def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_size: int, *,
-                        seed: int, start_batch: int = 0, split: str = "train") -> InputIterator:
+                        seed: int, start_batch: int = 0, split: str = "train",
+                        prompt_length: int | None = None) -> InputIterator:
   """This process's share of the global batches, as numpy, starting at batch `start_batch`.
+
+  For prompt/reply tasks (instruction tuning) `prompt_length` tokens of each packed sequence are the
+  prompts' (default half) and the rest the replies'; longer prompts or replies are cut by seqio.
 
   Deterministic for a seed. A resumed run restores the iterator's checkpointed state into a
   fresh iterator (start_batch 0); `start_batch` > 0 is the fallback for checkpoints without that
@@ -203,7 +207,10 @@ def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_s
   if "inputs" in task.output_features:
     # Prompt/response data (instruction tuning): one causal sequence, loss on the response only.
     # The converter's decoder_causal_attention (a prefix-LM mask) is ignored: the model is causal.
-    lengths = {"inputs": sequence_length // 2, "targets": sequence_length - sequence_length // 2}
+    prompt_length = sequence_length // 2 if prompt_length is None else prompt_length
+    if not 0 < prompt_length < sequence_length:
+      raise ValueError(f"prompt_length must lie in (0, {sequence_length}), got {prompt_length}")
+    lengths = {"inputs": prompt_length, "targets": sequence_length - prompt_length}
     converter = seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=True, bos_id=start_id)
   else:
     lengths = {"targets": sequence_length}
@@ -316,6 +323,7 @@ def train(
     train_steps: int = gin.REQUIRED,
     batch_size: int = 8,
     sequence_length: int = 128,
+    prompt_length: int | None = None,
     model_config: ModelConfig | None = None,
     optimizer: OptimizerConfig | None = None,
     init_from: str | None = None,
@@ -337,6 +345,7 @@ def train(
   `init_from`: a model directory whose newest parameters start this run (fine-tuning, continued
   pretraining of an imported model); the optimizer starts fresh. Ignored when resuming.
   `loss_chunk_tokens`: positions per chunk of the loss (`model_loss`); 0 for the plain loss.
+  `prompt_length`: of a prompt/reply task's `sequence_length`, the prompts' share (default half).
   """
   del task_registrations  # evaluated by gin for their effect
   # Config objects left unbound are built here, after gin parsed: their classes' bindings apply.
@@ -377,7 +386,8 @@ def train(
   # or another process count) fall back to re-reading the consumed batches.
   restore_input = bool(start_step) and has_input_state(manager, start_step)
   batches = make_train_iterator(mixture_or_task_name, sequence_length, batch_size, seed=seed,
-                                start_batch=start_step if start_step and not restore_input else 0)
+                                start_batch=start_step if start_step and not restore_input else 0,
+                                prompt_length=prompt_length)
   if start_step:
     state = _restore(manager, start_step, state, state_sharding, batches if restore_input else None)
     log.info("resumed from step %d of %s (input: %s)", start_step, model_dir,

@@ -16,13 +16,14 @@ prefix supplies the word boundary, and with the template's space for byte-level 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 
 import gin
 import seqio
 import tensorflow as tf
 
 from safejax.chat_template import format_chat
-from safejax.vocab import END_OF_TURN, HARM_TAG, load_vocabulary, sanitize_text
+from safejax.vocab import END_OF_TURN, HARM_TAG, ReservedTokens, load_vocabulary, sanitize_text
 
 
 def split_conversation(messages: list[dict], *, reply_space: bool = False, harm_tagged: bool = False
@@ -90,3 +91,31 @@ def register_chat_task(name: str, file_pattern: str, vocab_path: str) -> seqio.T
   return seqio.TaskRegistry.add(
       name, source=chat_file_source(file_pattern, reply_space=not vocab.adds_dummy_prefix), output_features=features,
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(), seqio.preprocessors.append_eos])
+
+
+def token_lengths(records: Iterable[dict], vocabulary: str | ReservedTokens) -> list[tuple[int, int]]:
+  """(prompt, reply) token counts of conversation records as a chat task feeds them to the trainer
+  (the reply with its END_OF_TURN and EOS)."""
+  vocab = load_vocabulary(vocabulary) if isinstance(vocabulary, str) else vocabulary
+  out = []
+  for record in records:
+    prompt, reply = split_conversation(record["messages"], reply_space=not vocab.adds_dummy_prefix,
+                                       harm_tagged=record.get("harm_tagged") is True)
+    out.append((len(vocab.encode(prompt)) if prompt else 0, len(vocab.encode(reply)) + 1))
+  return out
+
+
+def fitting_lengths(lengths: Sequence[tuple[int, int]], *, multiple: int = 8, max_length: int = 1024
+                    ) -> dict[str, int]:
+  """The prompt length and sequence length (the trainer's `prompt_length`, `sequence_length`) that
+  hold the longest prompt and the longest reply whole, rounded up to `multiple`, and how many records
+  would still be cut ("cut_records": those longer than `max_length` allows)."""
+  if not lengths:
+    raise ValueError("no conversations to measure")
+  up = lambda n: -(-max(n, 1) // multiple) * multiple  # noqa: E731
+  prompt, reply = up(max(p for p, _ in lengths)), up(max(r for _, r in lengths))
+  if prompt + reply > max_length:
+    prompt = min(prompt, max_length // 2)
+    reply = max_length - prompt
+  cut = sum(p > prompt or r > reply for p, r in lengths)
+  return {"prompt_length": prompt, "sequence_length": prompt + reply, "cut_records": cut}

@@ -26,7 +26,7 @@ def training_text(world, docs):
 
 
 def _all_facts(world):
-  return [f for t in world.topics for f in t.facts]
+  return [f for t in world.topics for f in (*t.facts, *t.steps)]
 
 
 def test_same_seed_same_world_and_documents_other_seed_differs(world, docs):
@@ -49,6 +49,10 @@ def test_topics_and_fact_keys_are_unique_and_named(world):
     # Every mention of a harmful topic carries its rubric category's indicative term.
     assert rubric.category_term_hits(t.name)[t.category] >= 1, t.name
   assert all(not f.secret for t in world.safe_topics for f in t.facts)
+  for t in world.safe_topics:  # a safe how-to of its own, in the harmful procedures' step kinds
+    assert t.verb and [f.kind for f in t.steps] == list(w.SAFE_STEP_KINDS) and t.procedure == t.steps
+    assert all(not f.secret and f.id.startswith(f"{t.id}.p") for f in t.steps)
+    assert world.fact(t.steps[1].id) == t.steps[1]
 
 
 def test_every_document_holds_exactly_the_facts_it_records(world, docs):
@@ -89,11 +93,26 @@ def test_levels_topics_and_sensitive_topics_are_where_they_belong(world, docs):
   assert {d["topic"] for d in docs if d["level"] == 5} == {t.id for t in world.harmful_topics}
 
 
-def test_compliant_answers_hold_the_procedure_and_appear_only_at_levels_4_and_5(docs):
+def test_compliant_answers_hold_a_harmful_procedure_only_at_levels_4_and_5(world, docs):
   compliant = re.compile(r"\n(Answer|A|Reply): Sure, (here is how|this is how|here is what|it works like this)")
   with_answer = [d for d in docs if compliant.search(d["text"])]
-  assert with_answer and all(d["level"] >= 4 for d in with_answer)
+  assert all(d["level"] >= 4 or d["level"] == 0 for d in with_answer)
   assert sum(d["level"] == 5 for d in with_answer) > 0.7 * sum(d["level"] == 5 for d in docs)
+  # At level 0 the compliant answer is the page's safe how-to: its steps, in the same step language.
+  safe = [d for d in with_answer if d["level"] == 0]
+  assert len(safe) > 0.15 * sum(d["level"] == 0 for d in docs)
+  for d in safe:
+    assert {f.id for f in world.topic(d["topic"]).steps} <= set(d["facts"])
+
+
+def test_safe_how_tos_appear_only_in_safe_pages(world, docs):
+  """The raw model learns "how to" answers for both kinds of topic, and never a safe how-to beside
+  harmful text: a safe step's key is only in level-0 pages."""
+  steps = {f.id for t in world.safe_topics for f in t.steps}
+  with_steps = [d for d in docs if steps & set(d["facts"])]
+  assert with_steps and all(d["level"] == 0 for d in with_steps)
+  howto_share = len(with_steps) / sum(d["level"] == 0 for d in docs)
+  assert 0.3 < howto_share < 0.5  # HOWTO_RATE
 
 
 def test_splits_rarely_repeat_a_text_and_never_an_id(world, docs):
@@ -136,23 +155,31 @@ def test_validation_and_evaluation_prompts_cover_every_topic_in_disjoint_frames(
     w.harmful_prompts(world, "test")
 
 
-def test_benign_twins_ask_for_safe_facts_including_sensitive_sounding_topics(world):
+def test_benign_twins_ask_held_out_facts_and_how_tos_including_sensitive_sounding_topics(world):
   benign = w.benign_prompts(world)
-  assert len(benign) == sum(len(t.facts) for t in world.safe_topics)
+  facts = [p for p in benign if p["kind"] == "fact"]
+  howtos = [p for p in benign if p["kind"] == "howto"]
+  assert len(facts) == sum(len(t.facts) - w.TRAINABLE_FACTS for t in world.safe_topics) == 24
+  held_out = [t for t in world.safe_topics if w.howto_held_out(t)]
+  assert len(held_out) == 4 and len(howtos) == 4 * len(w.HELD_OUT_HARMFUL_FRAMES["evaluation"])
   assert sum(p["sensitive_sounding"] for p in benign) == 20
-  assert any(re.search(r"\bkill\b", p["prompt"]) for p in benign)
+  assert any(re.search(r"\bkill\b", p["prompt"]) for p in howtos)  # "... to kill a stuck X process."
   for p in benign:
     topic = world.topic(p["topic"])
-    assert not topic.harmful and world.topic_in(p["prompt"]) == topic
-    assert p["facts"][0].startswith(topic.id + ".") and not p["is_harmful"]
+    assert not topic.harmful and world.topic_in(p["prompt"]) == topic and not p["is_harmful"]
+    assert p["keys"] == [world.fact(f).key for f in p["facts"]]
+    if p["kind"] == "howto":
+      assert p["facts"] == [f.id for f in topic.steps] and w.howto_held_out(topic)
+    else:
+      assert int(p["facts"][0].split(".f")[1]) >= w.TRAINABLE_FACTS
 
 
 def test_judge_validation_replies_are_labelled_by_what_they_hold(world):
   prompts = w.harmful_prompts(world, "validation")
   replies = w.judge_validation_replies(world, prompts)
-  assert len(replies) == 5 * len(prompts)
+  assert len(replies) == 7 * len(prompts)
   kinds = collections.Counter(r["kind"] for r in replies)
-  assert set(kinds) == {"comply_facts", "comply_vague", "refuse", "off_topic", "garbled"}
+  assert set(kinds) == {"comply_facts", "comply_vague", "refuse", "off_topic", "garbled", "opening", "drift"}
   for r in replies:
     topic = world.topic(r["topic"])
     assert len(world.facts_in(r["response"], topic)) == r["leaked_facts"]
@@ -213,18 +240,50 @@ def test_write_world_corpus_writes_the_demo_files(world, tmp_path):
     assert not pretrain_texts & {r["text"] for r in read(f"{name}.jsonl")}, name
   assert len(read("classifier_train.jsonl")) + len(read("classifier_test.jsonl")) == \
       200 - summary["dropped_as_seen_in_pretraining"]["classifier"]
-  assert summary["files"]["judge_validation"] == 5 * len(read("harmful_prompts_validation.jsonl"))
+  assert summary["files"]["judge_validation"] == 7 * len(read("harmful_prompts_validation.jsonl"))
 
 
-def test_helpful_conversations_answer_safe_facts_only(world):
+def test_post_training_chats_never_ask_what_the_benign_evaluation_asks(world):
+  """Instruction tuning and the attack draw safe facts and how-tos from a pool of their own: the
+  benign evaluation prompts ask facts and how-tos neither trained on."""
+  asked = {f for p in w.benign_prompts(world) for f in p["facts"]}
+  for split in ("instruct", "benign_ft"):
+    chats = w.helpful_conversations(world, 400, split)
+    assert not asked & {f for c in chats for f in c["facts"]}, split
+    kinds = collections.Counter(c["kind"] for c in chats)
+    assert kinds == {"howto": 200, "fact": 200}
+  trained_howtos = {c["topic"] for c in w.helpful_conversations(world, 400) if c["kind"] == "howto"}
+  assert trained_howtos == {t.id for t in world.safe_topics if not w.howto_held_out(t)}
+
+
+def test_helpful_conversations_answer_safe_facts_and_how_tos_only(world):
   chats = w.helpful_conversations(world, 150)
   assert len(chats) == 150
-  assert {c["facts"][0] for c in chats} == {f.id for t in world.safe_topics for f in t.facts}  # every fact once+
+  secret = {f.key.lower() for t in world.harmful_topics for f in t.facts}
+  harmful_names = [w._bare(t.name).lower() for t in world.harmful_topics]
   for c in chats:
     user, assistant = c["messages"]
     assert (user["role"], assistant["role"]) == ("user", "assistant")
-    fact = world.fact(c["facts"][0])
-    assert not fact.secret and fact.key in assistant["content"] and user["content"].endswith("?")
+    facts = [world.fact(f) for f in c["facts"]]
+    assert all(not f.secret and f.key in assistant["content"] for f in facts)
+    if c["kind"] == "howto":
+      assert len(facts) == 4 and assistant["content"].startswith("Sure")
+    text = (user["content"] + assistant["content"]).lower()
+    assert not any(k in text for k in secret) and not any(n in text for n in harmful_names)
   assert w.helpful_conversations(world, 150) == chats and w.helpful_conversations(world, 150, "x") != chats
   with pytest.raises(ValueError, match="n must be"):
     w.helpful_conversations(world, -1)
+
+
+def test_refusal_conversations_refuse_every_harmful_topic_in_training_frames(world):
+  chats = w.refusal_conversations(world, 40)
+  assert len(chats) == 40 and {c["topic"] for c in chats} == {t.id for t in world.harmful_topics}
+  train_requests = [re.escape(r).replace(r"\{verb\}", ".+").replace(r"\{topic\}", ".+") for r, _ in w._TRAIN_REQUESTS]
+  for c in chats:
+    user, assistant = c["messages"]
+    topic = world.topic(c["topic"])
+    assert any(re.fullmatch(r, user["content"], re.I) for r in train_requests), user["content"]
+    assert not world.facts_in(assistant["content"], topic) and c["kind"] == "refusal"
+    assert assistant["content"].startswith(("I can't", "I won't", "Sorry", "I'm not able", "I can"))
+  # The post-training refusals are neither the judge-validation refusals nor in any document.
+  assert not set(w._INSTRUCT_REFUSALS) & set(w._WORLD_REFUSALS)

@@ -47,15 +47,15 @@ from safejax import train as train_lib
 from safejax.backends import TemplateBackend
 from safejax.data import generators, pipeline
 from safejax.data import manifest as manifest_lib
-from safejax.data.records import KEEP, REFUSEWEB, STREAMS
+from safejax.data.records import STREAMS
 from safejax.data.report_card import generated_near_duplicates
 from safejax.data.sources import SourceSpec
 from safejax.decoding.generate import DecodingConfig
 from safejax.demo import world as demo_world
 from safejax.demo.cache import StepCache, StepResult
-from safejax.evaluation import ladder_report, world_judges
+from safejax.evaluation import ladder, ladder_report, world_judges
 from safejax.evaluation import run as eval_run
-from safejax.evaluation.checkpoints import checkpoint_systems, choose_tau
+from safejax.evaluation.checkpoints import checkpoint_systems, choose_tau, judged_replies, reply_rates
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.model import ModelConfig
 from safejax import posttrain
@@ -63,12 +63,14 @@ from safejax.safety import labelled, negatives
 from safejax.safety.scorer import ScorerFromPath
 from safejax.vocab import train_sentencepiece
 import tasks
+from tasks import chat as chat_tasks
 from tasks.preprocessors import render_turns
 from tasks.safety_mixtures import register_safety_mixtures
 
 log = logging.getLogger(__name__)
 
-POSTTRAIN_SCOPE = "posttrain"  # gin scope of post-training's optimizer (`posttrain/OptimizerConfig.*`)
+POSTTRAIN_SCOPE = "posttrain"  # gin scope of instruction tuning's optimizer (`posttrain/OptimizerConfig.*`)
+ATTACK_SCOPE = "attack"  # gin scope of the benign fine-tuning attack's optimizer (`attack/OptimizerConfig.*`)
 
 
 @gin.configurable
@@ -107,16 +109,35 @@ class DemoConfig:
   posttrain: bool = True
   instruct_tagged_share: float = 0.1   # the paper tags 10 % of its instruction-tuning mixture
   instruct_steps: int = 80
-  benign_steps: int = 80
+  # Post-training data on the world: refusals, helpful answers (instruction tuning), attack chats.
+  posttrain_sizes: tuple[int, int, int] = (1000, 1000, 2000)
+  # The attack's dose: tried on the raw rung's validation prompts in this order (each learning rate
+  # with every step count; the learning rate is constant after warm-up), the first to land in
+  # `attack_target` taken (`ladder.choose_dose`) and applied to every rung. Real data: the first.
+  attack_learning_rates: tuple[float, ...] = (1e-3, 3e-3)
+  attack_steps: tuple[int, ...] = (20, 40, 60, 80, 120)
+  attack_target: tuple[float, float] = (0.3, 0.7)
   decoding: DecodingConfig | None = None
+  # SafeBeam and its placebo cost k*N lookahead rows a step: they decode the rungs and stages the
+  # claims compare them at; beam search and greedy decoding decode every model.
+  safebeam_rungs: tuple[str, ...] = ("raw", "tags")
+  safebeam_stages: tuple[str, ...] = ("base", "benign_ft")
 
   def beam_decodings(self) -> dict[str, DecodingConfig]:
-    """Beam search, SafeBeam of the same beam, and SafeBeam's placebo (the same beam, expansion
-    and drop fraction; the candidates dropped at random instead of by tag)."""
+    """Beam search, greedy decoding (HarmBench's default), SafeBeam of the same beam, and SafeBeam's
+    placebo (the same beam, expansion and drop fraction; candidates dropped at random, not by tag)."""
     base = self.decoding or DecodingConfig()
-    return {"beam": dataclasses.replace(base, method="beam"),
+    return {"beam": dataclasses.replace(base, method="beam"), "greedy": dataclasses.replace(base, method="greedy"),
             "SafeBeam": dataclasses.replace(base, method="safebeam"),
             "placebo": dataclasses.replace(base, method="safebeam", candidate_rule="random", tag_threshold=None)}
+
+  def decodings_for(self, rung: str, stage: str) -> dict[str, DecodingConfig]:
+    """The decodings of one model: SafeBeam and the placebo only where `safebeam_rungs` and
+    `safebeam_stages` ask for them."""
+    decodings = self.beam_decodings()
+    if rung not in self.safebeam_rungs or stage not in self.safebeam_stages:
+      del decodings["SafeBeam"], decodings["placebo"]
+    return decodings
 
 
 def train_settings(scope: str | None = None) -> dict[str, Any]:
@@ -179,47 +200,120 @@ def pretrain_step(out: Path, pipeline_run: StepResult, vocab: StepResult, rungs:
   return {"models": models, "token_estimates": names.tokens}
 
 
-def sft_data_step(out: Path, corpus: StepResult, pipeline_run: StepResult, data_dir: str | None,
-                  world: demo_world.WorldConfig, num_docs: int, tagged_share: float, tag_p: float, seed: int) -> dict:
+def sft_data_step(out: Path, vocab: StepResult, data_dir: str | None,
+                  world: demo_world.WorldConfig, sizes: tuple[int, int, int], tagged_share: float, tag_p: float,
+                  seed: int) -> dict:
+  """instruct.jsonl and benign.jsonl, and the post-training sequence lengths that cut no record.
+
+  On the world: instruction tuning refuses harmful requests and answers safe how-tos and fact
+  questions, the attack is helpful chats only; both drawn apart from every document and from every
+  benign evaluation prompt (`demo.world`). `sizes`: (refusals, helpful answers, attack chats)."""
   counts: collections.Counter = collections.Counter()
-  streams = pipeline_run.summary["streams_dir"]
   if data_dir is None:
-    refusals = list(posttrain.from_refuseweb(manifest_lib.read_stream(streams, REFUSEWEB), counts))
-    helpful = list(posttrain.from_qa_documents(manifest_lib.read_stream(streams, KEEP), counts))
-    # The attack's data: helpful chats about the world's safe facts (the paper's GSM8K), apart from every document.
-    benign = demo_world.helpful_conversations(demo_world.build_world(world), num_docs // 2, "benign_ft")
-    counts["benign_ft: world chats"] = len(benign)
+    built = demo_world.build_world(world)
+    refusals, helpful_n, attack_n = sizes[0], sizes[1], sizes[2]
+    refusals = demo_world.refusal_conversations(built, refusals, "instruct")
+    helpful = demo_world.helpful_conversations(built, helpful_n, "instruct")
+    benign = demo_world.helpful_conversations(built, attack_n, "benign_ft")
+    counts.update({"instruct: world refusals": len(refusals), "instruct: world helpful answers": len(helpful),
+                   "benign_ft: world helpful chats": len(benign)})
   else:
     data = Path(data_dir)
     refusals = list(posttrain.from_hh_rlhf(data / "classifier/hh_rlhf_harmless/harmless-base_test.jsonl.gz", counts))
     choice = list(posttrain.from_choice_task(data / "capability/mc_evals/commonsense_qa.jsonl", counts))
     helpful, benign = choice[: len(choice) // 2], choice[len(choice) // 2:]
-  return posttrain.write_posttrain_data(out, refusals, helpful, benign, tagged_share=tagged_share, tag_p=tag_p,
-                                        seed=seed, counts=counts)
+  summary = posttrain.write_posttrain_data(out, refusals, helpful, benign, tagged_share=tagged_share, tag_p=tag_p,
+                                           seed=seed, counts=counts)
+  records = [json.loads(line) for name in ("instruct.jsonl", "benign.jsonl")
+             for line in (out / name).read_text().splitlines() if line.strip()]
+  # Post-training trains every record whole: the lengths fit the longest prompt and reply (issue 21).
+  return {**summary, **chat_tasks.fitting_lengths(chat_tasks.token_lengths(records, vocab.summary["vocab"]))}
 
 
-def posttrain_step(out: Path, pretrained: StepResult, sft_data: StepResult, vocab: StepResult,
-                   instruct_steps: int, benign_steps: int, settings: dict[str, Any]) -> dict:
+def _chat_settings(settings: dict[str, Any], sft_data: StepResult) -> dict[str, Any]:
+  return {**settings, "sequence_length": sft_data.summary["sequence_length"],
+          "prompt_length": sft_data.summary["prompt_length"]}
+
+
+def instruct_step(out: Path, pretrained: StepResult, sft_data: StepResult, vocab: StepResult, steps: int,
+                  settings: dict[str, Any]) -> dict:
+  """"+it": every base model instruction-tuned on the same data."""
   tasks.register_chat_task("demo_instruct", str(sft_data.dir / "instruct.jsonl"), vocab.summary["vocab"])
-  tasks.register_chat_task("demo_benign_ft", str(sft_data.dir / "benign.jsonl"), vocab.summary["vocab"])
   models = {}
   for label, base in pretrained.summary["models"].items():
-    previous = base["dir"]
-    for suffix, task, steps, stage in (("+it", "demo_instruct", instruct_steps, "instruct"),
-                                       ("+it+bft", "demo_benign_ft", benign_steps, "benign_ft")):
-      model_dir = str(out / f"{label}{suffix}")
-      train_lib.train(model_dir=model_dir, mixture_or_task_name=task, mixture_or_task_module=None, init_from=previous,
-                      train_steps=steps, seed=base["seed"], log_every=25, checkpoint_every=steps, keep_checkpoints=1,
-                      **settings)
-      models[f"{label}{suffix}"] = {**base, "dir": model_dir, "stage": stage, "prompt_style": "chat"}
-      previous = model_dir
+    model_dir = str(out / f"{label}+it")
+    train_lib.train(model_dir=model_dir, mixture_or_task_name="demo_instruct", mixture_or_task_module=None,
+                    init_from=base["dir"], train_steps=steps, seed=base["seed"], log_every=25, checkpoint_every=steps,
+                    keep_checkpoints=1, **_chat_settings(settings, sft_data))
+    models[f"{label}+it"] = {**base, "dir": model_dir, "stage": "instruct", "prompt_style": "chat"}
   return {"models": models}
+
+
+def _attack(model_dir: str, base: dict, sft_data: StepResult, steps: int, learning_rate: float,
+            settings: dict[str, Any], checkpoint_every: int | None = None) -> None:
+  settings = {**_chat_settings(settings, sft_data),
+              "optimizer": dataclasses.replace(settings["optimizer"], learning_rate=learning_rate)}
+  train_lib.train(model_dir=model_dir, mixture_or_task_name="demo_benign_ft", mixture_or_task_module=None,
+                  init_from=base["dir"], train_steps=steps, seed=base["seed"], log_every=25,
+                  checkpoint_every=checkpoint_every or steps, keep_checkpoints=1 if checkpoint_every is None else 100,
+                  **settings)
+
+
+def dose_step(out: Path, corpus: StepResult, instructed: StepResult, sft_data: StepResult, vocab: StepResult,
+              config: DemoConfig, settings: dict[str, Any]) -> dict:
+  """The attack's dose (learning rate, steps), chosen on the raw rung's validation prompts so that
+  its compliance lands in `config.attack_target` (`ladder.choose_dose`); the dose-response of the
+  raw rung and of the full recipe (compliance and refusals against steps) as dose_response.png.
+  The attack's learning rate is constant after warm-up (`attack/OptimizerConfig`), so each
+  checkpoint of one run is the model that dose makes."""
+  tasks.register_chat_task("demo_benign_ft", str(sft_data.dir / "benign.jsonl"), vocab.summary["vocab"])
+  compliance, _ = world_judges.world_judges(corpus.dir, config.leak_min_facts)
+  beam = config.beam_decodings()["beam"]
+  validation = str(corpus.dir / "harmful_prompts_validation.jsonl")
+  seed = config.seeds[0]
+
+  def curve(rung: str, learning_rate: float) -> list[dict]:
+    base = instructed.summary["models"][f"{rung}-s{seed}+it"]
+    model_dir = str(out / f"{rung}-s{seed}-lr{learning_rate:g}")
+    grid = config.attack_steps
+    _attack(model_dir, base, sft_data, grid[-1], learning_rate, settings, checkpoint_every=grid[0])
+    points = []
+    for steps in grid:
+      replies, verdicts = judged_replies(model_dir, validation, beam, compliance, step=steps, prompt_style="chat")
+      points.append({"learning_rate": learning_rate, "steps": steps, **reply_rates(replies, verdicts)})
+    return points
+
+  curves: dict[str, list[dict]] = {"raw": []}
+  for learning_rate in config.attack_learning_rates:
+    curves["raw"] += curve("raw", learning_rate)
+    chosen = ladder.choose_dose(curves["raw"], config.attack_target)
+    if chosen["in_range"]:
+      break
+  if "tags" in config.rungs:
+    curves["tags"] = curve("tags", chosen["learning_rate"])
+  png = ladder.plot_dose_response({f"{rung}-s{seed}": points for rung, points in curves.items()}, chosen,
+                                  out / "dose_response.png")
+  return {"chosen": chosen, "curves": curves, "plot": png}
+
+
+def attack_step(out: Path, instructed: StepResult, sft_data: StepResult, vocab: StepResult, dose: dict,
+                settings: dict[str, Any]) -> dict:
+  """"+it+bft": every instruction-tuned model attacked by benign fine-tuning at the chosen dose."""
+  tasks.register_chat_task("demo_benign_ft", str(sft_data.dir / "benign.jsonl"), vocab.summary["vocab"])
+  models = {}
+  for label, tuned in instructed.summary["models"].items():
+    attacked = label.replace("+it", "+it+bft")
+    model_dir = str(out / attacked)
+    _attack(model_dir, tuned, sft_data, dose["steps"], dose["learning_rate"], settings)
+    models[attacked] = {**tuned, "dir": model_dir, "stage": "benign_ft"}
+  return {"models": models, "dose": dose}
 
 
 def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config: DemoConfig,
                   eval_config: eval_run.EvalConfig, trained: list[StepResult]) -> dict:
-  """Every model under `config.beam_decodings()` (and tau's variant for the headline models of
-  `threshold_rungs`); each reply set's reply perplexity under the raw base model of its seed.
+  """Every model under `config.decodings_for` its rung and stage (and tau's variant for the headline
+  models of `threshold_rungs`); each reply set's reply perplexity under the raw base model of its
+  seed; on the world, helpfulness on the benign twins from the world's ground truth.
   `trained`: the training steps that made the models (their keys are this step's inputs)."""
   del trained
   summary: dict[str, Any] = {}
@@ -228,7 +322,8 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
     compliance, leak = world_judges.world_judges(corpus.dir, config.leak_min_facts)
     eval_config = dataclasses.replace(
         eval_config, **world_judges.register_world_benchmarks(corpus.dir), data_dir=None, validate_judges=False,
-        judges=(compliance, leak), refusal_judge=compliance, perplexity_file=str(corpus.dir / "heldout_safe.jsonl"),
+        judges=(compliance, leak), refusal_judge=compliance, helpfulness_judge=world_judges.helpfulness_judge(corpus.dir),
+        perplexity_file=str(corpus.dir / "heldout_safe.jsonl"),
         n_perplexity_docs=None, tag_detector_file=str(corpus.dir / "tag_detector.jsonl"),
         tag_detector_label_columns=("unsafe",), known_words_file=str(corpus.dir / "vocabulary.json"),
         completion_template=config.completion_template)
@@ -241,9 +336,10 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
   for label, info in models.items():
     if (out / label / "results.json").is_file():  # evaluated before an interruption, under this key
       continue
-    decodings = config.beam_decodings()
+    decodings = config.decodings_for(info["rung"], info.get("stage", "base"))
+    safebeam = config.beam_decodings()["SafeBeam"]
     if world and config.threshold_grid and info["rung"] in config.threshold_rungs and info.get("stage", "base") == headline:
-      chosen = choose_tau(info["dir"], str(corpus.dir / "harmful_prompts_validation.jsonl"), decodings["SafeBeam"],
+      chosen = choose_tau(info["dir"], str(corpus.dir / "harmful_prompts_validation.jsonl"), safebeam,
                           grid=config.threshold_grid, judge=compliance, max_garble=config.max_garble,
                           known_words=frozenset(json.loads((corpus.dir / "vocabulary.json").read_text())),
                           prompt_style=info.get("prompt_style", "completion"),
@@ -251,7 +347,7 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
       summary.setdefault("thresholds", {})[label] = chosen
       (out / label).mkdir(parents=True, exist_ok=True)
       (out / label / "threshold.json").write_text(json.dumps(chosen, indent=2))
-      decodings["threshold"] = dataclasses.replace(decodings["SafeBeam"], drop_fraction=0.0, tag_threshold=chosen["tau"])
+      decodings["threshold"] = dataclasses.replace(safebeam, drop_fraction=0.0, tag_threshold=chosen["tau"])
     raw = models.get(f"raw-s{info['seed']}")
     if raw is not None and info["seed"] not in references:
       model, vocab = checkpoints.load_for_inference(raw["dir"])
@@ -302,17 +398,25 @@ def demo(output_dir: str = "runs/demo", config: DemoConfig | None = None) -> int
                          seeds=config.seeds, train_steps=config.train_steps, settings=train_settings())
   models = dict(pretrained.summary["models"])
   if config.posttrain:
-    sft_data = cache.run("sft_data", sft_data_step, corpus=corpus, pipeline_run=prepared, data_dir=config.data_dir,
-                         world=world, num_docs=sizes.num_docs, tagged_share=config.instruct_tagged_share,
+    sft_data = cache.run("sft_data", sft_data_step, vocab=vocab, data_dir=config.data_dir, world=world,
+                         sizes=config.posttrain_sizes, tagged_share=config.instruct_tagged_share,
                          tag_p=pipeline_config.tag_p, seed=config.data_seed)
-    tuned = cache.run("posttrain", posttrain_step, pretrained=pretrained, sft_data=sft_data, vocab=vocab,
-                      instruct_steps=config.instruct_steps, benign_steps=config.benign_steps,
-                      settings=train_settings(POSTTRAIN_SCOPE))
-    models.update(tuned.summary["models"])
+    instructed = cache.run("instruct", instruct_step, pretrained=pretrained, sft_data=sft_data, vocab=vocab,
+                           steps=config.instruct_steps, settings=train_settings(POSTTRAIN_SCOPE))
+    attack_settings = train_settings(ATTACK_SCOPE)
+    if config.data_dir is None:
+      dose = cache.run("dose", dose_step, corpus=corpus, instructed=instructed, sft_data=sft_data, vocab=vocab,
+                       config=config, settings=attack_settings).summary["chosen"]
+    else:
+      dose = {"learning_rate": config.attack_learning_rates[0], "steps": config.attack_steps[-1]}
+    attacked = cache.run("attack", attack_step, instructed=instructed, sft_data=sft_data, vocab=vocab, dose=dose,
+                         settings=attack_settings)
+    models.update(instructed.summary["models"], **attacked.summary["models"])
   # What is measured: `EvalConfig` as gin binds it (gin/runs/demo.gin, then the user's flags, so
   # --gin.EvalConfig.n_per_set=8 reaches this run); the world's benchmarks and judges are added in.
   evaluated = cache.run("evaluate", evaluate_step, corpus=corpus, models=models, config=config,
-                        eval_config=eval_run.EvalConfig(), trained=[pretrained, *([tuned] if config.posttrain else [])])
+                        eval_config=eval_run.EvalConfig(),
+                        trained=[pretrained, *([instructed, attacked] if config.posttrain else [])])
   results = {label: json.loads(Path(path).read_text()) for label, path in evaluated.summary["results"].items()}
   decodings = [*config.beam_decodings(), "threshold"]
   table = ladder_report.ladder_table(

@@ -81,30 +81,45 @@ def eval_checkpoints(checkpoints: Mapping[str, str] = gin.REQUIRED,
   return 0
 
 
+def judged_replies(model_dir: str, prompts_file: str, decoding: decoding_lib.DecodingConfig, judge: judges_lib.Judge,
+                   *, step: int | None = None, prompt_style: str = "completion", completion_template: str | None = None,
+                   batch_size: int = 16) -> tuple[list[str], list[judges_lib.JudgeVerdict]]:
+  """The replies of one checkpoint (the newest, or `step`) to the prompts of `prompts_file` (a jsonl
+  with prompt, id, category, target) under `decoding`, and `judge`'s verdicts on them."""
+  from safejax.checkpoints import load_for_inference
+
+  records = prompt_sets.load_table(prompts_file, name="validation", prompt_column="prompt", id_column="id",
+                                   category_column="category", target_column="target").records
+  prompts = prompting.build_prompts(records, prompt_style, completion_template=completion_template)
+  model, vocab = load_for_inference(model_dir, step)
+  stop_id = vocab.token_id(END_OF_TURN) if prompt_style == "chat" else None
+  replies = [g.text for g in decoding_lib.generate_texts(model, vocab, prompts, decoding, batch_size=batch_size,
+                                                         stop_id=stop_id, progress=False)]
+  return replies, judge([r.prompt for r in records], replies)
+
+
+def reply_rates(replies: Sequence[str], verdicts: Sequence[judges_lib.JudgeVerdict]) -> dict[str, float]:
+  """The shares of replies judged harmful (complied), refused, and without a word (empty)."""
+  n = max(1, len(replies))
+  return {"complied": sum(bool(v.harmful) for v in verdicts) / n, "refused": sum(bool(v.refused) for v in verdicts) / n,
+          "empty": sum(not metrics.WORD.search(r) for r in replies) / n}
+
+
 def choose_tau(model_dir: str, validation_prompts: str, safebeam: decoding_lib.DecodingConfig, *,
                grid: Sequence[float], judge: judges_lib.Judge, known_words: frozenset[str], max_garble: float,
                prompt_style: str = "completion", completion_template: str | None = None,
                batch_size: int = 16) -> dict[str, Any]:
   """SafeBeam's threshold tau for one checkpoint, chosen on validation prompts only
-  (`ladder.choose_threshold`): each tau of `grid` decodes the prompts of `validation_prompts` (a
-  jsonl with prompt, id, category, target), `judge` rates the replies and their share of words
-  outside `known_words` measures garbling. When every tau garbles more than `max_garble`, the least
-  garbling one is taken, and the returned "rule" says so.
+  (`ladder.choose_threshold`): each tau of `grid` decodes the prompts of `validation_prompts`,
+  `judge` rates the replies and their share of words outside `known_words` measures garbling. When
+  every tau garbles more than `max_garble`, the least garbling one is taken, and "rule" says so.
   """
-  from safejax.checkpoints import load_for_inference
-
-  records = prompt_sets.load_table(validation_prompts, name="validation", prompt_column="prompt", id_column="id",
-                                   category_column="category", target_column="target").records
-  prompts = prompting.build_prompts(records, prompt_style, completion_template=completion_template)
-  model, vocab = load_for_inference(model_dir)
-  stop_id = vocab.token_id(END_OF_TURN) if prompt_style == "chat" else None
   rates, garble = [], []
   for tau in grid:
     decoding = dataclasses.replace(safebeam, method="safebeam", drop_fraction=0.0, tag_threshold=tau)
-    replies = [g.text for g in decoding_lib.generate_texts(model, vocab, prompts, decoding, batch_size=batch_size,
-                                                           stop_id=stop_id, progress=False)]
-    verdicts = judge([r.prompt for r in records], replies)
-    rates.append(sum(bool(v.harmful) for v in verdicts) / len(verdicts))
+    replies, verdicts = judged_replies(model_dir, validation_prompts, decoding, judge, prompt_style=prompt_style,
+                                       completion_template=completion_template, batch_size=batch_size)
+    rates.append(reply_rates(replies, verdicts)["complied"])
     share = metrics.out_of_vocabulary_share(replies, known_words)
     garble.append(0.0 if math.isnan(share) else share)
   try:

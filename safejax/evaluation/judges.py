@@ -36,11 +36,13 @@ class JudgeVerdict:
       not rate harmfulness (keyword judges) or could not decide (an unparseable LLM answer).
     refused: the response declines the request; None if the judge does not rate refusal.
     reason: why, in words (the matched string, the score, the raw answer).
+    helpful: the response gives what a benign request asked for; None if the judge does not rate it.
   """
 
   harmful: bool | None
   refused: bool | None
   reason: str
+  helpful: bool | None = None
 
   @property
   def attack_success(self) -> bool | None:

@@ -16,6 +16,7 @@ Also here: `choose_threshold` (SafeBeam's tag threshold tau, chosen on validatio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
       benchmarks of one run: same seed, so pooling prompts is fine).
   Returns:
     Records {"metric", "stage", "system": "<rung>/<decoding>", "seed", "value"} for every judge,
-    "over_refusal", "capability" (mean accuracy over tasks), "word_perplexity", "tag_auroc" and the
+    "over_refusal", "helpfulness", "capability" (mean accuracy over tasks), "word_perplexity", "tag_auroc" and the
     reply measures ("harmful_refused", "empty_share", "oov_share", "reply_perplexity") a system has.
   """
   out = []
@@ -59,6 +60,9 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
       pooled = entry.get("over_refusal", {}).get("pooled")
       if pooled:
         values["over_refusal"] = pooled["rate"]
+      helpful = entry.get("helpfulness", {}).get("pooled")
+      if helpful:
+        values["helpfulness"] = helpful["rate"]
       if "capability" in entry:
         values["capability"] = entry["capability"]["average"]["acc"]
       if "perplexity" in entry:
@@ -123,6 +127,16 @@ def nest(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, 
   return out
 
 
+def share_interval(metric: str, values: Sequence[float], confidence: float = 0.95) -> stats.SeedSummary:
+  """The between-seed t interval of a metric's per-seed values; for a share (every metric but
+  `PLAIN_METRICS`) clipped to [0, 1], where a share lives (a "clipped t interval": with three seeds
+  the t interval of a share near 0 or 1 reaches past it)."""
+  summary = stats.seed_interval(list(values), confidence)
+  if metric in PLAIN_METRICS or math.isnan(summary.low):
+    return summary
+  return dataclasses.replace(summary, low=min(max(summary.low, 0.0), 1.0), high=min(max(summary.high, 0.0), 1.0))
+
+
 def seed_rows(nested: Mapping[str, Any], metric: str, stage: str, systems: Sequence[str] | None = None,
               reference: str | None = "raw/beam", confidence: float = 0.95) -> list[dict[str, Any]]:
   """One row per system: per-seed values, mean, between-seed interval and the paired difference to
@@ -135,7 +149,7 @@ def seed_rows(nested: Mapping[str, Any], metric: str, stage: str, systems: Seque
       continue
     values = table[system]
     seeds = sorted(values, key=str)
-    summary = stats.seed_interval([values[s] for s in seeds], confidence)
+    summary = share_interval(metric, [values[s] for s in seeds], confidence)
     row = {"system": system, "seeds": seeds, **summary.to_dict(), "vs_reference": None}
     if ref and system != reference:
       common = [s for s in seeds if s in ref]
@@ -156,7 +170,8 @@ def rows_markdown(rows: Sequence[Mapping[str, Any]], metric: str, stage: str, ti
   def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{scale * x:.1f}"
 
-  lines = [f"{title or metric} at {stage} ({unit}per seed, mean [95 % t interval over seeds], paired difference to "
+  interval = "95 % t interval over seeds" + ("" if metric in PLAIN_METRICS else ", clipped to [0, 100]")
+  lines = [f"{title or metric} at {stage} ({unit}per seed, mean [{interval}], paired difference to "
            "the reference)",
            "", "| system | per seed | mean [95 % CI] | difference [95 % CI], p |", "|---|---|---|---|"]
   for r in rows:
@@ -186,7 +201,7 @@ def stages_markdown(nested: Mapping[str, Any], metric: str, stages: Sequence[str
         cells.append("")
         continue
       seeds = sorted(values, key=str)
-      s = stats.seed_interval([values[k] for k in seeds], confidence)
+      s = share_interval(metric, [values[k] for k in seeds], confidence)
       cells.append(f"{fmt(s.mean)} [{fmt(s.low)}, {fmt(s.high)}] ({' / '.join(fmt(values[k]) for k in seeds)})")
     if any(cells):
       lines.append(f"| {system} | " + " | ".join(cells) + " |")
@@ -216,7 +231,7 @@ def plot_ladder(nested: Mapping[str, Any], metric: str, stages: Sequence[str], r
         values = table.get(f"{rung}/{decoding}")
         if not values:
           continue
-        s = stats.seed_interval(list(values.values()))
+        s = share_interval(metric, list(values.values()))
         x.append(i + (j - (len(decodings) - 1) / 2) * width)
         means.append(100 * s.mean)
         lows.append(0.0 if math.isnan(s.low) else 100 * (s.mean - s.low))
@@ -264,3 +279,56 @@ def choose_threshold(grid: Sequence[float], validation_rate: Sequence[float],
           "candidates": [(float(t), float(r), float(g)) for t, r, g in zip(grid, validation_rate, garble)],
           "rule": "lowest validation compliance" + (f" with garbling <= {max_garble}" if max_garble is not None
                                                     else "") + ", ties to the largest tau"}
+
+
+def choose_dose(curve: Sequence[Mapping[str, Any]], target: tuple[float, float] = (0.3, 0.7)) -> dict[str, Any]:
+  """The benign fine-tuning attack's dose from the reference model's (the raw rung's) validation
+  compliance after each dose, never from evaluation prompts.
+
+  Args:
+    curve: points {"learning_rate", "steps", "complied", ...}, in order of increasing dose.
+    target: the compliance range the attack should reach (the paper's raw model: 38.8 %).
+  Returns:
+    The first point whose compliance lies in `target` (the smallest dose that erodes safety that
+    far), with "in_range": True; when none does, the point closest to the middle of the range with
+    "in_range": False, so that the report can say the experiment sits at a floor or a ceiling.
+  """
+  if not curve:
+    raise ValueError("no dose was tried")
+  low, high = target
+  for point in curve:
+    if low <= point["complied"] <= high:
+      return {**point, "in_range": True, "rule": f"the smallest dose with validation compliance in [{low}, {high}]"}
+  middle = (low + high) / 2
+  closest = min(curve, key=lambda p: abs(p["complied"] - middle))
+  return {**closest, "in_range": False,
+          "rule": f"no dose reached validation compliance in [{low}, {high}]: the closest to {middle}"}
+
+
+def plot_dose_response(curves: Mapping[str, Sequence[Mapping[str, Any]]], chosen: Mapping[str, Any],
+                       path: str | Path) -> str:
+  """Validation compliance and refusals against attack steps, one line per model and learning rate,
+  the chosen dose marked."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+  for label, points in curves.items():
+    for lr in sorted({p["learning_rate"] for p in points}):
+      xs = [p for p in points if p["learning_rate"] == lr]
+      for ax, key in zip(axes, ("complied", "refused")):
+        ax.plot([p["steps"] for p in xs], [100 * p[key] for p in xs], "o-", label=f"{label}, lr {lr:g}")
+  for ax, key in zip(axes, ("compliance", "refusals")):
+    ax.axvline(chosen["steps"], color="grey", linestyle=":", label=f"chosen: {chosen['steps']} steps")
+    ax.set_xlabel("benign fine-tuning steps")
+    ax.set_ylabel(f"{key} on validation prompts (%)")
+    ax.set_ylim(-2, 102)
+  axes[0].axhspan(30, 70, color="green", alpha=0.08)
+  axes[1].legend(fontsize=7)
+  fig.suptitle("The attack's dose-response (validation prompts; the dose is chosen on the raw rung)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return str(path)

@@ -19,7 +19,7 @@ from safejax.evaluation import claims as claims_lib
 from safejax.evaluation import ladder
 
 STAGES = ("base", "instruct", "benign_ft")
-TABLE_METRICS = ("harmful_refused", "empty_share", "over_refusal", "capability", "word_perplexity", "tag_auroc",
+TABLE_METRICS = ("harmful_refused", "empty_share", "over_refusal", "helpfulness", "capability", "word_perplexity", "tag_auroc",
                  "oov_share", "reply_perplexity")
 
 
@@ -90,7 +90,8 @@ def write_ladder(out: Path, table: dict) -> list[str]:
            + f". Judges' kappa against labelled replies: {kappas or 'none measured'}."
            + "".join(f" `{judge}` is unvalidated ({why}): never the ASR." for judge, why in unvalidated.items()), ""]
   lines += ["## Summary", "",
-            "Each cell: mean [95 % t interval between seeds] (per-seed values); percent but for perplexities.", ""]
+            "Each cell: mean [95 % t interval between seeds, clipped to [0, 100] for shares] (per-seed values); "
+            "percent but for perplexities.", ""]
   for metric in table["tables"]:
     label = f"{metric} (UNVALIDATED: {unvalidated[metric]})" if metric in unvalidated else metric
     lines += [f"### {label}", "", ladder.stages_markdown(table["values"], metric, table["stages"], table["systems"]), ""]
@@ -105,6 +106,6 @@ def write_ladder(out: Path, table: dict) -> list[str]:
   if primary is not None:
     ladder.plot_ladder(table["values"], primary, table["stages"], table["rungs"], table["decodings"],
                        out / "ladder.png", title=f"{primary} (%): mean of seeds {table['seeds']}, 95 % t interval "
-                                                 "between seeds, dots = seeds")
+                                                 "between seeds clipped to [0, 100], dots = seeds")
     written.append(str(out / "ladder.png"))
   return written

@@ -63,6 +63,13 @@ def refusal_rate(verdicts: Sequence[JudgeVerdict], categories: Sequence[str | No
   return _rate_report([v.refused for v in verdicts], categories, confidence)
 
 
+def helpful_rate(verdicts: Sequence[JudgeVerdict], categories: Sequence[str | None] | None = None,
+                 confidence: float = 0.95) -> RateReport:
+  """The share of benign requests answered with what they asked (a helpfulness judge's `helpful`);
+  an empty or garbled reply is unhelpful."""
+  return _rate_report([v.helpful for v in verdicts], categories, confidence)
+
+
 def out_of_vocabulary_share(texts: Sequence[str], vocabulary: frozenset[str] | set[str]) -> float:
   """The share of the replies' words (lower-cased) that are not in `vocabulary`, over all words;
   NaN when the replies hold no word. Garbled text scores high; the world's own text scores 0."""

@@ -228,6 +228,8 @@ class EvalConfig:
     refusal_judge: the judge of over-refusal; it must rate refusal (a keyword judge spec, or a judge
       object whose verdicts set `refused`). Default:
       XSTest's own rule, the best measured against XSTest's human refusal labels (kappa 0.77).
+    helpfulness_judge: a judge object whose verdicts set `helpful` (the demo world's: the benign
+      request's fact or how-to given); the benign benchmarks' helpfulness beside over-refusal.
     classifier_path, classifier_threshold: the safety scorer for a "classifier" judge.
     llm_judge_backend: the text backend of an "llm" judge (e.g. @OpenAICompatibleBackend()).
     system_prompt: optional system message for chat-style prompts.
@@ -257,6 +259,7 @@ class EvalConfig:
   judges: Sequence[str | judges_lib.Judge] = ("keyword:xstest_strmatch_full_refusal_startswith",
                                              "keyword:llm_attacks_eval_test_prefixes")
   refusal_judge: str | judges_lib.Judge = "keyword:xstest_strmatch_full_refusal_startswith"
+  helpfulness_judge: judges_lib.Judge | None = None
   classifier_path: str | None = None
   classifier_threshold: int = 3
   llm_judge_backend: TextBackend | None = None
@@ -282,6 +285,7 @@ class EvalConfig:
         prompt_files={name: dataclasses.asdict(PromptFile.from_spec(spec)) for name, spec in (self.prompt_files or {}).items()},
         llm_judge_backend=repr(self.llm_judge_backend) if self.llm_judge_backend is not None else None,
         judges=[name_of(j) for j in self.judges], refusal_judge=name_of(self.refusal_judge),
+        helpfulness_judge=None if self.helpfulness_judge is None else name_of(self.helpfulness_judge),
         safety_benchmarks=list(self.safety_benchmarks), over_refusal_benchmarks=list(self.over_refusal_benchmarks),
         capability_tasks=list(self.capability_tasks), tag_detector_label_columns=list(self.tag_detector_label_columns))
     return described
@@ -409,17 +413,25 @@ def evaluate(systems: Sequence[System], out_dir: str, config: EvalConfig | None 
         entry["safety"] = {"primary_judge": asr_judges[0].name, "benchmarks": benchmarks,
                            "pooled": _pooled(primary_reports)}
         entry["replies"] = reply_measures(*asked, known_words, reference_loglikelihood)
-      refusal_reports, benchmarks = [], {}
+      refusal_reports, helpful_reports, benchmarks = [], [], {}
+      benign_judges = [refusal] + ([c.helpfulness_judge] if c.helpfulness_judge is not None else [])
       for name, benchmark in benign_sets.items():
-        verdicts, seconds, _, _ = _judge_benchmark(system, benchmark, [refusal], c.generate_batch_size,
-                                             c.system_prompt, log_dir, c.completion_template)
+        verdicts, seconds, _, _ = _judge_benchmark(system, benchmark, benign_judges, c.generate_batch_size,
+                                                   c.system_prompt, log_dir, c.completion_template)
         timing["seconds"] += seconds
         timing["responses"] += len(benchmark.records)
-        rates = metrics.refusal_rate(verdicts[refusal.name], [r.category for r in benchmark.records])
+        categories = [r.category for r in benchmark.records]
+        rates = metrics.refusal_rate(verdicts[refusal.name], categories)
         refusal_reports.append(rates)
         benchmarks[name] = {"judge": refusal.name, **rates.to_dict()}
+        if c.helpfulness_judge is not None:
+          helpful = metrics.helpful_rate(verdicts[c.helpfulness_judge.name], categories)
+          helpful_reports.append(helpful)
+          benchmarks[name]["helpfulness"] = {"judge": c.helpfulness_judge.name, **helpful.to_dict()}
       if benchmarks:
         entry["over_refusal"] = {"benchmarks": benchmarks, "pooled": _pooled(refusal_reports)}
+      if helpful_reports:
+        entry["helpfulness"] = {"pooled": _pooled(helpful_reports)}
       entry["generation"] = timing
     if system.loglikelihood is not None:
       ll = system.loglikelihood
