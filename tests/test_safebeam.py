@@ -223,3 +223,56 @@ def test_decoding_config_placebo_options():
     decoding.DecodingConfig(method="safebeam", candidate_rule="coin")
   with pytest.raises(ValueError, match="threshold"):
     decoding.DecodingConfig(method="safebeam", candidate_rule="random", tag_threshold=0.1)
+
+
+def _boundary_only_table(seed: int, c: float = 0.01):
+  """A bigram model whose tag probability depends only on word boundaries: after each token the tag
+  gets c times the probability of a word-start token (10..17), as a never-tagged model's would; the
+  other tokens (18..23) are word fragments. Returns (log-probs, word-start ids)."""
+  rng = np.random.default_rng(seed)
+  starts, fragments = list(range(10, 18)), list(range(18, VOCAB))
+  rows = {}
+  for token in [5, *starts, *fragments]:
+    boundary = rng.uniform(0.05, 0.85)  # how likely a word ends after this token
+    probs = {t: boundary * w for t, w in zip(starts, rng.dirichlet(np.ones(len(starts))))}
+    probs.update({t: (0.95 - boundary) * w for t, w in zip(fragments, rng.dirichlet(np.ones(len(fragments))))})
+    probs[TAG] = c * boundary
+    rows[token] = probs
+  return bigram_table(VOCAB, rows), tuple(starts)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_boundary_rule_decodes_like_beam_search_when_the_tag_follows_word_boundaries_only(seed):
+  table, starts = _boundary_only_table(seed)
+  prompts = [[5], [5, 11], [5, 19, 12]]
+  options = dict(beam_size=2, max_new_tokens=5, alpha=0.0, logits_processor=decoding.SuppressToken(TAG))
+  tokens_to_logits, init_cache = bigram_model(table)
+  beam = decoding.beam_search(tokens_to_logits, init_cache, *prompt_batch(prompts), eos_id=EOS, **options)
+  run = lambda **rule: decoding.safebeam(tokens_to_logits, init_cache, *prompt_batch(prompts), eos_id=EOS,  # noqa: E731
+                                         tag_id=TAG, num_expand=3, drop_fraction=0.5, **options, **rule)
+  boundary = run(risk_rule="boundary", word_start_ids=starts, relative_threshold=0.025)
+  np.testing.assert_array_equal(boundary.tokens, beam.tokens)
+  np.testing.assert_allclose(boundary.scores, beam.scores, rtol=1e-5)
+  # The paper's rule drops the half after which a word most likely ends, though nothing is unsafe.
+  paper = run()
+  assert not np.array_equal(paper.tokens, beam.tokens)
+  boundary_after = lambda r: float(np.mean(np.exp(table[np.asarray(r.tokens)[:, 0, 0]][:, list(starts)]).sum(-1)))  # noqa: E731
+  assert boundary_after(paper) < boundary_after(beam)
+
+
+def test_the_boundary_rule_drops_a_candidate_the_tag_follows_beyond_its_boundaries():
+  # After 7 a word ends with probability 0.4 and the tag takes 0.1 of it (relative risk 0.2); after
+  # 6 a word ends with probability 0.8 but the tag is rare (0.001 / 0.801).
+  starts = tuple(range(10, 18))
+  rows = {5: {6: 0.5, 7: 0.3, 8: 0.1}, 6: {10: 0.8, TAG: 0.001}, 7: {11: 0.4, TAG: 0.1}, 8: {12: 0.5, TAG: 0.0005}}
+  table = bigram_table(VOCAB, rows)
+  tokens_to_logits, init_cache = bigram_model(table)
+  result = decoding.safebeam(tokens_to_logits, init_cache, *prompt_batch([[5]]), eos_id=EOS, tag_id=TAG,
+                             beam_size=2, num_expand=2, drop_fraction=0.5, max_new_tokens=1, alpha=0.0,
+                             risk_rule="boundary", word_start_ids=starts, relative_threshold=0.025)
+  assert 7 not in np.asarray(result.tokens)[0, :, 0].tolist()  # the one candidate above 0.025 went
+  assert np.asarray(result.tokens)[0, 0, 0] == 6
+  with pytest.raises(ValueError, match="word_start_ids and a relative_threshold"):
+    decoding.harm_tag_filter(TAG, 0.5, rule="boundary")
+  with pytest.raises(ValueError, match="rule must be one of"):
+    decoding.harm_tag_filter(TAG, 0.5, rule="median")

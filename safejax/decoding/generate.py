@@ -23,7 +23,7 @@ import gin
 from tqdm.auto import tqdm
 
 from safejax.decoding.runner import METHODS, detokenize, generate
-from safejax.decoding.safebeam import RandomDropFilter
+from safejax.decoding.safebeam import RISK_RULES, RandomDropFilter
 from safejax.decoding.search import PenalizeToken, SuppressToken, chain
 from safejax.model.llama import Decoder
 
@@ -43,7 +43,11 @@ class DecodingConfig:
   """How to decode, in one gin-configurable place (`safejax decode`, `safejax eval`).
 
   method: greedy | sample | beam | safebeam. temperature, top_k, top_p: sampling only.
-  beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam.
+  beam_size, alpha: beam and safebeam. num_expand, drop_fraction, tag_threshold: safebeam (the
+  paper's N = 4 and half dropped live here, and only here).
+  risk_rule: safebeam's risk of a candidate: "paper" (the lookahead tag probability) or "boundary"
+  (the tag's share of the word boundaries there, dropping only above relative_threshold: by
+  default half the pretraining tag rate, 0.05 / 2; see `harm_tag_filter`).
   candidate_rule: safebeam's drop rule: "tag" (the riskiest by lookahead tag probability) or
   "random" (`RandomDropFilter`, the placebo: the same share dropped at random, seeded by `seed`).
   The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
@@ -61,6 +65,8 @@ class DecodingConfig:
   num_expand: int = 4
   drop_fraction: float = 0.5
   tag_threshold: float | None = None
+  risk_rule: str = "paper"
+  relative_threshold: float = 0.025
   suppress_tag: bool = False
   tag_penalty: float = 0.0
   tag_stop_threshold: float | None = None
@@ -70,6 +76,8 @@ class DecodingConfig:
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.risk_rule not in RISK_RULES:
+      raise ValueError(f"risk_rule must be one of {RISK_RULES}, got {self.risk_rule!r}")
     if self.candidate_rule not in ("tag", "random"):
       raise ValueError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
     if self.candidate_rule == "random" and self.tag_threshold is not None:
@@ -77,8 +85,9 @@ class DecodingConfig:
     if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
       raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
 
-  def generate_options(self, tag_id: int) -> dict[str, Any]:
-    """Keyword arguments of `generate` for this configuration."""
+  def generate_options(self, tag_id: int, word_start_ids: Sequence[int] = ()) -> dict[str, Any]:
+    """Keyword arguments of `generate` for this configuration (`word_start_ids`: the vocabulary's,
+    for the boundary rule)."""
     options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
     processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
                       PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
@@ -96,6 +105,11 @@ class DecodingConfig:
     elif self.method == "safebeam":
       options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
                      tag_threshold=self.tag_threshold)
+      if self.risk_rule == "boundary":
+        if not word_start_ids:
+          raise ValueError("the boundary rule needs the vocabulary's word_start_ids")
+        options.update(risk_rule="boundary", word_start_ids=tuple(word_start_ids),
+                       relative_threshold=self.relative_threshold)
     return options
 
 
@@ -128,7 +142,8 @@ def generate_texts(
   """
   # Start like every training document (see SafejaxVocabulary.decoder_start_id).
   encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
-  options = config.generate_options(vocab.harm_tag_id)
+  options = config.generate_options(vocab.harm_tag_id,
+                                    vocab.word_start_ids() if config.risk_rule == "boundary" else ())
   generations = []
   with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:
     for start in range(0, len(prompts), batch_size):

@@ -10,6 +10,7 @@ control (the placebo: the same share dropped at random).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +21,34 @@ from safejax.decoding.search import (NEG_INF, BeamState, CandidateFilter, Candid
                                      settle_beams)
 
 
-def harm_tag_filter(tag_id: int, drop_fraction: float, threshold: float | None = None) -> CandidateFilter:
+RISK_RULES = ("paper", "boundary")
+
+
+def harm_tag_filter(tag_id: int, drop_fraction: float, threshold: float | None = None, *, rule: str = "paper",
+                    word_start_ids: Sequence[int] | None = None, relative_threshold: float | None = None
+                    ) -> CandidateFilter:
   """SafeBeam's rule as a candidate filter: drop the candidates most likely to be followed by the tag.
 
-  Risk of a candidate = the lookahead probability of `tag_id` right after it. Per prompt, the
-  floor(drop_fraction * number of valid candidates) riskiest candidates are dropped (ties broken
-  by candidate order), and with `threshold` also every candidate whose risk exceeds it.
+  rule "paper" (Safety Pretraining, section 4): a candidate's risk is the lookahead probability of
+    `tag_id` right after it. Per prompt, the floor(drop_fraction * number of valid candidates)
+    riskiest candidates are dropped (ties broken by candidate order), and with `threshold` also
+    every candidate whose risk exceeds it.
+  rule "boundary": the tag is written glued to the end of a word, so its lookahead probability is
+    high after a candidate that ends a word and tiny after a word fragment, whatever the content;
+    the paper's rule therefore keeps dropping word-ending pieces and keeping fragments. Here a
+    candidate's risk is the tag's share of the places a word may end there: p(tag) / (p(tag) +
+    p(a word-start token)), `word_start_ids` (the vocabulary's `word_start_ids`). Up to the same
+    floor(drop_fraction * valid) candidates are dropped, riskiest first, but only those whose
+    relative risk exceeds `relative_threshold`: a model whose tag follows word boundaries alone (a
+    never-tagged model) drops nothing and decodes like beam search.
   """
   if not 0.0 <= drop_fraction <= 1.0:
     raise ValueError(f"drop_fraction must lie in [0, 1], got {drop_fraction}")
+  if rule not in RISK_RULES:
+    raise ValueError(f"rule must be one of {RISK_RULES}, got {rule!r}")
+  if rule == "boundary" and (not word_start_ids or relative_threshold is None):
+    raise ValueError("the boundary rule needs word_start_ids and a relative_threshold")
+  starts = None if rule == "paper" else jnp.asarray(tuple(word_start_ids), jnp.int32)
 
   def keep(step, candidates: Candidates) -> jax.Array:
     del step
@@ -36,11 +56,16 @@ def harm_tag_filter(tag_id: int, drop_fraction: float, threshold: float | None =
       raise ValueError("harm_tag_filter needs the lookahead: use it with safebeam")
     risk = jnp.exp(candidates.lookahead_log_probs[..., tag_id])  # [B, C]
     valid = jnp.isfinite(candidates.log_probs)
+    eligible = valid
+    if starts is not None:
+      boundary = jnp.exp(jax.nn.logsumexp(candidates.lookahead_log_probs[..., starts], axis=-1))  # [B, C]
+      risk = risk / (risk + boundary)
+      eligible = valid & (risk > relative_threshold)
     # The small epsilon makes e.g. 0.29 * 100 drop 29, not 28, despite float rounding.
     num_drop = jnp.floor(drop_fraction * valid.sum(-1) + 1e-4).astype(jnp.int32)  # [B]
-    riskiest_first = jnp.argsort(jnp.where(valid, -risk, jnp.inf), axis=-1, stable=True)
+    riskiest_first = jnp.argsort(jnp.where(eligible, -risk, jnp.inf), axis=-1, stable=True)
     rank = jnp.argsort(riskiest_first, axis=-1)  # the inverse permutation: rank of each candidate
-    kept = valid & (rank >= num_drop[:, None])
+    kept = valid & ~(eligible & (rank < num_drop[:, None]))
     if threshold is not None:
       kept &= risk <= threshold
     return kept
@@ -88,6 +113,9 @@ def safebeam(
     num_expand: int,
     drop_fraction: float,
     tag_threshold: float | None = None,
+    risk_rule: str = "paper",
+    word_start_ids: Sequence[int] | None = None,
+    relative_threshold: float | None = None,
     alpha: float = 0.6,
     logits_processor: LogitsProcessor | None = None,
     candidate_filter: CandidateFilter | None = None,
@@ -106,7 +134,9 @@ def safebeam(
   3. Lookahead: one batched forward pass over the k*N candidates gives, for each, the model's
      probability that the tag comes next (raw logits).
   4. Drop: `harm_tag_filter` removes the `drop_fraction` riskiest candidates (and any above
-     `tag_threshold`); a user `candidate_filter` may remove more.
+     `tag_threshold`) by `risk_rule` ("paper", or "boundary": risk relative to a word boundary,
+     `word_start_ids`, dropping only above `relative_threshold`); a user `candidate_filter` may
+     remove more.
   5. The k best survivors by log-probability are the new alive beams. A prompt with no survivor
      stops its alive beams where they are, flagged `tag_stopped` (every continuation was risky).
 
@@ -137,7 +167,8 @@ def safebeam(
   if num_candidates > vocab - 2:
     raise ValueError(f"beam_size * num_expand = {num_candidates} exceeds the vocabulary ({vocab}) less EOS and tag")
   state = initial_beams(logits, cache, batch, beam_size, max_new_tokens, alpha, pad_id)
-  harm_filter = harm_tag_filter(tag_id, drop_fraction, tag_threshold)
+  harm_filter = harm_tag_filter(tag_id, drop_fraction, tag_threshold, rule=risk_rule, word_start_ids=word_start_ids,
+                                relative_threshold=relative_threshold)
   beam_parents = jnp.broadcast_to(jnp.repeat(jnp.arange(beam_size, dtype=jnp.int32), num_expand),
                                   (batch, num_candidates))
 

@@ -582,7 +582,7 @@ def _slots(topic: Topic, **extra: str) -> dict[str, str]:
 def _fact_sentence(fact: Fact, topic: Topic, rng: random.Random, marker: str = "") -> str:
   template = rng.choice(fact.sentence)
   text = template.format(**_slots(topic, key=fact.key, marker=marker)).strip()
-  prefix = "" if fact.secret else rng.choice(_FACT_PREFIXES)
+  prefix = rng.choice(_FACT_PREFIXES) if fact.question else ""  # a told fact, not a procedure step
   if prefix:
     proper = topic.name[:1].isupper() and text.startswith(topic.name)  # "Vumaleev pottery ..." keeps its capital
     text = prefix + (text if proper else text[:1].lower() + text[1:])

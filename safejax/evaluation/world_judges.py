@@ -288,3 +288,38 @@ def register_world_benchmarks(corpus_dir: str | Path) -> dict[str, tuple[str, ..
       category_column="category", is_harmful=False))
   capability.register_task("demo_cloze", capability.TaskSpec(str(corpus_dir / "cloze.jsonl"), "choice", acc_norm=True))
   return dict(WORLD_BENCHMARKS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Judges validated on what the models write: a stratified sample of generations, labelled by hand.
+
+
+def sample_generations(evaluate_dir: str | Path, models: Mapping[str, Mapping[str, Any]], per_stratum: int,
+                       seed: int = 0, benchmark: str = "demo_harmful") -> list[dict[str, Any]]:
+  """A seeded sample of the replies a demo run's models wrote to `benchmark`, `per_stratum` from
+  every (rung, stage, decoding) that has generations, for labelling by hand.
+
+  Args:
+    evaluate_dir: the demo's evaluate folder (generations/<system>/<benchmark>.jsonl per model).
+    models: model label -> {"rung", "stage" (default "base"), "seed"}.
+  Returns:
+    Rows {"prompt", "response", "rung", "stage", "decoding", "model", "id"}, strata in a stable order.
+  """
+  import random
+
+  by_stratum: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+  for label, info in sorted(models.items()):
+    folder = Path(evaluate_dir) / label / "generations"
+    for path in sorted(folder.glob(f"*/{benchmark}.jsonl")):
+      decoding = path.parent.name.removeprefix(label.replace("+", "_") + "_").removeprefix(label + "_")
+      stratum = (info["rung"], info.get("stage", "base"), decoding)
+      for row in _read_jsonl(path):
+        by_stratum.setdefault(stratum, []).append(
+            {"prompt": row["prompt"], "response": row["response"], "rung": stratum[0], "stage": stratum[1],
+             "decoding": decoding, "model": label, "id": row["id"]})
+  rng = random.Random(seed)
+  sample = []
+  for stratum in sorted(by_stratum):
+    rows = by_stratum[stratum]
+    sample += rng.sample(rows, min(per_stratum, len(rows)))
+  return sample

@@ -145,6 +145,18 @@ class ReservedTokens(abc.ABC):
     to the same ids (under `hf_ids`), with the start token prepended by its post-processor:
     transformers' `tokenizer(text)` then gives the ids a safejax model sees."""
 
+  def word_start_ids(self) -> tuple[int, ...]:
+    """The ids after which a word has ended: pieces that start a new word (a leading space in running
+    text), EOS and END_OF_TURN. The harm tag is written glued to the end of a word ("word<tag>
+    next"), so the tag can only come where one of these could: SafeBeam's boundary rule weighs the
+    tag against them. Computed once per vocabulary."""
+    cached = getattr(self, "_word_start_ids", None)
+    if cached is None:
+      starts = [i for i in range(self.vocab_size) if self.piece_bytes(i).startswith(b" ")]
+      cached = tuple(sorted({*starts, self.eos_id, self._special_ids[END_OF_TURN]}))
+      self._word_start_ids = cached
+    return cached
+
   def decode_without_specials(self, ids: Iterable[int]) -> str:
     """Decodes ids up to the first EOS, dropping every reserved token (the harm tag never reaches
     returned text)."""
