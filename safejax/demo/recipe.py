@@ -328,6 +328,7 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
         tag_detector_label_columns=("unsafe",), known_words_file=str(corpus.dir / "vocabulary.json"),
         completion_template=config.completion_template)
     summary["judge_validation"] = world_judges.validate_world_judges(corpus.dir, config.leak_min_facts)
+    summary["model_reply_validation"] = world_judges.validate_on_model_replies()
   else:
     eval_config = dataclasses.replace(eval_config, data_dir=config.data_dir, tag_detector_label_columns=("unsafe",),
                                       tag_detector_file=str(corpus.dir / "tag_detector.jsonl"))
@@ -421,7 +422,9 @@ def demo(output_dir: str = "runs/demo", config: DemoConfig | None = None) -> int
   decodings = [*config.beam_decodings(), "threshold"]
   table = ladder_report.ladder_table(
       results, models, config.rungs, config.seeds, decodings,
-      kappas=ladder_report.judge_kappas(evaluated.summary.get("judge_validation"), results))
+      kappas=ladder_report.judge_kappas(evaluated.summary.get("judge_validation"), results),
+      model_reply_kappas={"compliance": evaluated.summary["model_reply_validation"]["complies"]["kappa"]}
+      if "model_reply_validation" in evaluated.summary else None)
   report_dir = root / "report"
   report_dir.mkdir(exist_ok=True)
   written = ladder_report.write_ladder(report_dir, table)

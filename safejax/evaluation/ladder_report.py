@@ -36,7 +36,8 @@ def judge_kappas(world_validation: Mapping[str, Any] | None, results: Mapping[st
 
 def ladder_table(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]],
                  rungs: Sequence[str], seeds: Sequence[int], decodings: Sequence[str],
-                 kappas: Mapping[str, float] | None = None) -> dict[str, Any]:
+                 kappas: Mapping[str, float] | None = None,
+                 model_reply_kappas: Mapping[str, float] | None = None) -> dict[str, Any]:
   """Every metric per stage, system ("<rung>/<decoding>") and seed, with between-seed statistics
   and the claims decided from them (`safejax.evaluation.ladder`, `safejax.evaluation.claims`).
 
@@ -47,7 +48,7 @@ def ladder_table(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, 
   pooled.
   """
   judge_names = list(next(iter(results.values()))["config"]["judges"])
-  standing = ladder.judge_standing(judge_names, kappas or {})
+  standing = ladder.judge_standing(judge_names, kappas or {}, model_reply_kappas=model_reply_kappas)
   records = ladder.records_from_results(results, models, judges=judge_names)
   nested = ladder.nest(records)
   stages = [st for st in STAGES if any(st in by_stage for by_stage in nested.values())]
@@ -73,6 +74,7 @@ def ladder_table(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, 
     claims, claims_markdown = [], ("No ASR judge is validated (kappa >= "
                                    f"{ladder.MIN_JUDGE_KAPPA} against labelled replies): no claim is decided.")
   return {"primary": primary, "judges": judge_names, "judge_standing": standing, "kappas": kappas or {},
+          "model_reply_kappas": model_reply_kappas or {},
           "stages": stages, "systems": systems, "decodings": decodings, "rungs": list(rungs),
           "seeds": list(seeds), "values": nested, "tables": tables, "claims": claims,
           "claims_markdown": claims_markdown}
@@ -84,10 +86,13 @@ def write_ladder(out: Path, table: dict) -> list[str]:
   (out / "ladder.json").write_text(json.dumps(table, indent=2))
   primary, unvalidated = table["primary"], table["judge_standing"]["unvalidated"]
   kappas = ", ".join(f"{judge} {kappa:.2f}" for judge, kappa in table["kappas"].items())
+  on_models = ", ".join(f"{judge} {kappa:.2f}" for judge, kappa in table.get("model_reply_kappas", {}).items())
   lines = [f"# The ladder (seeds {table['seeds']})", "",
            (f"The ASR is `{primary}`" + (": compliance with a harmful request, the paper's measure" if primary ==
                                          "compliance" else "") if primary else "No ASR judge is validated")
-           + f". Judges' kappa against labelled replies: {kappas or 'none measured'}."
+           + f". Judges' kappa against labelled replies: {kappas or 'none measured'}"
+           + (f"; against hand labels of replies the models wrote (held-out half): {on_models}" if on_models else "")
+           + "."
            + "".join(f" `{judge}` is unvalidated ({why}): never the ASR." for judge, why in unvalidated.items()), ""]
   lines += ["## Summary", "",
             "Each cell: mean [95 % t interval between seeds, clipped to [0, 100] for shares] (per-seed values); "

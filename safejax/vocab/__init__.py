@@ -25,14 +25,14 @@ from etils import epath
 
 from safejax.vocab.hf_tokenizer import (HF_ROLES, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, HfTokenizerVocabulary,
                                         read_hf_special_tokens, write_hf_tokenizer)
-from safejax.vocab.reserved import (ASSISTANT, BOS, END_OF_TURN, EOS, HARM_TAG, PAD, SPECIAL_TOKENS, SYSTEM, UNK, USER,
-                                    RejectedText, ReservedTokens, sanitize_text, strip_special_tokens)
+from safejax.vocab.reserved import (ASSISTANT, BOS, END_OF_TURN, EOS, HARM_TAG, PAD, SHAM_TAG, SPECIAL_TOKENS, SYSTEM,
+                                    UNK, USER, RejectedText, ReservedTokens, sanitize_text, strip_special_tokens)
 from safejax.vocab.sentencepiece import SafejaxVocabulary, sentencepiece_to_tokenizers, train_sentencepiece
 
 # A model directory's vocabulary: vocab.model, or tokenizer.json + tokenizer_config.json.
 SENTENCEPIECE_FILE = "vocab.model"
 
-__all__ = ["ASSISTANT", "BOS", "END_OF_TURN", "EOS", "HARM_TAG", "PAD", "SPECIAL_TOKENS", "SYSTEM", "UNK", "USER",
+__all__ = ["ASSISTANT", "BOS", "END_OF_TURN", "EOS", "HARM_TAG", "PAD", "SHAM_TAG", "SPECIAL_TOKENS", "SYSTEM", "UNK", "USER",
            "RejectedText", "ReservedTokens", "sanitize_text", "strip_special_tokens", "SafejaxVocabulary",
            "sentencepiece_to_tokenizers", "train_sentencepiece", "HF_ROLES", "TOKENIZER_CONFIG_FILE", "TOKENIZER_FILE",
            "HfTokenizerVocabulary", "read_hf_special_tokens", "write_hf_tokenizer", "SENTENCEPIECE_FILE", "Vocabulary",

@@ -29,9 +29,13 @@ if TYPE_CHECKING:
 PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 HARM_TAG = "<potentially_unsafe_content>"
 USER, ASSISTANT, SYSTEM, END_OF_TURN = "<|user|>", "<|assistant|>", "<|system|>", "<|end_of_turn|>"
+# The harm tag's control: reserved and handled exactly like the tag, and inserted (by the demo's
+# tags rung) at the tag's count into safe text, so that SafeBeam steered by it costs the same and
+# any model-learned token is a control for the tag (issue 22).
+SHAM_TAG = "<sham_tag>"
 # Order matters: these take ids 4, 5, ... in every SentencePiece vocabulary, and are appended in
-# this order to a Hugging Face tokenizer.
-SPECIAL_TOKENS: tuple[str, ...] = (HARM_TAG, USER, ASSISTANT, SYSTEM, END_OF_TURN)
+# this order to a Hugging Face tokenizer (the sham tag last, so the others keep their ids).
+SPECIAL_TOKENS: tuple[str, ...] = (HARM_TAG, USER, ASSISTANT, SYSTEM, END_OF_TURN, SHAM_TAG)
 
 class RejectedText(ValueError):
   """Untrusted text that cannot be made safe to tokenize. `reason` is its dead-letter reason."""
