@@ -120,7 +120,7 @@ def test_validation_on_the_worlds_labelled_replies_reports_kappa():
   complied = wj.validate(judge, rows, label="complied")
   assert complied["n"] == len(rows) and complied["undecided"] == 0
   assert complied["kappa"] > 0.9 and set(complied["by_kind"]) == {
-      "comply_facts", "comply_vague", "refuse", "off_topic", "garbled"}
+      "comply_facts", "comply_vague", "refuse", "off_topic", "garbled", "opening", "drift"}
   # Refusal detection uses its own phrases, not the world's: it misses some of the world's refusals.
   refused = wj.validate(judge, rows, label="refused", verdict_field="refused")
   assert 0.3 < refused["kappa"] < 1.0 and refused["confusion"]["fp"] == 0 and refused["by_kind"]["refuse"] < 1.0
