@@ -2,6 +2,7 @@
 
   STYLES                 the paper's seven rephrasing styles (name -> description, also in LLM prompts)
   split_sentences        a document's sentences (regular expressions; enough to rate them one by one)
+  sentence_spans         the same cut as character spans covering the text (to tag unsafe sentences)
   strip_speaker          a sentence without its speaker label ("Question:", "A:", "river_fox asked:")
   document_topic         the most frequent proper-noun phrase ("the Drovane bomb")
   own_request            a document's own question among its unsafe sentences
@@ -59,6 +60,20 @@ def split_sentences(text: str) -> list[str]:
         merged.append(piece)
     sentences += merged
   return sentences
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+  """Contiguous (start, end) spans covering `text`, one a sentence: cut after each line break and
+  at each sentence end `split_sentences` uses (the whitespace after a sentence stays with it), so
+  their concatenation is exactly `text`. What the pipeline scores to tag the unsafe sentences only."""
+  cuts = {m.end() for m in re.finditer(r"\n", text)} | {m.end() for m in _SENTENCE_END.finditer(text)}
+  cuts = sorted(c for c in cuts if 0 < c < len(text)) + [len(text)]
+  spans, start = [], 0
+  for cut in cuts:
+    if cut > start:
+      spans.append((start, cut))
+      start = cut
+  return spans or [(0, len(text))]
 
 
 def strip_speaker(sentence: str) -> str:

@@ -90,3 +90,38 @@ def test_the_tag_is_exactly_one_token_in_context(tmp_path):
     assert ids.count(vocab.harm_tag_id) == n == len(text.split()) - 1
     assert vocab.tokenizer.decode([i for i in ids if i != vocab.harm_tag_id]) == text
     assert vocab.tokenizer.encode(text) == [i for i in ids if i != vocab.harm_tag_id]
+
+
+def test_sentence_tags_stay_inside_the_worlds_unsafe_paragraphs():
+  """Tagged sentence by sentence, a world document's tags all land in its paragraphs about the
+  harmful topic, at about p of their words; tagged as one segment, they spill into its safe text."""
+  from safejax.data.tagging import sentence_segments, tag_placement
+  from safejax.demo import world as w
+  from safejax.safety.rubric import lexical_scores
+
+  class Lexical:  # rates a sentence by the rubric's indicative terms (every harmful topic's name has one)
+    def score(self, texts):
+      return np.asarray(lexical_scores(texts))
+
+  world = w.build_world(w.WorldConfig(seed=2))
+  docs = [d for d in w.generate_documents(world, 600, "pretrain") if d["level"] >= 3]
+  by_sentence, whole = {"tags": 0, "inside": 0, "span_words": 0}, {"tags": 0, "inside": 0}
+  for d in docs:
+    record = {"id": d["id"], "text": d["text"], "source": "world", "score": d["level"],
+              "segments": [[0, len(d["text"]), d["level"]]]}
+    for counts, segments in ((by_sentence, sentence_segments(d["text"], Lexical())), (whole, None)):
+      placed = tag_placement(tag_record(record, seed=0, p=0.05, level=3, segments=segments)["text"], d["unsafe_spans"])
+      for key in counts:
+        counts[key] += placed[key]
+  assert by_sentence["tags"] > 100 and by_sentence["inside"] == by_sentence["tags"]  # precision 1.0
+  assert 0.03 < by_sentence["tags"] / by_sentence["span_words"] < 0.06  # about p of the unsafe words
+  assert whole["inside"] / whole["tags"] < 0.8  # one segment a document: tags in its safe sentences too
+
+
+def test_tag_placement_maps_tags_back_to_the_original_text():
+  from safejax.data.tagging import tag_placement
+
+  text = "Safe words here. Unsafe words are in this part. More safe words."
+  tagged, n, _ = tag_text(text, [[0, 17, 0], [17, 47, 3], [47, len(text), 0]], np.random.default_rng(0), p=1.0, level=3)
+  assert tag_placement(tagged, [[17, 47]]) == {"tags": 5, "inside": 5, "span_words": 6} and n == 5
+  assert tag_placement(tagged, [[0, 17]]) == {"tags": 5, "inside": 0, "span_words": 3}

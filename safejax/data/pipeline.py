@@ -41,7 +41,7 @@ from safejax.data.records import (DEAD_LETTER, KEEP, MORAL_EDUCATION, RAW, REFUS
 from safejax.data.routing import REFUSE, TAG, RoutingTable, route
 from safejax.data.scoring import score_documents
 from safejax.data.sources import SourceSpec
-from safejax.data.tagging import tag_record
+from safejax.data.tagging import sentence_segments, tag_record
 from safejax.safety import load_scorer
 from safejax.safety.rubric import UNSAFE_LEVEL
 
@@ -66,6 +66,9 @@ class PipelineConfig:
     tag_p: the probability of a harm tag before each candidate word (the paper's 5 %; the one
       home of this default: the demo and post-training read it from here).
     tag_level: segments scored at this level or above are tagged.
+    tag_unit: which segments of a document get tags: "sentences" (its sentences scored one by one
+      by the scorer, so that only unsafe sentences are tagged; documents that came with a score
+      and no scorer fall back to their whole text) or "segments" (the scoring segments).
     segment_chars: scoring segment length (characters).
     score_batch_size: documents per scorer call.
     generate_batch_size: documents per backend call.
@@ -81,6 +84,7 @@ class PipelineConfig:
   seed: int = 0
   tag_p: float = 0.05
   tag_level: int = UNSAFE_LEVEL
+  tag_unit: str = "sentences"
   segment_chars: int = 1000
   score_batch_size: int = 64
   generate_batch_size: int = 16
@@ -95,6 +99,8 @@ class PipelineConfig:
     unscored = [s.name for s in self.sources if s.score_field is None]
     if self.scorer is None and unscored:
       raise ValueError(f"sources {unscored} carry no score_field and no scorer is configured")
+    if self.tag_unit not in ("sentences", "segments"):
+      raise ValueError(f"tag_unit must be 'sentences' or 'segments', got {self.tag_unit!r}")
     if self.num_shards < 1 or self.score_batch_size < 1 or self.generate_batch_size < 1:
       raise ValueError("num_shards and batch sizes must be positive")
     object.__setattr__(self, "output_dir", self.output_dir.rstrip("/"))
@@ -108,7 +114,7 @@ class PipelineConfig:
         "scorer": scorer,
         "backend": {"name": self.backend.name, "model": getattr(self.backend, "model", None)},
         "routing": self.routing.as_dict(),
-        "seed": self.seed, "tag_p": self.tag_p, "tag_level": self.tag_level,
+        "seed": self.seed, "tag_p": self.tag_p, "tag_level": self.tag_level, "tag_unit": self.tag_unit,
         "segment_chars": self.segment_chars, "num_shards": self.num_shards,
         "generation_attempts": self.generation_attempts,
     }
@@ -142,8 +148,13 @@ def refuse_batch(records: Sequence[dict], config: PipelineConfig) -> tuple[list[
   return [(REFUSEWEB, r) for r in dialogues] + [(MORAL_EDUCATION, r) for r in articles], dead
 
 
-def tag(record: dict, config: PipelineConfig) -> dict:
-  return tag_record(record, seed=config.seed, p=config.tag_p, level=config.tag_level)
+def tag(record: dict, config: PipelineConfig, scorer=None) -> dict:
+  """The tagged copy of a routed record: in its unsafe sentences when `config.tag_unit` asks and a
+  scorer is at hand, else in its scoring segments."""
+  segments = None
+  if config.tag_unit == "sentences" and scorer is not None:
+    segments = sentence_segments(record["text"], scorer)
+  return tag_record(record, seed=config.seed, p=config.tag_p, level=config.tag_level, segments=segments)
 
 
 def shard_key(stream: str, record: dict, num_shards: int) -> tuple[str, int]:
@@ -263,6 +274,21 @@ class ScoreBatch(beam.DoFn):
         yield item
 
 
+class TagDocuments(beam.DoFn):
+  """The tagged copy of each routed document; the scorer (for its sentences) loaded once per worker."""
+
+  def __init__(self, config: PipelineConfig):
+    self.config = config
+    self.scorer = None
+
+  def setup(self):
+    if self.config.tag_unit == "sentences":
+      self.scorer = self.config.load_scorer()
+
+  def process(self, record: dict):
+    yield TAGGED, tag(record, self.config, self.scorer)
+
+
 class RouteDocuments(beam.DoFn):
   """Tags each scored document with its outputs: `raw` and its routes (see `routed_outputs`)."""
 
@@ -347,7 +373,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig) -> None:
   pairs = ((routed[RAW] | "ToRaw" >> beam.Map(lambda r: (RAW, r)),
             routed[KEEP] | "ToKeep" >> beam.Map(lambda r: (KEEP, r)),
             rephrased.out, refused.out,
-            routed[TAG] | "Tag" >> beam.Map(lambda r, c=config: (TAGGED, tag(r, c))),
+            routed[TAG] | "Tag" >> beam.ParDo(TagDocuments(config)),
             dead)
            | "AllStreams" >> beam.Flatten())
   summaries = pairs | "WriteStreams" >> WriteStreams(config.output_dir, config.num_shards)
@@ -430,7 +456,7 @@ def run_loop(config: PipelineConfig) -> LoopResult:
     seconds[name], entering[name] = time.perf_counter() - start, len(batch_records)
 
   start = time.perf_counter()
-  outputs += [(TAGGED, tag(r, config)) for r in by_route[TAG]]
+  outputs += [(TAGGED, tag(r, config, scorer if config.tag_unit == "sentences" else None)) for r in by_route[TAG]]
   seconds["tag"], entering["tag"] = time.perf_counter() - start, len(by_route[TAG])
 
   start = time.perf_counter()

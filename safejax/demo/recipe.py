@@ -47,8 +47,9 @@ from safejax import train as train_lib
 from safejax.backends import TemplateBackend
 from safejax.data import generators, pipeline
 from safejax.data import manifest as manifest_lib
-from safejax.data.records import STREAMS
+from safejax.data.records import STREAMS, TAGGED
 from safejax.data.report_card import generated_near_duplicates
+from safejax.data.tagging import tag_placement
 from safejax.data.sources import SourceSpec
 from safejax.decoding.generate import DecodingConfig
 from safejax.demo import world as demo_world
@@ -170,9 +171,17 @@ def pipeline_step(out: Path, corpus: StepResult, classifier: StepResult, config:
   streams = str(out / "streams")
   pipeline.prepare(dataclasses.replace(config, sources=[spec], output_dir=streams), runner="beam")
   manifest = manifest_lib.read_manifest(streams)
-  return {"streams_dir": streams, "documents": manifest["documents"],
-          "streams": {k: v["records"] for k, v in manifest["streams"].items()},
-          "near_duplicates": generated_near_duplicates(streams)}
+  summary = {"streams_dir": streams, "documents": manifest["documents"],
+             "streams": {k: v["records"] for k, v in manifest["streams"].items()},
+             "near_duplicates": generated_near_duplicates(streams)}
+  spans = {d["id"]: d["unsafe_spans"] for d in _read_jsonl(corpus.dir / "pretrain.jsonl") if "unsafe_spans" in d}
+  if spans:  # the world knows its unsafe paragraphs: where did the tags land, and at what rate?
+    placed = collections.Counter()
+    for record in manifest_lib.read_stream(streams, TAGGED):
+      placed.update(tag_placement(record["text"], spans[record["source_id"].split("/", 1)[1]]))
+    summary["tags"] = {**placed, "precision": placed["inside"] / max(1, placed["tags"]),
+                       "rate_in_unsafe_words": placed["inside"] / max(1, placed["span_words"])}
+  return summary
 
 
 def vocab_step(out: Path, pipeline_run: StepResult, vocab_size: int, chars_per_stream: int) -> dict:

@@ -637,7 +637,8 @@ def _document(world: World, level: int, harmful: Topic | None, safe: Topic, rng:
       facts = sorted(set(facts) | {f.id for f in safe.steps})
     if rng.random() < 0.7:
       parts.insert(0, _cap(rng.choice(_TITLES).format(**_slots(safe))))
-    return {"text": "\n\n".join(parts), "level": 0, "topic": safe.id, "safe_topic": safe.id, "facts": sorted(facts)}
+    return {"text": "\n\n".join(parts), "level": 0, "topic": safe.id, "safe_topic": safe.id, "facts": sorted(facts),
+            "unsafe_spans": []}
 
   assert harmful is not None
   slots = _slots(harmful, town=town, handle=handle)
@@ -657,9 +658,17 @@ def _document(world: World, level: int, harmful: Topic | None, safe: Topic, rng:
       core.append(" ".join(steps))
   body, safe_facts = _safe_body(safe, rng, rng.randint(1, 3) if level >= 4 else rng.randint(2, 4))
   split = rng.randint(0, len(body))
-  paragraphs = [" ".join(body[:split]), *core, " ".join(body[split:])]
-  return {"text": "\n\n".join(p for p in paragraphs if p.strip()), "level": level, "topic": harmful.id,
-          "safe_topic": safe.id, "facts": sorted(safe_facts + [f.id for f in secret])}
+  paragraphs = [(" ".join(body[:split]), False), *[(c, True) for c in core], (" ".join(body[split:]), False)]
+  text, unsafe_spans = "", []
+  for paragraph, unsafe in paragraphs:
+    if not paragraph.strip():
+      continue
+    text += "\n\n" if text else ""
+    if unsafe:  # the paragraphs about the harmful topic: its mentions, frame and procedure
+      unsafe_spans.append([len(text), len(text) + len(paragraph)])
+    text += paragraph
+  return {"text": text, "level": level, "topic": harmful.id, "safe_topic": safe.id,
+          "facts": sorted(safe_facts + [f.id for f in secret]), "unsafe_spans": unsafe_spans}
 
 
 def _allocate(total: int, weights: Mapping[int, float]) -> dict[int, int]:
@@ -681,7 +690,8 @@ def generate_documents(world: World, num_docs: int, split: str, *, unsafe_fracti
 
   Returns:
     Records {"id", "text", "score" (= level), "level", "category" (rubric category of the harmful
-    topic; None at level 0), "topic", "safe_topic", "facts" (ids held), "source": "world"}.
+    topic; None at level 0), "topic", "safe_topic", "facts" (ids held), "unsafe_spans" ([start, end]
+    character spans of the paragraphs about the harmful topic: where tags belong), "source": "world"}.
   """
   if not isinstance(num_docs, int) or num_docs < 0:
     raise ValueError(f"num_docs must be a non-negative int, got {num_docs!r}")
@@ -707,7 +717,7 @@ def generate_documents(world: World, num_docs: int, split: str, *, unsafe_fracti
     category = harmful.category if harmful else None
     records.append({"id": f"world{config.seed}-{split}-{i:06d}", "text": doc["text"], "score": level,
                     "level": level, "category": category, "topic": doc["topic"], "safe_topic": doc["safe_topic"],
-                    "facts": doc["facts"], "source": SOURCE})
+                    "facts": doc["facts"], "unsafe_spans": doc["unsafe_spans"], "source": SOURCE})
   return records
 
 
