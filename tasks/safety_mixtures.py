@@ -13,7 +13,8 @@ Mixtures (the ladder; each rung adds a stream):
   {prefix}_ladder_rephrase  + rephrased documents
   {prefix}_ladder_refusal   + RefuseWeb dialogues
   {prefix}_ladder_moral     + Moral Education articles
-  {prefix}_ladder_tags      + raw unsafe documents with harm tags
+  {prefix}_ladder_tags      + raw unsafe documents with harm tags, and its score-0 text with the sham
+                            tag at the same count ({prefix}_keep_sham, the tag's control)
 
 Rates are by tokens: a task's rate is its stream's token count times its weight
 (`stream_weights`, default 1 each), so with equal weights every token is seen about equally often.
@@ -52,19 +53,24 @@ import tensorflow as tf
 
 from safejax.data import manifest as manifest_lib, shards
 from tasks.preprocessors import render_refuseweb, render_turns
-from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED
-from safejax.vocab import ReservedTokens, Vocabulary, load_vocabulary
+from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED, doc_rng
+from safejax.data.tagging import tag_text
+from safejax.vocab import SHAM_TAG, ReservedTokens, Vocabulary, load_vocabulary
 from tasks.text import lm_preprocessors, output_features
 
 log = logging.getLogger(__name__)
 
+# The tags rung reads its score-0 documents with the sham tag inserted (`KEEP_SHAM`): the same
+# number of insertions as the harm tags of its tagged stream, at random words of safe text, so the
+# sham is the tag's control inside one model (SafeBeam steered by it, its detector AUROC).
+KEEP_SHAM = "keep_sham"
 LADDER: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("raw", (RAW,)),
     ("score0", (KEEP,)),
     ("rephrase", (KEEP, REPHRASE)),
     ("refusal", (KEEP, REPHRASE, REFUSEWEB)),
     ("moral", (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION)),
-    ("tags", (KEEP, REPHRASE, REFUSEWEB, MORAL_EDUCATION, TAGGED)),
+    ("tags", (KEEP_SHAM, REPHRASE, REFUSEWEB, MORAL_EDUCATION, TAGGED)),
 )
 
 _TEXT_FEATURES = {"id": tf.io.FixedLenFeature([], tf.string), "text": tf.io.FixedLenFeature([], tf.string)}
@@ -77,6 +83,7 @@ class SafetyTaskNames:
   tasks: dict[str, str]      # stream -> task name
   mixtures: dict[str, str]   # ladder rung -> mixture name
   tokens: dict[str, int]     # stream -> estimated tokens
+  sham_p: float = 0.0        # the sham tag's per-word probability in the tags rung's score-0 text
 
 
 def _training_text(stream: str, record: dict, *, seed: int, chat_template_rate: float) -> str:
@@ -84,6 +91,32 @@ def _training_text(stream: str, record: dict, *, seed: int, chat_template_rate: 
     return render_turns([t["role"] for t in record["turns"]], [t["text"] for t in record["turns"]], record["id"],
                         seed=seed, chat_template_rate=chat_template_rate)
   return record["text"]
+
+
+def estimate_words(files: Sequence[str], chars: int, *, sample_size: int) -> int:
+  """Words (runs of non-space characters) in a text stream: `chars` / characters per word on the
+  first `sample_size` records."""
+  sample_chars = sample_words = 0
+  for record in itertools.islice(shards.read_shards(files), sample_size):
+    sample_chars += len(record["text"])
+    sample_words += len(record["text"].split())
+  return round(chars * sample_words / sample_chars) if sample_chars else 0
+
+
+def insert_sham_tags(dataset: tf.data.Dataset, *, p: float, seed: int = 0) -> tf.data.Dataset:
+  """{"id", "text"} -> the text with the sham tag before each word but the first with probability p,
+  drawn per (seed, id) as the harm tags are (`safejax.data.tagging.tag_text`), so every epoch and a
+  resumed run insert the same ones."""
+  def insert(example_id: bytes, text: bytes) -> bytes:
+    decoded = text.decode("utf-8")
+    rng = doc_rng(seed, example_id.decode("utf-8"), "sham")
+    return tag_text(decoded, [[0, len(decoded), 1]], rng, p=p, level=1, token=SHAM_TAG)[0].encode("utf-8")
+
+  def to_text(ex):
+    text = tf.numpy_function(insert, [ex["id"], ex["text"]], tf.string, stateful=False)
+    return {**ex, "text": tf.reshape(text, [])}
+
+  return dataset.map(to_text, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def estimate_tokens(files: Sequence[str], stream: str, chars: int, vocab: Vocabulary, *,
@@ -100,8 +133,8 @@ def estimate_tokens(files: Sequence[str], stream: str, chars: int, vocab: Vocabu
 
 
 def stream_task(name: str, files: Sequence[str], stream: str, vocab: Vocabulary, num_examples: int, *,
-                seed: int = 0, chat_template_rate: float = 0.0) -> seqio.Task:
-  """A language-modelling task over one stream's TFRecord shards."""
+                seed: int = 0, chat_template_rate: float = 0.0, sham_p: float | None = None) -> seqio.Task:
+  """A language-modelling task over one stream's TFRecord shards (`sham_p`: with sham tags inserted)."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   dialogue = stream == REFUSEWEB
@@ -111,6 +144,8 @@ def stream_task(name: str, files: Sequence[str], stream: str, vocab: Vocabulary,
   if dialogue:
     preprocessors = [functools.partial(render_refuseweb, seed=seed, chat_template_rate=chat_template_rate),
                      *preprocessors]
+  if sham_p is not None:
+    preprocessors = [functools.partial(insert_sham_tags, p=sham_p, seed=seed), *preprocessors]
   return seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocab),
                                 preprocessors=preprocessors)
 
@@ -150,6 +185,14 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabular
     info = manifest["streams"][stream]
     tasks[stream] = stream_task(f"{prefix}_{stream}", files, stream, vocab, info["records"], **render).name
     tokens[stream] = estimate_tokens(files, stream, info["chars"], vocab, sample_size=token_sample_size, **render)
+  # The sham control: as many sham tags in the score-0 text as the tagged stream has harm tags.
+  keep_files = manifest_lib.stream_files(data_dir, KEEP, manifest)
+  keep_words = estimate_words(keep_files, manifest["streams"][KEEP]["chars"], sample_size=token_sample_size)
+  sham_p = min(1.0, manifest.get("tags", {}).get("inserted", 0) / keep_words) if keep_words else 0.0
+  tasks[KEEP_SHAM] = stream_task(f"{prefix}_{KEEP_SHAM}", keep_files, KEEP, vocab, manifest["streams"][KEEP]["records"],
+                                 seed=refuseweb_seed, sham_p=sham_p).name
+  tokens[KEEP_SHAM] = tokens[KEEP]
+  weights[KEEP_SHAM] = weights[KEEP]
 
   mixtures = {}
   for rung, streams in LADDER:
@@ -161,7 +204,7 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabular
       log.warning("mixture %s left out: its streams %s are empty", name, streams)
       continue
     mixtures[rung] = seqio.MixtureRegistry.add(name, members).name
-  return SafetyTaskNames(tasks, mixtures, tokens)
+  return SafetyTaskNames(tasks, mixtures, tokens, sham_p)
 
 
 def write_task_module(directory: str, data_dir: str, vocab_path: str, *, prefix: str = "safejax") -> str:

@@ -19,7 +19,10 @@ def _paper_like():
   instruct = {k: {s: v / 2 for s, v in seeds.items()} for k, seeds in headline.items()}
   capability = {"benign_ft": {"raw/beam": _seeds(0.50, 0.52, 0.51), "tags/SafeBeam": _seeds(0.50, 0.52, 0.515)}}
   auroc = {"base": {"raw/beam": _seeds(0.70, 0.72, 0.69), "tags/beam": _seeds(0.90, 0.88, 0.93)}}
-  return {"compliance": {"benign_ft": headline, "instruct": instruct}, "capability": capability, "tag_auroc": auroc}
+  sham = {"base": {"tags/beam": _seeds(0.60, 0.62, 0.58)}}
+  nll = {"base": {"tags/beam": _seeds(0.75, 0.73, 0.76)}}
+  return {"compliance": {"benign_ft": headline, "instruct": instruct}, "capability": capability, "tag_auroc": auroc,
+          "sham_auroc": sham, "nll_auroc": nll}
 
 
 def test_every_claim_holds_on_paper_like_results():
@@ -33,7 +36,7 @@ def test_every_claim_holds_on_paper_like_results():
       "tags learned in pretraining beat tags taught only in instruction tuning (SafeBeam)": cl.HOLDS,
       "the ordering survives benign fine-tuning": cl.HOLDS,
       "capability stays within noise (full recipe vs raw)": cl.HOLDS,
-      "beyond the paper: the learned tag detects unsafe text better than a never-trained token": cl.HOLDS,
+      "beyond the paper: the learned tag detects unsafe text beyond its baselines (sham tag, NLL)": cl.HOLDS,
   }
 
 
@@ -45,10 +48,13 @@ def test_claims_are_refuted_when_the_data_say_so():
   h["tags/SafeBeam"] = _seeds(0.18, 0.14, 0.21)           # SafeBeam no better than the placebo
   h["raw/SafeBeam"] = _seeds(0.20, 0.15, 0.25)            # but it "works" on a model without tags
   results["capability"]["benign_ft"]["tags/SafeBeam"] = _seeds(0.40, 0.41, 0.42)
-  results["tag_auroc"]["base"]["tags/beam"] = _seeds(0.70, 0.71, 0.70)   # no better than the untrained token
+  results["tag_auroc"]["base"]["tags/beam"] = _seeds(0.74, 0.75, 0.74)   # no better than surprise (NLL) alone
   verdicts = {c.claim: c.status for c in cl.evaluate_claims(results)}
-  assert verdicts["beyond the paper: the learned tag detects unsafe text better than a never-trained token"] == \
+  assert verdicts["beyond the paper: the learned tag detects unsafe text beyond its baselines (sham tag, NLL)"] == \
       cl.DOES_NOT_HOLD
+  by = {c.claim: c for c in cl.evaluate_claims(results)}
+  [c] = by["beyond the paper: the learned tag detects unsafe text beyond its baselines (sham tag, NLL)"].comparisons
+  assert c.reference == "tags/beam nll_auroc"  # decided against the better baseline
   assert verdicts["score-0 filtering alone does not lower compliance"] == cl.DOES_NOT_HOLD
   assert verdicts["rephrasing and refusal data lower compliance"] == cl.DOES_NOT_HOLD
   assert verdicts["tags with SafeBeam lower compliance beyond the placebo"] == cl.DOES_NOT_HOLD

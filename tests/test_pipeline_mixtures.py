@@ -63,9 +63,9 @@ def test_rates_are_tokens_times_weights(run):
   names = register_safety_mixtures(str(out), vocab, prefix="t2", stream_weights={"refuseweb": 3.0})
   mixture = seqio.get_mixture_or_task(names.mixtures["tags"])
   rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
-  assert rates["t2_keep"] == names.tokens["keep"]
+  assert rates["t2_keep_sham"] == names.tokens["keep"]  # the tags rung reads keep with the sham tag
   assert rates["t2_refuseweb"] == 3.0 * names.tokens["refuseweb"]
-  assert set(rates) == {f"t2_{s}" for s in ("keep", "rephrase", "refuseweb", "moral_education", "tagged")}
+  assert set(rates) == {f"t2_{s}" for s in ("keep_sham", "rephrase", "refuseweb", "moral_education", "tagged")}
   # Exact token count: the whole stream fits in the sample.
   texts = [r["text"] for r in shards.read_shards(manifest_lib.stream_files(str(out), "keep"))]
   assert names.tokens["keep"] == sum(len(vocab.tokenizer.encode(t)) for t in texts)
@@ -104,3 +104,22 @@ def test_seqio_cache_tasks_main_caches_the_streams(run, tmp_path):
     fresh = [ex["targets"].tolist() for ex in task.get_dataset({"targets": 64}, split="train", use_cached=False,
                                                              shuffle=False).as_numpy_iterator()]
     assert cached and sorted(cached) == sorted(fresh), stream
+
+
+def test_the_tags_rung_reads_as_many_sham_tags_in_safe_text_as_it_has_harm_tags(run):
+  from safejax.vocab import HARM_TAG, SHAM_TAG
+
+  out, vocab = run
+  names = register_safety_mixtures(str(out), vocab, prefix="t6")
+  manifest = manifest_lib.read_manifest(str(out))
+  keep = [r["text"] for r in shards.read_shards(manifest_lib.stream_files(str(out), "keep"))]
+  assert names.sham_p == pytest.approx(manifest["tags"]["inserted"] / sum(len(t.split()) for t in keep), rel=1e-6)
+  task = seqio.get_mixture_or_task(names.tasks["keep_sham"])
+  read = lambda: [vocab.decode(ex["targets"].tolist()) for ex in task.get_dataset(  # noqa: E731
+      {"targets": 4096}, split="train", shuffle=False).as_numpy_iterator()]
+  texts = read()
+  shams = sum(t.count(SHAM_TAG) for t in texts)
+  expected = manifest["tags"]["inserted"]
+  assert expected > 0 and abs(shams - expected) < 4 * expected ** 0.5 + 3  # a binomial draw around the tags' count
+  assert not any(HARM_TAG in t for t in texts) and read() == texts  # only the sham; the same every epoch
+  assert sorted(t.replace(SHAM_TAG, "") for t in texts) == sorted(keep)  # nothing else changed

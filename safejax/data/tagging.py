@@ -26,8 +26,8 @@ _WORD = re.compile(r"\S+")
 
 
 def tag_text(text: str, segments: list[list[int]], rng: np.random.Generator, *, p: float,
-             level: int) -> tuple[str, int, int]:
-  """Inserts harm tags into the unsafe segments of `text`.
+             level: int, token: str = HARM_TAG) -> tuple[str, int, int]:
+  """Inserts harm tags (or another reserved `token`: the sham tag) into the unsafe segments of `text`.
 
   Args:
     text: the document.
@@ -54,7 +54,7 @@ def tag_text(text: str, segments: list[list[int]], rng: np.random.Generator, *, 
   pieces, last = [], 0
   for pos in insert_at:
     pieces.append(text[last:pos])
-    pieces.append(HARM_TAG)
+    pieces.append(token)
     last = pos
   pieces.append(text[last:])
   return "".join(pieces), len(insert_at), candidates

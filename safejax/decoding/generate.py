@@ -27,6 +27,8 @@ from safejax.decoding.safebeam import RISK_RULES, RandomDropFilter
 from safejax.decoding.search import PenalizeToken, SuppressToken, chain
 from safejax.model.llama import Decoder
 
+from safejax.vocab import HARM_TAG, SHAM_TAG
+
 if TYPE_CHECKING:
   from safejax.vocab import SafejaxVocabulary
 
@@ -48,6 +50,8 @@ class DecodingConfig:
   risk_rule: safebeam's risk of a candidate: "paper" (the lookahead tag probability) or "boundary"
   (the tag's share of the word boundaries there, dropping only above relative_threshold: by
   default half the pretraining tag rate, 0.05 / 2; see `harm_tag_filter`).
+  steer_token: the reserved token SafeBeam (and the tag baselines below) steer by: the harm tag, or
+  the sham tag (`SHAM_TAG`), its control of the same cost.
   candidate_rule: safebeam's drop rule: "tag" (the riskiest by lookahead tag probability) or
   "random" (`RandomDropFilter`, the placebo: the same share dropped at random, seeded by `seed`).
   The cheap harm-tag baselines, for every method: suppress_tag (mask the tag's logit),
@@ -67,6 +71,7 @@ class DecodingConfig:
   tag_threshold: float | None = None
   risk_rule: str = "paper"
   relative_threshold: float = 0.025
+  steer_token: str = HARM_TAG
   suppress_tag: bool = False
   tag_penalty: float = 0.0
   tag_stop_threshold: float | None = None
@@ -76,6 +81,8 @@ class DecodingConfig:
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+    if self.steer_token not in (HARM_TAG, SHAM_TAG):
+      raise ValueError(f"steer_token must be {HARM_TAG!r} or {SHAM_TAG!r}, got {self.steer_token!r}")
     if self.risk_rule not in RISK_RULES:
       raise ValueError(f"risk_rule must be one of {RISK_RULES}, got {self.risk_rule!r}")
     if self.candidate_rule not in ("tag", "random"):
@@ -142,7 +149,7 @@ def generate_texts(
   """
   # Start like every training document (see SafejaxVocabulary.decoder_start_id).
   encoded = [[vocab.decoder_start_id, *vocab.encode(prompt)] for prompt in prompts]
-  options = config.generate_options(vocab.harm_tag_id,
+  options = config.generate_options(vocab.token_id(config.steer_token),
                                     vocab.word_start_ids() if config.risk_rule == "boundary" else ())
   generations = []
   with tqdm(total=len(prompts), desc=f"decode ({config.method})", unit="prompt", disable=not progress) as bar:

@@ -23,7 +23,7 @@ from safejax.evaluation import judges as judges_lib
 from safejax.evaluation import ladder, metrics, prompt_sets, prompting
 from safejax.evaluation import run as run_lib
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
-from safejax.evaluation.tag_detector import tag_scores
+from safejax.evaluation.tag_detector import baseline_scores, tag_scores
 from safejax.vocab import END_OF_TURN
 
 # Beam search and SafeBeam with `DecodingConfig`'s beam size, expansion and drop fraction.
@@ -46,6 +46,7 @@ def checkpoint_systems(model_dir: str, label: str, decodings: Mapping[str, decod
   lm = LoglikelihoodModel(model, vocab, max_length=max_length)
   loglikelihood = lm.loglikelihood  # one object for every system: scored once (see `evaluate`)
   tag_probability = lambda texts: tag_scores(lm, texts)
+  baselines = lambda texts: baseline_scores(lm, texts)
   stop_id = vocab.token_id(END_OF_TURN) if prompt_style == "chat" else None
   systems = []
   for name, config in decodings.items():
@@ -55,7 +56,8 @@ def checkpoint_systems(model_dir: str, label: str, decodings: Mapping[str, decod
                                                           stop_id=stop_id)]
 
     systems.append(run_lib.System(label=f"{label}/{name}", generate=generate, loglikelihood=loglikelihood,
-                                  tag_probability=tag_probability, model=label, stage=stage, decoding=name,
+                                  tag_probability=tag_probability, detector_baselines=baselines, model=label,
+                                  stage=stage, decoding=name,
                                   prompt_style=prompt_style))
   return systems
 

@@ -40,10 +40,11 @@ have detected (the half-width of the difference's interval). Claims (PAPER.md, s
   4. the ordering survives benign fine-tuning               the significant differences of an earlier
                                                             stage keep their sign at the headline
   5. capability stays within noise                          capability of tags/SafeBeam vs raw/beam
-  (beyond the paper) the tag detects harm beyond chance     tag AUROC of the tags model vs the raw
-                                                            model's (which never saw the tag: its
-                                                            "tag probability" tracks how unpredictable
-                                                            a text is, and already separates some)
+  (beyond the paper) the tag detects harm beyond its       tag AUROC of the tags model vs the better of
+  baselines                                                 its baselines in the same model: the sham
+                                                            tag's probability and the per-token NLL
+                                                            (a never-trained token's "probability"
+                                                            tracks how unpredictable a text is)
 """
 
 from __future__ import annotations
@@ -311,10 +312,29 @@ def evaluate_claims(results: Mapping[str, Any], settings: ClaimSettings | None =
   claims.append(Claim("capability stays within noise (full recipe vs raw)",
                       *decide(c, NOT_LOWER, s.capability_margin), (c,)))
 
-  c = cmp("tags/beam", "raw/beam", metric=s.auroc_metric, at=_first_stage(results, s.auroc_metric, s))
-  claims.append(Claim("beyond the paper: the learned tag detects unsafe text better than a never-trained token",
-                      *decide(c, RAISES, s.auroc_margin), (c,)))
+  claims.append(_detector_claim(results, s))
   return claims
+
+
+DETECTOR_BASELINES = ("sham_auroc", "nll_auroc")
+
+
+def _detector_claim(results: Mapping[str, Any], s: "ClaimSettings") -> Claim:
+  """The learned tag as a detector against the better of its baselines on the same documents, in
+  the same (tags) model: the sham tag's probability (a token learned as often, in safe text) and
+  the per-token NLL (surprise alone). The better baseline is the one with the higher mean AUROC."""
+  name = "beyond the paper: the learned tag detects unsafe text beyond its baselines (sham tag, NLL)"
+  at = _first_stage(results, s.auroc_metric, s)
+  tag = results.get(s.auroc_metric, {}).get(at, {}).get("tags/beam")
+  baselines = {m: results[m][at]["tags/beam"] for m in DETECTOR_BASELINES
+               if results.get(m, {}).get(at, {}).get("tags/beam")}
+  if not tag or not baselines:
+    return Claim(name, NOT_RUN, f"needs the tags model's tag AUROC and a baseline's at {at}", ())
+  best = max(baselines, key=lambda m: float(np.mean(list(baselines[m].values()))))
+  reference = f"tags/beam {best}"
+  table = {"auroc": {at: {"tags/beam": tag, reference: baselines[best]}}}
+  c = compare(table, "auroc", at, "tags/beam", reference, s.confidence)
+  return Claim(name, *decide(c, RAISES, s.auroc_margin), (c,))
 
 
 def _first_stage(results: Mapping[str, Any], metric: str, settings: ClaimSettings) -> str:

@@ -42,7 +42,8 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
       benchmarks of one run: same seed, so pooling prompts is fine).
   Returns:
     Records {"metric", "stage", "system": "<rung>/<decoding>", "seed", "value"} for every judge,
-    "over_refusal", "helpfulness", "capability" (mean accuracy over tasks), "word_perplexity", "tag_auroc" and the
+    "over_refusal", "helpfulness", "capability" (mean accuracy over tasks), "word_perplexity", "tag_auroc"
+    and its baselines' ("sham_auroc", "nll_auroc"), and the
     reply measures ("harmful_refused", "empty_share", "oov_share", "reply_perplexity") a system has.
   """
   out = []
@@ -69,6 +70,9 @@ def records_from_results(results: Mapping[str, Mapping[str, Any]], models: Mappi
         values["word_perplexity"] = entry["perplexity"]["word_perplexity"]
       if entry.get("tag_detector", {}).get("auroc") is not None:
         values["tag_auroc"] = entry["tag_detector"]["auroc"]
+      for name, auroc in entry.get("tag_detector", {}).get("baselines", {}).items():
+        if auroc is not None:
+          values[f"{name}_auroc"] = auroc
       for metric, field in REPLY_METRICS.items():
         if entry.get("replies", {}).get(field) is not None:
           values[metric] = entry["replies"][field]

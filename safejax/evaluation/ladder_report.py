@@ -19,8 +19,8 @@ from safejax.evaluation import claims as claims_lib
 from safejax.evaluation import ladder
 
 STAGES = ("base", "instruct", "benign_ft")
-TABLE_METRICS = ("harmful_refused", "empty_share", "over_refusal", "helpfulness", "capability", "word_perplexity", "tag_auroc",
-                 "oov_share", "reply_perplexity")
+TABLE_METRICS = ("harmful_refused", "empty_share", "over_refusal", "helpfulness", "capability", "word_perplexity",
+                 "tag_auroc", "sham_auroc", "nll_auroc", "oov_share", "reply_perplexity")
 
 
 def judge_kappas(world_validation: Mapping[str, Any] | None, results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

@@ -178,14 +178,19 @@ class LoglikelihoodModel:
     """[(context, continuation)] -> [(sum of log P(continuation tokens | context), is_greedy)]."""
     return self.loglikelihood_tokens([self.encode_pair(c, x) for c, x in requests])
 
-  def mean_token_probability(self, texts: Sequence[str], token_id: int) -> np.ndarray:
-    """[len(texts)]: the model's probability of emitting `token_id` next, averaged over every
-    position of each text (after the start token and after each of the text's tokens but the last)."""
+  def token_statistics(self, texts: Sequence[str], token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """([len(texts)] the model's probability of emitting `token_id` next, averaged over every
+    position of each text (after the start token and after each of the text's tokens but the last),
+    [len(texts)] the text's mean negative log-likelihood per token), in one pass."""
     windows = []
     for r, text in enumerate(texts):
       ids = list(self.vocab.encode(text))
       if not ids:
         raise ValueError(f"text {r} encodes to no tokens")
       windows += rolling_windows([self.start_id, *ids], 1, self.max_length, request=r)
-    _, _, probe, count = self._run(windows, len(texts), probe_id=token_id, desc="token probability")
-    return probe / np.maximum(count, 1)
+    logprob, _, probe, count = self._run(windows, len(texts), probe_id=token_id, desc="token probability")
+    return probe / np.maximum(count, 1), -logprob / np.maximum(count, 1)
+
+  def mean_token_probability(self, texts: Sequence[str], token_id: int) -> np.ndarray:
+    """[len(texts)]: `token_statistics`' mean probability of `token_id` next over each text."""
+    return self.token_statistics(texts, token_id)[0]

@@ -71,6 +71,8 @@ class System:
     generate: prompts -> replies (without the prompt); None skips the safety benchmarks.
     loglikelihood: lm-eval loglikelihood; None skips capability and perplexity.
     tag_probability: texts -> [len(texts)] mean harm-tag probability; None skips the tag detector.
+    detector_baselines: texts -> {name: [len(texts)] scores} of the tag detector's baselines on the
+      same texts (`tag_detector.baseline_scores`: the sham tag's probability, the per-token NLL).
     model: the row name in the paper table (default: label).
     stage: the column group, e.g. "base", "instruct", "benign_ft".
     decoding: the row's decoding, e.g. "plain", "SafeBeam".
@@ -81,6 +83,7 @@ class System:
   generate: GenerateFn | None = None
   loglikelihood: capability_lib.LoglikelihoodFn | None = None
   tag_probability: Callable[[list[str]], np.ndarray] | None = None
+  detector_baselines: Callable[[list[str]], Mapping[str, np.ndarray]] | None = None
   model: str = ""
   stage: str = "base"
   decoding: str = "plain"
@@ -448,6 +451,10 @@ def evaluate(systems: Sequence[System], out_dir: str, config: EvalConfig | None 
         return {"n": len(tag_labels), "n_unsafe": int(sum(tag_labels)), "auroc": stats.auroc(tag_labels, scores)}
 
       entry["tag_detector"] = once("tag_detector", tp, tag_auroc)
+      if system.detector_baselines is not None:
+        db = system.detector_baselines
+        entry["tag_detector"] = {**entry["tag_detector"], "baselines": once("detector_baselines", db, lambda: {
+            name: stats.auroc(tag_labels, np.asarray(scores)) for name, scores in db(tag_texts).items()})}
     results["systems"][system.label] = entry
     log.info("evaluated %s", system.label)
 

@@ -19,7 +19,7 @@ from safejax import stats
 from safejax.evaluation.prompt_sets import read_rows
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.model.llama import Decoder
-from safejax.vocab import Vocabulary
+from safejax.vocab import SHAM_TAG, Vocabulary
 
 
 def load_labelled_texts(
@@ -61,6 +61,15 @@ def load_labelled_texts(
 def tag_scores(lm: LoglikelihoodModel, texts: Sequence[str]) -> np.ndarray:
   """[len(texts)] mean probability of the harm tag as the next token over each text."""
   return lm.mean_token_probability(texts, lm.vocab.harm_tag_id)
+
+
+def baseline_scores(lm: LoglikelihoodModel, texts: Sequence[str]) -> dict[str, np.ndarray]:
+  """The tag detector's baselines on the same texts, each [len(texts)]: "sham", the sham tag's mean
+  probability (a token the model learned as often, in safe text: its detector is the control),
+  and "nll", the text's mean negative log-likelihood per token (surprise alone: a model that never
+  saw unsafe text finds it unpredictable)."""
+  sham, nll = lm.token_statistics(texts, lm.vocab.token_id(SHAM_TAG))
+  return {"sham": sham, "nll": nll}
 
 
 def tag_detector_auroc(
