@@ -6,11 +6,15 @@ paper does, so the model does not tie refusals to the words "User" and "Assistan
 roles (Student / Teacher, Customer / Support agent, ...) or of first names, drawn per example from
 (example id, seed), so on-the-fly and cached datasets hold the same text. With probability
 `chat_template_rate` a dialogue is instead rendered in safejax's chat template
-(`safejax.evaluation.prompting.format_chat`), the layout instruction tuning and evaluation use.
+(`safejax.chat_template.format_chat`), the layout instruction tuning and evaluation use.
+
+`render_qa_as_chat` does the same for the question-and-answer passages of text streams: with
+probability `qa_chat_template_rate` a document's passages become chat transcripts.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -69,5 +73,41 @@ def render_refuseweb(dataset: tf.data.Dataset, *, seed: int = 0, chat_template_r
                     for k in ("turn_roles", "turn_texts"))
     text = tf.numpy_function(render, [ex["id"], roles, texts], tf.string, stateful=False)
     return {"id": ex["id"], "text": tf.reshape(text, [])}
+
+  return dataset.map(to_text, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# A question and its answer on consecutive lines, in the layouts web forums use ("Question: ... /
+# Answer: ...", "Q: ... / A: ...", "someone asked: ... / Reply: ...").
+QA_PASSAGE = re.compile(r"^(?:Question|Q|[\w.-]{1,30} asked): (?P<question>[^\n]+)\n(?:Answer|A|Reply): (?P<answer>[^\n]+)$",
+                        re.MULTILINE)
+
+
+def render_qa_passages(text: str, example_id: str, *, seed: int = 0, rate: float = 0.0) -> str:
+  """With probability `rate` per document (drawn from (example id, seed)), every question-and-answer
+  passage of `text` (`QA_PASSAGE`) rewritten as a chat transcript in safejax's chat template: web
+  text now holds many such transcripts, and a model that has seen its knowledge asked and answered in
+  the chat layout can be asked for it in that layout after post-training (the demo's world needs
+  this at its scale: without it the benign fine-tuning attack restores drift, not knowledge).
+  The harm tag may stand in a passage (the tagged stream); no other reserved string can."""
+  if rate <= 0 or doc_rng(seed, example_id, "qa_chat").random() >= rate:
+    return text
+
+  def chat(match: re.Match) -> str:
+    turns = [{"role": "user", "content": match["question"].strip()},
+             {"role": "assistant", "content": match["answer"].strip()}]
+    return format_chat(turns, add_generation_prompt=False, allow_harm_tag=True)
+
+  return QA_PASSAGE.sub(chat, text)
+
+
+def render_qa_as_chat(dataset: tf.data.Dataset, *, seed: int = 0, rate: float = 0.0) -> tf.data.Dataset:
+  """{"id", "text"} examples with `render_qa_passages` applied (a seqio preprocessor)."""
+  def render(example_id: bytes, text: bytes) -> bytes:
+    return render_qa_passages(text.decode("utf-8"), example_id.decode("utf-8"), seed=seed, rate=rate).encode("utf-8")
+
+  def to_text(ex):
+    text = tf.numpy_function(render, [ex["id"], ex["text"]], tf.string, stateful=False)
+    return {**ex, "text": tf.reshape(text, [])}
 
   return dataset.map(to_text, num_parallel_calls=tf.data.AUTOTUNE)

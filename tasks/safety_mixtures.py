@@ -52,7 +52,7 @@ import seqio
 import tensorflow as tf
 
 from safejax.data import manifest as manifest_lib, shards
-from tasks.preprocessors import render_refuseweb, render_turns
+from tasks.preprocessors import render_qa_as_chat, render_refuseweb, render_turns
 from safejax.data.records import KEEP, MORAL_EDUCATION, RAW, REFUSEWEB, REPHRASE, STREAMS, TAGGED, doc_rng
 from safejax.data.tagging import tag_text
 from safejax.vocab import SHAM_TAG, ReservedTokens, Vocabulary, load_vocabulary
@@ -133,8 +133,11 @@ def estimate_tokens(files: Sequence[str], stream: str, chars: int, vocab: Vocabu
 
 
 def stream_task(name: str, files: Sequence[str], stream: str, vocab: Vocabulary, num_examples: int, *,
-                seed: int = 0, chat_template_rate: float = 0.0, sham_p: float | None = None) -> seqio.Task:
-  """A language-modelling task over one stream's TFRecord shards (`sham_p`: with sham tags inserted)."""
+                seed: int = 0, chat_template_rate: float = 0.0, sham_p: float | None = None,
+                qa_chat_template_rate: float = 0.0) -> seqio.Task:
+  """A language-modelling task over one stream's TFRecord shards (`sham_p`: with sham tags
+  inserted; `qa_chat_template_rate`: a text stream's documents whose question-answer passages are
+  rendered as chat transcripts, `tasks.preprocessors.render_qa_as_chat`)."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   dialogue = stream == REFUSEWEB
@@ -146,6 +149,8 @@ def stream_task(name: str, files: Sequence[str], stream: str, vocab: Vocabulary,
                      *preprocessors]
   if sham_p is not None:
     preprocessors = [functools.partial(insert_sham_tags, p=sham_p, seed=seed), *preprocessors]
+  if qa_chat_template_rate and not dialogue:  # before the sham tags: a chat turn holds the harm tag only
+    preprocessors = [functools.partial(render_qa_as_chat, seed=seed, rate=qa_chat_template_rate), *preprocessors]
   return seqio.TaskRegistry.add(name, source=source, output_features=output_features(vocab),
                                 preprocessors=preprocessors)
 
@@ -154,7 +159,7 @@ def stream_task(name: str, files: Sequence[str], stream: str, vocab: Vocabulary,
 def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabulary | str = gin.REQUIRED, *,
                              prefix: str = "safejax", stream_weights: Mapping[str, float] | None = None,
                              refuseweb_seed: int = 0, refuseweb_chat_template_rate: float = 0.0,
-                             token_sample_size: int = 1000) -> SafetyTaskNames:
+                             qa_chat_template_rate: float = 0.0, token_sample_size: int = 1000) -> SafetyTaskNames:
   """Registers (or re-registers) the stream tasks and ladder mixtures of one pipeline run.
 
   Args:
@@ -165,6 +170,8 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabular
     stream_weights: multiplies each stream's token count in the rates (missing streams: 1.0).
     refuseweb_seed: seeds the speaker renaming of dialogues.
     refuseweb_chat_template_rate: the share of dialogues rendered in the chat template.
+    qa_chat_template_rate: the share of text documents whose question-answer passages are rendered
+      as chat transcripts (`tasks.preprocessors.render_qa_as_chat`).
     token_sample_size: records per stream tokenized to measure characters per token.
   Returns:
     The registered names and the token estimates.
@@ -183,14 +190,15 @@ def register_safety_mixtures(data_dir: str = gin.REQUIRED, vocabulary: Vocabular
   for stream in STREAMS:
     files = manifest_lib.stream_files(data_dir, stream, manifest)
     info = manifest["streams"][stream]
-    tasks[stream] = stream_task(f"{prefix}_{stream}", files, stream, vocab, info["records"], **render).name
+    tasks[stream] = stream_task(f"{prefix}_{stream}", files, stream, vocab, info["records"], **render,
+                                qa_chat_template_rate=qa_chat_template_rate).name
     tokens[stream] = estimate_tokens(files, stream, info["chars"], vocab, sample_size=token_sample_size, **render)
   # The sham control: as many sham tags in the score-0 text as the tagged stream has harm tags.
   keep_files = manifest_lib.stream_files(data_dir, KEEP, manifest)
   keep_words = estimate_words(keep_files, manifest["streams"][KEEP]["chars"], sample_size=token_sample_size)
   sham_p = min(1.0, manifest.get("tags", {}).get("inserted", 0) / keep_words) if keep_words else 0.0
   tasks[KEEP_SHAM] = stream_task(f"{prefix}_{KEEP_SHAM}", keep_files, KEEP, vocab, manifest["streams"][KEEP]["records"],
-                                 seed=refuseweb_seed, sham_p=sham_p).name
+                                 seed=refuseweb_seed, sham_p=sham_p, qa_chat_template_rate=qa_chat_template_rate).name
   tokens[KEEP_SHAM] = tokens[KEEP]
   weights[KEEP_SHAM] = weights[KEEP]
 

@@ -191,8 +191,8 @@ def vocab_step(out: Path, pipeline_run: StepResult, vocab_size: int, chars_per_s
 
 
 def pretrain_step(out: Path, pipeline_run: StepResult, vocab: StepResult, rungs: tuple[str, ...],
-                  seeds: tuple[int, ...], train_steps: int, settings: dict[str, Any]) -> dict:
-  names = register_safety_mixtures(pipeline_run.summary["streams_dir"], vocab.summary["vocab"], prefix="demo")
+                  seeds: tuple[int, ...], train_steps: int, settings: dict[str, Any], mixtures: dict[str, Any]) -> dict:
+  names = register_safety_mixtures(pipeline_run.summary["streams_dir"], vocab.summary["vocab"], prefix="demo", **mixtures)
   missing = [r for r in rungs if r not in names.mixtures]
   if missing:
     raise ValueError(f"rungs {missing} have no data (empty streams); mixtures: {sorted(names.mixtures)}")
@@ -206,7 +206,7 @@ def pretrain_step(out: Path, pipeline_run: StepResult, vocab: StepResult, rungs:
       metrics = checkpoints.read_metrics(str(out / label))
       models[label] = {"dir": str(out / label), "rung": rung, "seed": seed, "final_loss": metrics[-1]["loss"],
                        "tokens_per_s": float(np.median([m["tokens_per_s"] for m in metrics[1:]] or [0.0]))}
-  return {"models": models, "token_estimates": names.tokens}
+  return {"models": models, "token_estimates": names.tokens, "sham_p": names.sham_p}
 
 
 def sft_data_step(out: Path, vocab: StepResult, data_dir: str | None,
@@ -405,7 +405,8 @@ def demo(output_dir: str = "runs/demo", config: DemoConfig | None = None) -> int
   vocab = cache.run("vocab", vocab_step, pipeline_run=prepared, vocab_size=config.vocab_size,
                     chars_per_stream=config.vocab_chars_per_stream)
   pretrained = cache.run("pretrain", pretrain_step, pipeline_run=prepared, vocab=vocab, rungs=config.rungs,
-                         seeds=config.seeds, train_steps=config.train_steps, settings=train_settings())
+                         seeds=config.seeds, train_steps=config.train_steps, settings=train_settings(),
+                         mixtures=gin.get_bindings("tasks.safety_mixtures.register_safety_mixtures"))
   models = dict(pretrained.summary["models"])
   if config.posttrain:
     sft_data = cache.run("sft_data", sft_data_step, vocab=vocab, data_dir=config.data_dir, world=world,

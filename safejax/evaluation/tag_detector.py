@@ -68,6 +68,8 @@ def baseline_scores(lm: LoglikelihoodModel, texts: Sequence[str]) -> dict[str, n
   probability (a token the model learned as often, in safe text: its detector is the control),
   and "nll", the text's mean negative log-likelihood per token (surprise alone: a model that never
   saw unsafe text finds it unpredictable)."""
+  if SHAM_TAG not in lm.vocab.special_ids:  # a vocabulary from before the sham tag: NLL alone
+    return {"nll": lm.token_statistics(texts, lm.vocab.harm_tag_id)[1]}
   sham, nll = lm.token_statistics(texts, lm.vocab.token_id(SHAM_TAG))
   return {"sham": sham, "nll": nll}
 

@@ -36,6 +36,9 @@ SHAM_TAG = "<sham_tag>"
 # Order matters: these take ids 4, 5, ... in every SentencePiece vocabulary, and are appended in
 # this order to a Hugging Face tokenizer (the sham tag last, so the others keep their ids).
 SPECIAL_TOKENS: tuple[str, ...] = (HARM_TAG, USER, ASSISTANT, SYSTEM, END_OF_TURN, SHAM_TAG)
+# Reserved after vocabularies were first trained: one without it still loads, and `token_id` names
+# it as missing (the sham control needs a vocabulary trained since).
+LATER_TOKENS: tuple[str, ...] = (SHAM_TAG,)
 
 class RejectedText(ValueError):
   """Untrusted text that cannot be made safe to tokenize. `reason` is its dead-letter reason."""

@@ -19,7 +19,7 @@ import seqio
 import sentencepiece as spm
 import tokenizers
 
-from safejax.vocab.reserved import BOS, EOS, PAD, SPECIAL_TOKENS, UNK, ReservedTokens, strip_special_tokens
+from safejax.vocab.reserved import BOS, EOS, LATER_TOKENS, PAD, SPECIAL_TOKENS, UNK, ReservedTokens, strip_special_tokens
 
 
 def train_sentencepiece(
@@ -87,6 +87,8 @@ class SafejaxVocabulary(ReservedTokens, seqio.SentencePieceVocabulary):
     self._special_ids = {}
     for name in (PAD, EOS, UNK, BOS, *SPECIAL_TOKENS):
       piece_id = self.tokenizer.piece_to_id(name)
+      if self.tokenizer.id_to_piece(piece_id) != name and name in LATER_TOKENS:
+        continue  # a vocabulary trained before the token existed: everything else still works
       if self.tokenizer.id_to_piece(piece_id) != name:
         raise ValueError(
             f"{sentencepiece_model_file} lacks the reserved token {name!r}: train it with "
