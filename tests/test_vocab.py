@@ -141,12 +141,13 @@ def test_hf_vocabulary_appends_reserved_tokens_after_its_own(tiny_bpe_vocab):
   vocab = tiny_bpe_vocab
   assert isinstance(vocab, seqio.Vocabulary) and vocab.kind == "tokenizers"
   # SmolLM2-like: <|endoftext|> (tokenizer id 0) is start and eos; the pad token is appended last
-  # (tokenizer id 405) and trades ids with <|endoftext|>, since seqio pads with id 0.
-  assert vocab.appended_hf_ids == tuple(range(400, 406)) and vocab.vocab_size == 406
-  assert (vocab.decoder_start_id, vocab.eos_id, vocab.pad_id, vocab.unk_id) == (405, 405, 0, None)
-  assert vocab.hf_ids.tolist() == [405, *range(1, 405), 0]
-  assert [vocab.token_id(t) for t in V.SPECIAL_TOKENS] == list(range(400, 405))
-  assert vocab.special_ids == {"<|endoftext|>": 405, "<pad>": 0, **{t: 400 + i for i, t in enumerate(V.SPECIAL_TOKENS)}}
+  # (tokenizer id 406, after the six reserved tokens) and trades ids with <|endoftext|>, since seqio
+  # pads with id 0.
+  assert vocab.appended_hf_ids == tuple(range(400, 407)) and vocab.vocab_size == 407
+  assert (vocab.decoder_start_id, vocab.eos_id, vocab.pad_id, vocab.unk_id) == (406, 406, 0, None)
+  assert vocab.hf_ids.tolist() == [406, *range(1, 406), 0]
+  assert [vocab.token_id(t) for t in V.SPECIAL_TOKENS] == list(range(400, 406))
+  assert vocab.special_ids == {"<|endoftext|>": 406, "<pad>": 0, **{t: 400 + i for i, t in enumerate(V.SPECIAL_TOKENS)}}
   assert vocab.hf_special_tokens == {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<pad>",
                                      "unk_token": None}
 
@@ -194,7 +195,7 @@ def test_hf_vocabulary_with_its_own_pad_and_bos(tiny_bpe_dir):
   vocab = V.HfTokenizerVocabulary(tokenizer.to_str(), {"bos_token": "<|begin|>", "eos_token": "<|endoftext|>",
                                                        "pad_token": "<|pad|>"})
   assert (vocab.decoder_start_id, vocab.eos_id, vocab.pad_id) == (400, 401, 0)  # <|pad|> (401) traded with id 0
-  assert vocab.appended_hf_ids == tuple(range(402, 407)) and vocab.vocab_size == 407
+  assert vocab.appended_hf_ids == tuple(range(402, 408)) and vocab.vocab_size == 408
 
 
 def test_hf_vocabulary_refusals(tiny_bpe_dir, tiny_vocab):
@@ -217,7 +218,9 @@ def test_byte_level_alphabet_is_the_pre_tokenizers():
 
   text = "".join(chr(c) for c in range(1, 0x3000, 3)) + "🙂\U0010FFFF"
   pieces = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
-  alphabet = V._byte_level_alphabet()
+  from safejax.vocab import hf_tokenizer
+
+  alphabet = hf_tokenizer._byte_level_alphabet()
   assert bytes(alphabet[c] for piece, _ in pieces for c in piece) == text.encode("utf-8")
 
 
