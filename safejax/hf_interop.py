@@ -20,7 +20,7 @@ optimizer state; `train` checks that the run's model config and vocabulary are t
 (VOCAB may name the imported model directory: `safejax.vocab.load_vocabulary` reads its tokenizer):
 
   safejax train --gin_file=models/smollm2_135m.gin --gin_file=runs/pretrain_text.gin \
-      --gin.ModelConfig.vocab_size=49158 --gin.train.init_from="'/tmp/smollm2'" --gin.VOCAB="'/tmp/smollm2'" \
+      --gin.ModelConfig.vocab_size=49159 --gin.train.init_from="'/tmp/smollm2'" --gin.VOCAB="'/tmp/smollm2'" \
       --gin.TEXT_FILES="'/tmp/run/corpus/*.jsonl'" --gin.MODEL_DIR="'/tmp/smollm2_safety'"
 
 Tokenizers. The import keeps the checkpoint's own tokenizer (tokenizer.json, byte-level BPE as in
