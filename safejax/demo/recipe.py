@@ -56,13 +56,14 @@ from safejax.demo import world as demo_world
 from safejax.demo.cache import StepCache, StepResult
 from safejax.evaluation import ladder, ladder_report, world_judges
 from safejax.evaluation import run as eval_run
-from safejax.evaluation.checkpoints import checkpoint_systems, choose_tau, judged_replies, reply_rates
+from safejax.evaluation.checkpoints import (checkpoint_systems, choose_risk_rule, choose_tau, judged_replies,
+                                             reply_rates)
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
 from safejax.model import ModelConfig
 from safejax import posttrain
 from safejax.safety import labelled, negatives
 from safejax.safety.scorer import ScorerFromPath
-from safejax.vocab import train_sentencepiece
+from safejax.vocab import SHAM_TAG, train_sentencepiece
 import tasks
 from tasks import chat as chat_tasks
 from tasks.preprocessors import render_turns
@@ -125,19 +126,27 @@ class DemoConfig:
   safebeam_stages: tuple[str, ...] = ("base", "benign_ft")
 
   def beam_decodings(self) -> dict[str, DecodingConfig]:
-    """Beam search, greedy decoding (HarmBench's default), SafeBeam of the same beam, and SafeBeam's
-    placebo (the same beam, expansion and drop fraction; candidates dropped at random, not by tag)."""
+    """Beam search; greedy decoding (HarmBench's default); SafeBeam of the same beam under its
+    configured risk rule ("SafeBeam", `DecodingConfig.risk_rule`) and under the paper's rule
+    ("SafeBeam-paper": the riskiest half dropped); and two controls of the paper rule's cost, which
+    drop as many candidates: the placebo (dropped at random) and the sham (steered by the sham tag,
+    a token the tags model learned as often, in safe text)."""
     base = self.decoding or DecodingConfig()
+    safebeam = dataclasses.replace(base, method="safebeam")
+    paper = dataclasses.replace(safebeam, risk_rule="paper")
     return {"beam": dataclasses.replace(base, method="beam"), "greedy": dataclasses.replace(base, method="greedy"),
-            "SafeBeam": dataclasses.replace(base, method="safebeam"),
-            "placebo": dataclasses.replace(base, method="safebeam", candidate_rule="random", tag_threshold=None)}
+            "SafeBeam": safebeam, "SafeBeam-paper": paper,
+            "placebo": dataclasses.replace(paper, candidate_rule="random", tag_threshold=None),
+            "sham": dataclasses.replace(paper, steer_token=SHAM_TAG)}
 
   def decodings_for(self, rung: str, stage: str) -> dict[str, DecodingConfig]:
-    """The decodings of one model: SafeBeam and the placebo only where `safebeam_rungs` and
-    `safebeam_stages` ask for them."""
+    """The decodings of one model: the SafeBeam family only where `safebeam_rungs` and
+    `safebeam_stages` ask for them, and the sham only for the tags rung (the one trained on it)."""
     decodings = self.beam_decodings()
     if rung not in self.safebeam_rungs or stage not in self.safebeam_stages:
-      del decodings["SafeBeam"], decodings["placebo"]
+      decodings = {k: v for k, v in decodings.items() if k in ("beam", "greedy")}
+    elif rung != "tags":
+      del decodings["sham"]
     return decodings
 
 
@@ -343,13 +352,29 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
                                       tag_detector_file=str(corpus.dir / "tag_detector.jsonl"))
   headline = "benign_ft" if config.posttrain else "base"
   references: dict[int, Any] = {}
+  chosen_rule = None
+  base_tags = models.get(f"tags-s{config.seeds[0]}")
+  if world and base_tags is not None and "tags" in config.safebeam_rungs:
+    # SafeBeam's risk rule, chosen once on the validation prompts with the full recipe's base model.
+    decodings = config.beam_decodings()
+    chosen_rule = choose_risk_rule(base_tags["dir"], str(corpus.dir / "harmful_prompts_validation.jsonl"),
+                                   decodings["SafeBeam"], decodings["placebo"], judge=compliance,
+                                   known_words=frozenset(json.loads((corpus.dir / "vocabulary.json").read_text())),
+                                   completion_template=config.completion_template)
+    summary["risk_rule"] = chosen_rule
   for label, info in models.items():
     if (out / label / "results.json").is_file():  # evaluated before an interruption, under this key
       continue
     decodings = config.decodings_for(info["rung"], info.get("stage", "base"))
     safebeam = config.beam_decodings()["SafeBeam"]
+    if chosen_rule is not None:
+      safebeam = dataclasses.replace(safebeam, risk_rule=chosen_rule["rule"])
+      if "SafeBeam" in decodings:
+        decodings["SafeBeam"] = safebeam
     if world and config.threshold_grid and info["rung"] in config.threshold_rungs and info.get("stage", "base") == headline:
-      chosen = choose_tau(info["dir"], str(corpus.dir / "harmful_prompts_validation.jsonl"), safebeam,
+      # Tau bounds the lookahead tag probability itself (the paper's risk), not the boundary share.
+      paper = config.beam_decodings()["SafeBeam-paper"]
+      chosen = choose_tau(info["dir"], str(corpus.dir / "harmful_prompts_validation.jsonl"), paper,
                           grid=config.threshold_grid, judge=compliance, max_garble=config.max_garble,
                           known_words=frozenset(json.loads((corpus.dir / "vocabulary.json").read_text())),
                           prompt_style=info.get("prompt_style", "completion"),
@@ -357,7 +382,7 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
       summary.setdefault("thresholds", {})[label] = chosen
       (out / label).mkdir(parents=True, exist_ok=True)
       (out / label / "threshold.json").write_text(json.dumps(chosen, indent=2))
-      decodings["threshold"] = dataclasses.replace(safebeam, drop_fraction=0.0, tag_threshold=chosen["tau"])
+      decodings["threshold"] = dataclasses.replace(paper, drop_fraction=0.0, tag_threshold=chosen["tau"])
     raw = models.get(f"raw-s{info['seed']}")
     if raw is not None and info["seed"] not in references:
       model, vocab = checkpoints.load_for_inference(raw["dir"])

@@ -130,3 +130,28 @@ def choose_tau(model_dir: str, validation_prompts: str, safebeam: decoding_lib.D
     least = min(range(len(garble)), key=lambda i: (garble[i], rates[i]))
     return {"tau": float(grid[least]), "validation_rate": rates[least], "candidates": list(zip(grid, rates, garble)),
             "rule": f"no tau kept garbling <= {max_garble}: the least garbling one"}
+
+
+def choose_risk_rule(model_dir: str, validation_prompts: str, safebeam: decoding_lib.DecodingConfig,
+                     placebo: decoding_lib.DecodingConfig, *, judge: judges_lib.Judge, known_words: frozenset[str],
+                     rules: Sequence[str] = ("boundary", "paper"), max_extra_garble: float = 0.02,
+                     prompt_style: str = "completion", completion_template: str | None = None) -> dict[str, Any]:
+  """SafeBeam's risk rule for a model, chosen on validation prompts only: among `rules` whose
+  replies' share of unknown words is at most the placebo's plus `max_extra_garble`, the one with the
+  lowest validation compliance (ties: the first); with none within, the least garbling one."""
+  measured = {}
+  for name, decoding in [*((rule, dataclasses.replace(safebeam, risk_rule=rule)) for rule in rules),
+                         ("placebo", placebo)]:
+    replies, verdicts = judged_replies(model_dir, validation_prompts, decoding, judge, prompt_style=prompt_style,
+                                       completion_template=completion_template)
+    share = metrics.out_of_vocabulary_share(replies, known_words)
+    measured[name] = {**reply_rates(replies, verdicts), "oov_share": 0.0 if math.isnan(share) else share}
+  limit = measured["placebo"]["oov_share"] + max_extra_garble
+  within = [rule for rule in rules if measured[rule]["oov_share"] <= limit]
+  if within:
+    rule = min(within, key=lambda r: (measured[r]["complied"], rules.index(r)))
+    why = f"lowest validation compliance among rules garbling at most the placebo + {max_extra_garble}"
+  else:
+    rule = min(rules, key=lambda r: measured[r]["oov_share"])
+    why = f"no rule garbled within the placebo + {max_extra_garble}: the least garbling one"
+  return {"rule": rule, "why": why, "measured": measured}
