@@ -15,6 +15,7 @@ def _paper_like():
       "raw/beam": _seeds(0.40, 0.35, 0.45), "score0/beam": _seeds(0.44, 0.38, 0.47),
       "refusal/beam": _seeds(0.20, 0.16, 0.24), "tags/beam": _seeds(0.18, 0.15, 0.22),
       "tags/placebo": _seeds(0.18, 0.14, 0.21), "tags/SafeBeam": _seeds(0.06, 0.04, 0.08),
+      "tags/SafeBeam-paper": _seeds(0.07, 0.05, 0.08), "tags/sham": _seeds(0.17, 0.15, 0.20),
       "raw/placebo": _seeds(0.40, 0.34, 0.44), "raw/SafeBeam": _seeds(0.41, 0.35, 0.45)}
   instruct = {k: {s: v / 2 for s, v in seeds.items()} for k, seeds in headline.items()}
   capability = {"benign_ft": {"raw/beam": _seeds(0.50, 0.52, 0.51), "tags/SafeBeam": _seeds(0.50, 0.52, 0.515)}}
@@ -32,6 +33,7 @@ def test_every_claim_holds_on_paper_like_results():
       "score-0 filtering alone does not lower compliance": cl.HOLDS,
       "rephrasing and refusal data lower compliance": cl.HOLDS,
       "tags with SafeBeam lower compliance beyond the placebo": cl.HOLDS,
+      "the harm tag steers SafeBeam beyond a sham token learned as often (same rule, same cost)": cl.HOLDS,
       "control: SafeBeam on a never-tagged model does no better than the placebo": cl.HOLDS,
       "tags learned in pretraining beat tags taught only in instruction tuning (SafeBeam)": cl.HOLDS,
       "the ordering survives benign fine-tuning": cl.HOLDS,
@@ -47,6 +49,8 @@ def test_claims_are_refuted_when_the_data_say_so():
   h["refusal/beam"] = _seeds(0.20, 0.16, 0.24)            # refusal data add nothing over score-0
   h["tags/SafeBeam"] = _seeds(0.18, 0.14, 0.21)           # SafeBeam no better than the placebo
   h["raw/SafeBeam"] = _seeds(0.20, 0.15, 0.25)            # but it "works" on a model without tags
+  h["tags/SafeBeam-paper"] = _seeds(0.18, 0.14, 0.21)     # the tag steers no better ...
+  h["tags/sham"] = _seeds(0.18, 0.15, 0.20)               # ... than a sham token learned as often
   results["capability"]["benign_ft"]["tags/SafeBeam"] = _seeds(0.40, 0.41, 0.42)
   results["tag_auroc"]["base"]["tags/beam"] = _seeds(0.74, 0.75, 0.74)   # no better than surprise (NLL) alone
   verdicts = {c.claim: c.status for c in cl.evaluate_claims(results)}
@@ -58,6 +62,8 @@ def test_claims_are_refuted_when_the_data_say_so():
   assert verdicts["score-0 filtering alone does not lower compliance"] == cl.DOES_NOT_HOLD
   assert verdicts["rephrasing and refusal data lower compliance"] == cl.DOES_NOT_HOLD
   assert verdicts["tags with SafeBeam lower compliance beyond the placebo"] == cl.DOES_NOT_HOLD
+  assert verdicts["the harm tag steers SafeBeam beyond a sham token learned as often (same rule, same cost)"] == \
+      cl.DOES_NOT_HOLD
   assert verdicts["control: SafeBeam on a never-tagged model does no better than the placebo"] == cl.DOES_NOT_HOLD
   assert verdicts["capability stays within noise (full recipe vs raw)"] == cl.DOES_NOT_HOLD
 
@@ -116,7 +122,7 @@ def test_decide_rules_and_markdown():
   with pytest.raises(ValueError, match="direction"):
     cl.decide(c, "doubles", 0.05)
   table = cl.claims_markdown(cl.evaluate_claims(_paper_like()))
-  assert table.count("\n") == 10 and "**holds**" in table  # header, rule, 9 claims
+  assert table.count("\n") == 11 and "**holds**" in table  # header, rule, 10 claims
   assert cl.evaluate_claims(_paper_like())[0].to_dict()["comparisons"][0]["difference"]["n"] == 3
 
 

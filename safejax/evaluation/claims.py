@@ -33,6 +33,9 @@ have detected (the half-width of the difference's interval). Claims (PAPER.md, s
   2. rephrasing and refusal data lower it                   refusal/beam vs score0/beam (and the
                                                             rephrase rung's own steps where run)
   3. tags with SafeBeam lower it beyond the placebo         tags/SafeBeam vs tags/placebo
+     and beyond the sham tag (issue 22)                     tags/SafeBeam-paper vs tags/sham (the same
+                                                            rule and cost, steered by a token the tags
+                                                            model learned as often, in safe text)
      (control) SafeBeam without the tag does not            raw/SafeBeam vs raw/placebo
      tags learned in pretraining beat tags  tags/SafeBeam vs raw/SafeBeam after post-training
      taught only in instruction tuning      (10 % of every rung's instruction data is tagged, so
@@ -294,6 +297,9 @@ def evaluate_claims(results: Mapping[str, Any], settings: ClaimSettings | None =
 
   c = cmp("tags/SafeBeam", "tags/placebo")
   claims.append(Claim("tags with SafeBeam lower compliance beyond the placebo", *rate(c, LOWERS), (c,)))
+  c = cmp("tags/SafeBeam-paper", "tags/sham")
+  claims.append(Claim("the harm tag steers SafeBeam beyond a sham token learned as often (same rule, same cost)",
+                      *rate(c, LOWERS), (c,)))
   c = cmp("raw/SafeBeam", "raw/placebo")
   claims.append(Claim("control: SafeBeam on a never-tagged model does no better than the placebo",
                       *rate(c, NOT_LOWER), (c,)))
