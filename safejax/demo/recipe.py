@@ -123,7 +123,7 @@ class DemoConfig:
   # SafeBeam and its placebo cost k*N lookahead rows a step: they decode the rungs and stages the
   # claims compare them at; beam search and greedy decoding decode every model.
   safebeam_rungs: tuple[str, ...] = ("raw", "tags")
-  safebeam_stages: tuple[str, ...] = ("base", "benign_ft")
+  safebeam_stages: tuple[str, ...] = ("base", "instruct", "benign_ft")
 
   def beam_decodings(self) -> dict[str, DecodingConfig]:
     """Beam search; greedy decoding (HarmBench's default); SafeBeam of the same beam under its
