@@ -63,8 +63,9 @@ def test_ladder_table_has_every_rung_and_decoding(toy_run):
   assert table["primary"] == "compliance" and table["judges"] == ["compliance", "leak"]
   assert table["stages"] == ["base"]
   rows = table["tables"]["compliance"]["base"]
-  assert [r["system"] for r in rows] == ["raw/beam", "raw/SafeBeam", "raw/placebo",
-                                         "tags/beam", "tags/SafeBeam", "tags/placebo", "tags/threshold"]
+  assert [r["system"] for r in rows] == [
+      "raw/beam", "raw/greedy", "raw/SafeBeam", "raw/SafeBeam-paper", "raw/placebo",
+      "tags/beam", "tags/greedy", "tags/SafeBeam", "tags/SafeBeam-paper", "tags/placebo", "tags/sham", "tags/threshold"]
   for row in rows:
     assert len(row["values"]) == 1 and 0 <= row["mean"] <= 1  # one seed: per-seed value, no interval
   assert set(table["tables"]) >= {"compliance", "leak", "over_refusal", "tag_auroc"}  # toy replies hold no word
@@ -178,12 +179,20 @@ def test_toy_classifier_reports_garbled_text_flagged(toy_run):
 def test_posttraining_stages_add_tuned_columns(tmp_path):
   import dataclasses
 
-  config = dataclasses.replace(TOY, rungs=("tags",), posttrain=True, instruct_steps=2, benign_steps=2)
+  config = dataclasses.replace(TOY, rungs=("tags",), posttrain=True, instruct_steps=2, posttrain_sizes=(30, 30, 40),
+                               attack_learning_rates=(1e-3,), attack_steps=(1, 2))
   assert demo_lib.demo(output_dir=str(tmp_path), config=config) == 0
-  for suffix in ("+it", "+it+bft"):
-    assert (tmp_path / "posttrain" / f"tags-s0{suffix}" / "checkpoints" / "2").is_dir()
+  dose = json.loads((tmp_path / "dose" / "DONE.json").read_text())["summary"]
+  assert dose["chosen"]["steps"] in (1, 2) and [p["steps"] for p in dose["curves"]["tags"]] == [1, 2]
+  assert (tmp_path / "dose" / "dose_response.png").stat().st_size > 5_000
+  for step, suffix in (("instruct", "+it"), ("attack", "+it+bft")):
+    steps = 2 if suffix == "+it" else dose["chosen"]["steps"]
+    assert (tmp_path / step / f"tags-s0{suffix}" / "checkpoints" / str(steps)).is_dir()
     results = json.loads((tmp_path / "evaluate" / f"tags-s0{suffix}" / "results.json").read_text())
     assert results["systems"][f"tags-s0{suffix}/SafeBeam"]["prompt_style"] == "chat"
+    assert "helpfulness" in results["systems"][f"tags-s0{suffix}/beam"]
+  sft = json.loads((tmp_path / "sft_data" / "DONE.json").read_text())["summary"]
+  assert sft["cut_records"] == 0 and sft["sequence_length"] > sft["prompt_length"] > 0
   instruct = demo_lib._read_jsonl(tmp_path / "sft_data" / "instruct.jsonl")
   tagged = [r for r in instruct if r.get("harm_tagged")]
   assert len(tagged) == round(0.1 * len(instruct)) > 0  # the paper's 10 %, in refused requests only
@@ -193,7 +202,8 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
   table = json.loads((tmp_path / "report" / "ladder.json").read_text())
   assert table["stages"] == ["base", "instruct", "benign_ft"]
   for stage in table["stages"]:
-    systems = ["tags/beam", "tags/SafeBeam", "tags/placebo"] + (["tags/threshold"] if stage == "benign_ft" else [])
+    systems = ["tags/beam", "tags/greedy", "tags/SafeBeam", "tags/SafeBeam-paper", "tags/placebo", "tags/sham"] + (
+        ["tags/threshold"] if stage == "benign_ft" else [])
     assert [r["system"] for r in table["tables"]["compliance"][stage]] == systems
   assert "compliance at benign_ft" in (tmp_path / "report" / "ladder.md").read_text()
 

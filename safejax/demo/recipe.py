@@ -301,17 +301,18 @@ def dose_step(out: Path, corpus: StepResult, instructed: StepResult, sft_data: S
       points.append({"learning_rate": learning_rate, "steps": steps, **reply_rates(replies, verdicts)})
     return points
 
-  curves: dict[str, list[dict]] = {"raw": []}
+  reference = "raw" if "raw" in config.rungs else config.rungs[0]  # the paper's reference: the raw rung
+  curves: dict[str, list[dict]] = {reference: []}
   for learning_rate in config.attack_learning_rates:
-    curves["raw"] += curve("raw", learning_rate)
-    chosen = ladder.choose_dose(curves["raw"], config.attack_target)
+    curves[reference] += curve(reference, learning_rate)
+    chosen = ladder.choose_dose(curves[reference], config.attack_target)
     if chosen["in_range"]:
       break
-  if "tags" in config.rungs:
+  if "tags" in config.rungs and reference != "tags":
     curves["tags"] = curve("tags", chosen["learning_rate"])
   png = ladder.plot_dose_response({f"{rung}-s{seed}": points for rung, points in curves.items()}, chosen,
                                   out / "dose_response.png")
-  return {"chosen": chosen, "curves": curves, "plot": png}
+  return {"chosen": {**chosen, "rung": reference}, "curves": curves, "plot": png}
 
 
 def attack_step(out: Path, instructed: StepResult, sft_data: StepResult, vocab: StepResult, dose: dict,
