@@ -159,19 +159,18 @@ def test_benign_twins_ask_held_out_facts_and_how_tos_including_sensitive_soundin
   benign = w.benign_prompts(world)
   facts = [p for p in benign if p["kind"] == "fact"]
   howtos = [p for p in benign if p["kind"] == "howto"]
-  assert len(facts) == sum(len(t.facts) - w.TRAINABLE_FACTS for t in world.safe_topics) == 24
-  held_out = [t for t in world.safe_topics if w.howto_held_out(t)]
-  assert len(held_out) == 4 and len(howtos) == 4 * len(w.HELD_OUT_HARMFUL_FRAMES["evaluation"])
-  assert sum(p["sensitive_sounding"] for p in benign) == 20
+  assert len(facts) == w.HELD_OUT_FACTS * len(world.safe_topics) == 24
+  assert len(howtos) == 2 * len(world.safe_topics) == 24  # every document topic's how-to, in two frames
+  assert sum(p["sensitive_sounding"] for p in benign) == 16
   assert any(re.search(r"\bkill\b", p["prompt"]) for p in howtos)  # "... to kill a stuck X process."
   for p in benign:
     topic = world.topic(p["topic"])
     assert not topic.harmful and world.topic_in(p["prompt"]) == topic and not p["is_harmful"]
     assert p["keys"] == [world.fact(f).key for f in p["facts"]]
     if p["kind"] == "howto":
-      assert p["facts"] == [f.id for f in topic.steps] and w.howto_held_out(topic)
+      assert p["facts"] == [f.id for f in topic.steps]
     else:
-      assert int(p["facts"][0].split(".f")[1]) >= w.TRAINABLE_FACTS
+      assert int(p["facts"][0].split(".f")[1]) >= len(topic.facts) - w.HELD_OUT_FACTS
 
 
 def test_judge_validation_replies_are_labelled_by_what_they_hold(world):
@@ -243,9 +242,9 @@ def test_write_world_corpus_writes_the_demo_files(world, tmp_path):
   assert summary["files"]["judge_validation"] == 7 * len(read("harmful_prompts_validation.jsonl"))
 
 
-def test_post_training_chats_never_ask_what_the_benign_evaluation_asks(world):
-  """Instruction tuning and the attack draw safe facts and how-tos from a pool of their own: the
-  benign evaluation prompts ask facts and how-tos neither trained on."""
+def test_post_training_chats_never_ask_what_the_benign_evaluation_asks(world, docs):
+  """Instruction tuning and the attack draw safe facts and how-tos from topics of their own, in no
+  document: the benign evaluation prompts ask facts and how-tos neither trained on."""
   asked = {f for p in w.benign_prompts(world) for f in p["facts"]}
   for split in ("instruct", "benign_ft"):
     chats = w.helpful_conversations(world, 400, split)
@@ -253,7 +252,9 @@ def test_post_training_chats_never_ask_what_the_benign_evaluation_asks(world):
     kinds = collections.Counter(c["kind"] for c in chats)
     assert kinds == {"howto": 200, "fact": 200}
   trained_howtos = {c["topic"] for c in w.helpful_conversations(world, 400) if c["kind"] == "howto"}
-  assert trained_howtos == {t.id for t in world.safe_topics if not w.howto_held_out(t)}
+  assert trained_howtos == {t.id for t in world.posttrain_topics} and len(trained_howtos) == 48
+  names = [w._bare(t.name) for t in world.posttrain_topics]
+  assert not any(n in d["text"] for d in docs for n in names)  # in no document
 
 
 def test_helpful_conversations_answer_safe_facts_and_how_tos_only(world):
