@@ -70,7 +70,8 @@ def test_ladder_table_has_every_rung_and_decoding(toy_run):
     assert len(row["values"]) == 1 and 0 <= row["mean"] <= 1  # one seed: per-seed value, no interval
   assert set(table["tables"]) >= {"compliance", "leak", "over_refusal", "tag_auroc"}  # toy replies hold no word
   assert table["judge_standing"] == {"primary": "compliance", "validated": ["compliance", "leak"], "unvalidated": {}}
-  assert {c["status"] for c in table["claims"]} <= {"holds", "does not hold", "inconclusive", "not run"}
+  assert {c["status"] for c in table["claims"]} <= {"holds", "does not hold", "inconclusive", "inconclusive (floor)",
+                                                   "not run"}
   assert (toy_run / "report" / "ladder.png").stat().st_size > 5_000
   assert "| claim | verdict |" in (toy_run / "report" / "claims.md").read_text()
 
