@@ -35,6 +35,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,15 @@ class DemoConfig:
   # The attack's dose: tried on the raw rung's validation prompts in this order (each learning rate
   # with every step count; the learning rate is constant after warm-up), the first to land in
   # `attack_target` taken (`ladder.choose_dose`) and applied to every rung. Real data: the first.
-  attack_learning_rates: tuple[float, ...] = (1e-3, 3e-3)
-  attack_steps: tuple[int, ...] = (20, 40, 60, 80, 120)
+  # The attack erodes refusals within tens of steps and, trained further, overwrites what the
+  # model says with its own chats (drift): the grid is fine at small doses (measured: README).
+  attack_learning_rates: tuple[float, ...] = (1e-3, 2e-3)
+  attack_steps: tuple[int, ...] = (5, 10, 15, 20, 25, 30, 40)
   attack_target: tuple[float, float] = (0.3, 0.7)
+  # The plain decoding of the headline's rung-to-rung claims and of the dose's validation replies:
+  # greedy, HarmBench's default (beam search, which prefers a reply that stops after its opening,
+  # is reported beside it; SafeBeam and its controls are beam searches).
+  plain_decoding: str = "greedy"
   decoding: DecodingConfig | None = None
   # SafeBeam and its placebo cost k*N lookahead rows a step: they decode the rungs and stages the
   # claims compare them at; beam search and greedy decoding decode every model.
@@ -286,7 +293,7 @@ def dose_step(out: Path, corpus: StepResult, instructed: StepResult, sft_data: S
   checkpoint of one run is the model that dose makes."""
   tasks.register_chat_task("demo_benign_ft", str(sft_data.dir / "benign.jsonl"), vocab.summary["vocab"])
   compliance, _ = world_judges.world_judges(corpus.dir, config.leak_min_facts)
-  beam = config.beam_decodings()["beam"]
+  plain = config.beam_decodings()[config.plain_decoding]
   validation = str(corpus.dir / "harmful_prompts_validation.jsonl")
   seed = config.seeds[0]
 
@@ -294,10 +301,10 @@ def dose_step(out: Path, corpus: StepResult, instructed: StepResult, sft_data: S
     base = instructed.summary["models"][f"{rung}-s{seed}+it"]
     model_dir = str(out / f"{rung}-s{seed}-lr{learning_rate:g}")
     grid = config.attack_steps
-    _attack(model_dir, base, sft_data, grid[-1], learning_rate, settings, checkpoint_every=grid[0])
+    _attack(model_dir, base, sft_data, grid[-1], learning_rate, settings, checkpoint_every=math.gcd(*grid))
     points = []
     for steps in grid:
-      replies, verdicts = judged_replies(model_dir, validation, beam, compliance, step=steps, prompt_style="chat")
+      replies, verdicts = judged_replies(model_dir, validation, plain, compliance, step=steps, prompt_style="chat")
       points.append({"learning_rate": learning_rate, "steps": steps, **reply_rates(replies, verdicts)})
     return points
 
@@ -460,7 +467,7 @@ def demo(output_dir: str = "runs/demo", config: DemoConfig | None = None) -> int
       results, models, config.rungs, config.seeds, decodings,
       kappas=ladder_report.judge_kappas(evaluated.summary.get("judge_validation"), results),
       model_reply_kappas={"compliance": evaluated.summary["model_reply_validation"]["complies"]["kappa"]}
-      if "model_reply_validation" in evaluated.summary else None)
+      if "model_reply_validation" in evaluated.summary else None, plain=config.plain_decoding)
   report_dir = root / "report"
   report_dir.mkdir(exist_ok=True)
   written = ladder_report.write_ladder(report_dir, table)

@@ -71,6 +71,7 @@ class ClaimSettings:
   """Which metric, stages and margins the claims use."""
 
   asr_metric: str = "compliance"       # the paper's ASR: compliance with a harmful request
+  plain: str = "beam"                  # the plain decoding of the rung-to-rung claims (the demo: greedy, HarmBench's)
   capability_metric: str = "capability"
   headline_stage: str = "benign_ft"
   earlier_stages: tuple[str, ...] = ("instruct", "base")  # the first one present is compared for claim 4
@@ -283,15 +284,15 @@ def evaluate_claims(results: Mapping[str, Any], settings: ClaimSettings | None =
   if stage == "base" or "instruct" not in results.get(asr, {}):
     claims.append(Claim(name, NOT_RUN, "needs the instruct and the headline stages", ()))
   else:
-    c = compare_stages(results, asr, "raw/beam", stage, "instruct", s.confidence)
+    c = compare_stages(results, asr, f"raw/{s.plain}", stage, "instruct", s.confidence)
     claims.append(Claim(name, *rate(c, RAISES), (c,)))
 
-  c = cmp("score0/beam", "raw/beam")
+  c = cmp(f"score0/{s.plain}", f"raw/{s.plain}")
   claims.append(Claim("score-0 filtering alone does not lower compliance", *rate(c, NOT_LOWER), (c,)))
 
-  parts = [cmp("refusal/beam", "score0/beam")]
-  if "rephrase/beam" in results.get(asr, {}).get(stage, {}):
-    parts = [cmp("rephrase/beam", "score0/beam"), cmp("refusal/beam", "rephrase/beam")]
+  parts = [cmp(f"refusal/{s.plain}", f"score0/{s.plain}")]
+  if f"rephrase/{s.plain}" in results.get(asr, {}).get(stage, {}):
+    parts = [cmp(f"rephrase/{s.plain}", f"score0/{s.plain}"), cmp(f"refusal/{s.plain}", f"rephrase/{s.plain}")]
   claims.append(Claim("rephrasing and refusal data lower compliance",
                       *_combine([rate(p, LOWERS) for p in parts]), tuple(parts)))
 
@@ -311,10 +312,10 @@ def evaluate_claims(results: Mapping[str, Any], settings: ClaimSettings | None =
     c = cmp("tags/SafeBeam", "raw/SafeBeam")
     claims.append(Claim(name, *rate(c, LOWERS), (c,)))
 
-  claims.append(_ordering(results, s, [("score0/beam", "raw/beam"), ("refusal/beam", "score0/beam"),
-                                       ("tags/SafeBeam", "raw/beam")]))
+  claims.append(_ordering(results, s, [(f"score0/{s.plain}", f"raw/{s.plain}"), (f"refusal/{s.plain}", f"score0/{s.plain}"),
+                                       ("tags/SafeBeam", f"raw/{s.plain}")]))
 
-  c = cmp("tags/SafeBeam", "raw/beam", metric=s.capability_metric)
+  c = cmp("tags/SafeBeam", f"raw/{s.plain}", metric=s.capability_metric)
   claims.append(Claim("capability stays within noise (full recipe vs raw)",
                       *decide(c, NOT_LOWER, s.capability_margin), (c,)))
 

@@ -37,7 +37,7 @@ def judge_kappas(world_validation: Mapping[str, Any] | None, results: Mapping[st
 def ladder_table(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, Mapping[str, Any]],
                  rungs: Sequence[str], seeds: Sequence[int], decodings: Sequence[str],
                  kappas: Mapping[str, float] | None = None,
-                 model_reply_kappas: Mapping[str, float] | None = None) -> dict[str, Any]:
+                 model_reply_kappas: Mapping[str, float] | None = None, plain: str = "beam") -> dict[str, Any]:
   """Every metric per stage, system ("<rung>/<decoding>") and seed, with between-seed statistics
   and the claims decided from them (`safejax.evaluation.ladder`, `safejax.evaluation.claims`).
 
@@ -60,7 +60,7 @@ def ladder_table(results: Mapping[str, Mapping[str, Any]], models: Mapping[str, 
   primary = standing["primary"]
   if primary is not None:
     settings = claims_lib.ClaimSettings(asr_metric=primary, headline_stage=stages[-1],
-                                        earlier_stages=tuple(reversed(stages[:-1])))
+                                        earlier_stages=tuple(reversed(stages[:-1])), plain=plain)
     decided = claims_lib.evaluate_claims(nested, settings)
     claims, claims_markdown = [c.to_dict() for c in decided], claims_lib.claims_markdown(decided)
     # The same rules at each earlier stage, beside the headline: an effect at the base model that
