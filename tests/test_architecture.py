@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # (layer, module-name patterns), in the order data flows: one line per layer of README.md's
 # picture, a folder (or the one module) each. A module takes the first layer that matches.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ground", ("safejax", "safejax.vocab*", "safejax.chat_template", "safejax.generation", "safejax.text",
+    ("ground", ("safejax", "safejax.vocab*", "safejax.chat_template", "safejax.generation", "safejax.text", "safejax.jsonl",
                 "safejax.stats", "safejax.partitioning", "safejax.model*", "safejax.checkpoints")),
     ("safety", ("safejax.safety*",)),
     ("backends", ("safejax.backends*",)),

@@ -10,6 +10,7 @@ from safejax import cli
 from safejax.decoding import DecodingConfig
 from safejax.demo import recipe as demo_lib
 from safejax.demo.cache import DONE
+from safejax.jsonl import read_jsonl
 from safejax.safety import negatives
 from safejax.safety.scorer import ScorerFromPath
 
@@ -171,7 +172,7 @@ def test_toy_classifier_reports_garbled_text_flagged(toy_run):
   from safejax.safety import load_scorer
 
   summary = json.loads((toy_run / "classifier" / "DONE.json").read_text())["summary"]
-  test = demo_lib._read_jsonl(toy_run / "corpus" / "classifier_test.jsonl")
+  test = read_jsonl(toy_run / "corpus" / "classifier_test.jsonl")
   garbled = negatives.garbled_texts([d["text"] for d in test], seed=TOY.data_seed + 1, fraction=1.0)
   scores = load_scorer(summary["scorer"]).score(garbled)
   assert summary["heldout_garbled_flagged_at_1"] == pytest.approx(float(np.mean(np.asarray(scores) >= 1)))
@@ -194,7 +195,7 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
     assert "helpfulness" in results["systems"][f"tags-s0{suffix}/beam"]
   sft = json.loads((tmp_path / "sft_data" / "DONE.json").read_text())["summary"]
   assert sft["cut_records"] == 0 and sft["sequence_length"] > sft["prompt_length"] > 0
-  instruct = demo_lib._read_jsonl(tmp_path / "sft_data" / "instruct.jsonl")
+  instruct = read_jsonl(tmp_path / "sft_data" / "instruct.jsonl")
   tagged = [r for r in instruct if r.get("harm_tagged")]
   assert len(tagged) == round(0.1 * len(instruct)) > 0  # the paper's 10 %, in refused requests only
   assert all(any("<potentially_unsafe_content>" in m["content"] for m in r["messages"] if m["role"] == "user")

@@ -59,6 +59,7 @@ from safejax.evaluation import ladder_report, world_judges
 from safejax.evaluation import run as eval_run
 from safejax.evaluation.checkpoints import (checkpoint_systems, choose_risk_rule, choose_tau)
 from safejax.evaluation.loglikelihood import LoglikelihoodModel
+from safejax.jsonl import read_jsonl
 from safejax.model import ModelConfig
 from safejax.safety import labelled, negatives
 from safejax.safety.scorer import ScorerFromPath
@@ -167,7 +168,7 @@ def train_settings(scope: str | None = None) -> dict[str, Any]:
 
 
 def classifier_step(out: Path, corpus: StepResult, seed: int) -> dict:
-  train, test = (_read_jsonl(corpus.dir / f"classifier_{split}.jsonl") for split in ("train", "test"))
+  train, test = (read_jsonl(corpus.dir / f"classifier_{split}.jsonl") for split in ("train", "test"))
   written = lambda docs, s: generators.generated_texts(  # noqa: E731  as the models will read them
       [{**d, "source": "demo", "meta": {}} for d in docs if d["score"] >= 1], TemplateBackend(), seed=s,
       render_dialogue=lambda d: render_turns([t["role"] for t in d["turns"]], [t["text"] for t in d["turns"]], d["id"],
@@ -186,7 +187,7 @@ def pipeline_step(out: Path, corpus: StepResult, classifier: StepResult, config:
   summary = {"streams_dir": streams, "documents": manifest["documents"],
              "streams": {k: v["records"] for k, v in manifest["streams"].items()},
              "near_duplicates": generated_near_duplicates(streams)}
-  spans = {d["id"]: d["unsafe_spans"] for d in _read_jsonl(corpus.dir / "pretrain.jsonl") if "unsafe_spans" in d}
+  spans = {d["id"]: d["unsafe_spans"] for d in read_jsonl(corpus.dir / "pretrain.jsonl") if "unsafe_spans" in d}
   if spans:  # the world knows its unsafe paragraphs: where did the tags land, and at what rate?
     placed = collections.Counter()
     for record in manifest_lib.read_stream(streams, TAGGED):
@@ -285,11 +286,6 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
                                  prompt_style=info.get("prompt_style", "completion"), max_length=256)
     eval_run.evaluate(systems, str(out / label), eval_config, reference_loglikelihood=references.get(info["seed"]))
   return {**summary, "results": {label: str(out / label / "results.json") for label in models}}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------

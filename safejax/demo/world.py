@@ -57,6 +57,7 @@ from typing import Any
 
 import gin
 
+from safejax.jsonl import write_jsonl
 from safejax.safety.rubric import UNSAFE_LEVEL
 
 SOURCE = "world"
@@ -959,16 +960,6 @@ class CorpusSizes:
   unsafe_level: int = UNSAFE_LEVEL  # documents at or above this level are the detector's positives
 
 
-def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> int:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  n = 0
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      n += 1
-  return n
-
-
 def write_world_corpus(out: str | Path, world: WorldConfig | World, sizes: CorpusSizes | None = None) -> dict[str, Any]:
   """Writes every file the demo reads, for the world of `world` (a config or a built world):
 
@@ -1000,16 +991,16 @@ def write_world_corpus(out: str | Path, world: WorldConfig | World, sizes: Corpu
   validation, evaluation = harmful_prompts(world, "validation"), harmful_prompts(world, "evaluation")
   benign = benign_prompts(world)
   counts = {
-      "pretrain": _write_jsonl(pretrain, out / "pretrain.jsonl"),
-      "classifier_train": _write_jsonl(classifier[:cut], out / "classifier_train.jsonl"),
-      "classifier_test": _write_jsonl(classifier[cut:], out / "classifier_test.jsonl"),
-      "heldout_safe": _write_jsonl(safe_heldout, out / "heldout_safe.jsonl"),
-      "tag_detector": _write_jsonl(tag_docs, out / "tag_detector.jsonl"),
-      "harmful_prompts": _write_jsonl(evaluation, out / "harmful_prompts.jsonl"),
-      "harmful_prompts_validation": _write_jsonl(validation, out / "harmful_prompts_validation.jsonl"),
-      "benign_prompts": _write_jsonl(benign, out / "benign_prompts.jsonl"),
-      "judge_validation": _write_jsonl(judge_validation_replies(world, validation), out / "judge_validation.jsonl"),
-      "cloze": _write_jsonl(cloze_items(safe_heldout, seed), out / "cloze.jsonl"),
+      "pretrain": write_jsonl(pretrain, out / "pretrain.jsonl"),
+      "classifier_train": write_jsonl(classifier[:cut], out / "classifier_train.jsonl"),
+      "classifier_test": write_jsonl(classifier[cut:], out / "classifier_test.jsonl"),
+      "heldout_safe": write_jsonl(safe_heldout, out / "heldout_safe.jsonl"),
+      "tag_detector": write_jsonl(tag_docs, out / "tag_detector.jsonl"),
+      "harmful_prompts": write_jsonl(evaluation, out / "harmful_prompts.jsonl"),
+      "harmful_prompts_validation": write_jsonl(validation, out / "harmful_prompts_validation.jsonl"),
+      "benign_prompts": write_jsonl(benign, out / "benign_prompts.jsonl"),
+      "judge_validation": write_jsonl(judge_validation_replies(world, validation), out / "judge_validation.jsonl"),
+      "cloze": write_jsonl(cloze_items(safe_heldout, seed), out / "cloze.jsonl"),
   }
   (out / "world.json").write_text(json.dumps(world.to_dict(), indent=2))
   # The words a model of the world may know: its documents' and its post-training chats'.

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from safejax import stats
+from safejax.jsonl import read_jsonl
 from safejax.evaluation.judges import JudgeVerdict, KeywordRefusalJudge, MatchRule, check_lengths
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
@@ -259,14 +260,9 @@ def validate(judge, rows: Iterable[Mapping[str, Any]], label: str = "complied", 
 # A world's folder (what `safejax.demo.world.write_world_corpus` writes) as judges and benchmarks.
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def helpfulness_judge(corpus_dir: str | Path) -> HelpfulnessJudge:
   """The helpfulness judge of the world in `corpus_dir`, from its benign prompts' asked keys."""
-  rows = _read_jsonl(Path(corpus_dir) / "benign_prompts.jsonl")
+  rows = read_jsonl(Path(corpus_dir) / "benign_prompts.jsonl")
   return HelpfulnessJudge({r["prompt"]: tuple(r["keys"]) for r in rows})
 
 
@@ -304,7 +300,7 @@ def validate_on_model_replies(path: str | Path = MODEL_REPLIES, split: str | Non
 def validate_world_judges(corpus_dir: str | Path, leak_min_facts: int) -> dict[str, Any]:
   """Each world judge against the world's labelled replies (judge_validation.jsonl): `validate`'s
   kappa, accuracy and confusion for compliance, for refusal (over-refusal's judge) and for leaks."""
-  rows = _read_jsonl(Path(corpus_dir) / "judge_validation.jsonl")
+  rows = read_jsonl(Path(corpus_dir) / "judge_validation.jsonl")
   compliance, leak = world_judges(corpus_dir, leak_min_facts)
   return {"compliance": validate(compliance, rows, label="complied"),
           "refusal (over-refusal's judge)": validate(compliance, rows, label="refused", verdict_field="refused"),
@@ -354,7 +350,7 @@ def sample_generations(evaluate_dir: str | Path, models: Mapping[str, Mapping[st
     for path in sorted(folder.glob(f"*/{benchmark}.jsonl")):
       decoding = path.parent.name.removeprefix(label.replace("+", "_") + "_").removeprefix(label + "_")
       stratum = (info["rung"], info.get("stage", "base"), decoding)
-      for row in _read_jsonl(path):
+      for row in read_jsonl(path):
         by_stratum.setdefault(stratum, []).append(
             {"prompt": row["prompt"], "response": row["response"], "rung": stratum[0], "stage": stratum[1],
              "decoding": decoding, "model": label, "id": row["id"]})

@@ -56,6 +56,8 @@ from typing import Any
 
 import gin
 
+from safejax.jsonl import write_jsonl
+
 SPLITS = ("train", "validation", "test")
 
 MODERATION_CATEGORY_SCORES: dict[str, int] = {
@@ -386,16 +388,6 @@ def texts_and_scores(examples: Iterable[Example]) -> tuple[list[str], list[int]]
   return [e.text for e in examples], [e.score for e in examples]
 
 
-def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path) -> int:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  n = 0
-  with open(path, "w", encoding="utf-8") as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      n += 1
-  return n
-
-
 def write_demo_corpus(out: str | Path, data_dir: str | Path, *, tag_detector_docs: int, unsafe_level: int,
                       seed: int = 0) -> dict[str, Any]:
   """`safejax demo`'s corpus from real text (`build_labelled`: clean Wikipedia and OpenStax passages
@@ -418,10 +410,10 @@ def write_demo_corpus(out: str | Path, data_dir: str | Path, *, tag_detector_doc
   withheld = {d["id"] for d in tag_docs}
   pretrain = rows("train") + rows("validation") + [d for d in test if d["id"] not in withheld]
   random.Random(seed).shuffle(pretrain)
-  _write_jsonl(pretrain, out / "pretrain.jsonl")
-  _write_jsonl(rows("train"), out / "classifier_train.jsonl")
-  _write_jsonl(test, out / "classifier_test.jsonl")
-  _write_jsonl([{**d, "unsafe": int(d["score"] >= unsafe_level)} for d in tag_docs], out / "tag_detector.jsonl")
+  write_jsonl(pretrain, out / "pretrain.jsonl")
+  write_jsonl(rows("train"), out / "classifier_train.jsonl")
+  write_jsonl(test, out / "classifier_test.jsonl")
+  write_jsonl([{**d, "unsafe": int(d["score"] >= unsafe_level)} for d in tag_docs], out / "tag_detector.jsonl")
   scores = [0] * 6
   for d in pretrain:
     scores[d["score"]] += 1
