@@ -150,7 +150,7 @@ def generate_texts(
 def read_prompts(path: str) -> list[str]:
   """Prompts of a .txt file (one per non-empty line) or a .jsonl file (a "prompt" per object)."""
   prompts = []
-  with open(path) as f:
+  with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first prompt
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
