@@ -773,7 +773,7 @@ def write_ladder(out: Path, table: dict) -> list[str]:
 
 
 @gin.configurable
-def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig | None = None) -> int:
+def demo(output_dir: str = "safejax-runs/demo", quick: bool = False, config: DemoConfig | None = None) -> int:
   """Runs (or resumes) every stage and prints the ladder table.
 
   `config` None builds `DemoConfig()` with its gin bindings. The model, optimizer and batch shape
@@ -783,7 +783,7 @@ def demo(output_dir: str = "runs/demo", quick: bool = False, config: DemoConfig 
   config = config or DemoConfig()
   if quick:
     config = config.quick()
-    output_dir = output_dir.rstrip("/") + "-quick" if output_dir == "runs/demo" else output_dir
+    output_dir = output_dir.rstrip("/") + "-quick" if output_dir == "safejax-runs/demo" else output_dir
   root = Path(output_dir).resolve()
   root.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
