@@ -596,3 +596,67 @@ def test_an_unexpected_failure_is_a_500_that_shows_no_internals(loaded, caplog):
       assert client.get(url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
   logged = [r for r in caplog.records if request_id in r.getMessage()]
   assert logged and "secret internal detail" in str(logged[0].exc_info[1])
+
+
+# -- issue 23: one program for every sampling setting; compilations never block other requests ----
+
+
+def test_distinct_sampling_settings_share_one_program_and_programs_stay_bounded(loaded):
+  """Ten sampling requests, each with its own temperature, top_p, top_k, seed and tag penalty,
+  compile one program; beam requests with new alphas each compile, but the server keeps at most
+  max_programs of them."""
+  from safejax.decoding import DecodingConfig
+  from safejax.serve.engine import Engine
+
+  model, vocab = loaded
+  engine = Engine(model, vocab, max_batch_size=4, batch_window_s=0.0, max_programs=3)
+  ids = [vocab.decoder_start_id, *vocab.encode(PROMPTS[0])]
+  try:
+    for i in range(10):
+      decoding = DecodingConfig(method="sample", max_new_tokens=4, temperature=0.3 + i * 0.0137, top_p=1 - i * 0.01,
+                                top_k=i, tag_penalty=0.1 * i)
+      engine.submit_generate(ids, decoding, stop_id=vocab.eos_id, seed=100 + i).result(timeout=300)
+    assert engine.stats()["compilations"] == 1
+    for i in range(5):
+      decoding = DecodingConfig(method="beam", max_new_tokens=4, beam_size=2, alpha=0.1 * i)
+      assert engine.submit_generate(ids, decoding, stop_id=vocab.eos_id).result(timeout=300)
+    stats = engine.stats()
+    assert stats["compilations"] == 6 and stats["compiled_programs"] == 3
+  finally:
+    engine.close()
+
+
+def test_a_request_never_waits_behind_a_compilation_it_did_not_cause(loaded, monkeypatch):
+  """A beam request whose program is still compiling (held here until released) does not hold
+  up a greedy request whose program is ready."""
+  import threading
+
+  from safejax.decoding import DecodingConfig, runner
+  from safejax.serve.engine import Engine
+
+  model, vocab = loaded
+  release, compiling = threading.Event(), threading.Event()
+  real_compile = runner.DecodeCall.compile
+
+  def held_compile(call):
+    if ("alpha", 0.77) in call.program[4]:
+      compiling.set()
+      assert release.wait(timeout=300)
+    return real_compile(call)
+
+  monkeypatch.setattr(runner.DecodeCall, "compile", held_compile)
+  engine = Engine(model, vocab, max_batch_size=4, batch_window_s=0.0)
+  ids = [vocab.decoder_start_id, *vocab.encode(PROMPTS[1])]
+  greedy = DecodingConfig(method="greedy", max_new_tokens=4)
+  try:
+    warm = engine.submit_generate(ids, greedy, stop_id=vocab.eos_id).result(timeout=300)
+    beam = engine.submit_generate(ids, DecodingConfig(method="beam", beam_size=2, alpha=0.77, max_new_tokens=4),
+                                  stop_id=vocab.eos_id)
+    assert compiling.wait(timeout=300)
+    assert engine.submit_generate(ids, greedy, stop_id=vocab.eos_id).result(timeout=300) == warm
+    assert not beam.done()  # its program is still compiling
+    release.set()
+    assert beam.result(timeout=300)
+  finally:
+    release.set()
+    engine.close()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from safejax import UserError
 from safejax.decoding.runner import METHODS, detokenize, generate
 from safejax.decoding.safebeam import RandomDropFilter
-from safejax.decoding.search import PenalizeToken, SuppressToken, chain
+from safejax.decoding.search import SuppressToken
 from safejax.model.llama import Decoder
 
 if TYPE_CHECKING:
@@ -81,24 +81,23 @@ class DecodingConfig:
       raise UserError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
 
   def generate_options(self, tag_id: int) -> dict[str, Any]:
-    """Keyword arguments of `generate` for this configuration."""
-    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
-    processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
-                      PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
-    if processor is not None:
-      options["logits_processor"] = processor
+    """Keyword arguments of `generate` for this configuration. Sampling knobs, tag_penalty and
+    the tag thresholds are traced (`runner.TRACED`): every value shares one compiled program."""
+    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+                               "tag_id": tag_id, "tag_penalty": self.tag_penalty}
+    if self.suppress_tag:
+      options["logits_processor"] = SuppressToken(tag_id)
     if self.method == "sample":
       options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
     if self.method in ("greedy", "sample") and self.tag_stop_threshold is not None:
-      options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
+      options.update(tag_stop_threshold=self.tag_stop_threshold)
     if self.method in ("beam", "safebeam"):
       options.update(beam_size=self.beam_size, alpha=self.alpha)
     if self.method == "safebeam" and self.candidate_rule == "random":
-      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=0.0,
+      options.update(num_expand=self.num_expand, drop_fraction=0.0,
                      candidate_filter=RandomDropFilter(self.drop_fraction, self.seed))
     elif self.method == "safebeam":
-      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
-                     tag_threshold=self.tag_threshold)
+      options.update(num_expand=self.num_expand, drop_fraction=self.drop_fraction, tag_threshold=self.tag_threshold)
     return options
 
 

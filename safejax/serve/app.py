@@ -87,6 +87,8 @@ class ServerConfig:
   max_n: most choices per prompt. max_beam_size: largest beam (beam, safebeam).
   max_body_bytes: largest request body; a larger one is answered 413 before it is read whole.
   max_prompts_per_request: most prompts in one completions request (an array of prompts).
+  max_programs: most compiled programs kept (least recently used dropped): bounds the memory
+    that compilations take, whatever the mix of requests (`safejax.serve.engine`).
   """
 
   max_context_length: int = 1024
@@ -96,14 +98,15 @@ class ServerConfig:
   max_beam_size: int = 8
   max_body_bytes: int = 1 << 20
   max_prompts_per_request: int = 64
+  max_programs: int = 32
 
   def __post_init__(self):
     if not 1 <= self.max_n <= self.max_batch_size:
       raise ValueError(f"max_n must lie in 1..max_batch_size={self.max_batch_size}, got {self.max_n}")
     if self.max_context_length < 1 or self.max_beam_size < 1 or self.batch_window_ms < 0:
       raise ValueError("max_context_length and max_beam_size must be >= 1, batch_window_ms >= 0")
-    if self.max_body_bytes < 1 or self.max_prompts_per_request < 1:
-      raise ValueError("max_body_bytes and max_prompts_per_request must be >= 1")
+    if self.max_body_bytes < 1 or self.max_prompts_per_request < 1 or self.max_programs < 1:
+      raise ValueError("max_body_bytes, max_prompts_per_request and max_programs must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +165,7 @@ class SafejaxServer:
     self.vocab, self.model_name, self.config, self.decoding = vocab, model_name, config, decoding
     self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.engine = Engine(model, vocab, max_batch_size=config.max_batch_size,
-                         batch_window_s=config.batch_window_ms / 1000)
+                         batch_window_s=config.batch_window_ms / 1000, max_programs=config.max_programs)
     self.created = int(time.time())
     self._requests: dict[str, int] = {}
     self._requests_lock = threading.Lock()
