@@ -19,10 +19,11 @@ for score) are over that round's wall time; the model calls come from the server
 the same batching settings. After a warm-up (greedy at 1, 2, ... --greedy_clients concurrent
 clients, one sampling request), --distinct sampling requests, each with its own temperature
 (0.3 + i * 0.0137), top_p and seed, are sent at once while --greedy_clients clients send greedy
-requests back to back until every sampling request is answered. Printed: the XLA compilations
-during that round (JAX's backend-compile events), the server's compiled decoders where it
-reports them, the greedy requests' p50 / p99 latency, and the resident set's growth. A greedy
-request that waits behind other requests' compilations shows it in its p99.
+requests back to back until every sampling request is answered and --greedy_requests greedy ones
+were sent. Printed: the XLA compilations during that round (JAX's backend-compile events), the
+server's compiled programs where it reports them, the greedy requests' p50 / p99 latency, and the
+resident set's growth. A greedy request that waits behind other requests' compilations shows it
+in its p99.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def mixed(args, model_dir: str) -> None:
 
     def greedy_client(offset):
       i = offset
-      while not done.is_set():
+      while not done.is_set() or i < args.greedy_requests:
         latencies.append(send(greedy(i)))
         i += args.greedy_clients
 
@@ -222,7 +223,7 @@ def mixed(args, model_dir: str) -> None:
   print(f"\nmixed: {args.distinct} sampling requests with distinct temperature / top_p / seed, beside "
         f"{args.greedy_clients} greedy clients; {args.max_tokens} tokens each; max_batch_size {args.max_batch_size}, "
         f"window {args.batch_window_ms} ms; {cpu_model()}\n")
-  print("| round s | XLA compilations | compile s | server's compiled decoders | greedy requests | greedy p50 ms | "
+  print("| round s | XLA compilations | compile s | server's compiled programs | greedy requests | greedy p50 ms | "
         "greedy p99 ms | sampling p50 ms | RSS growth MB |")
   print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   print(f"| {seconds:.1f} | {len(compiles)} | {sum(compiles):.1f} | {programs} | {len(latencies)} | "
@@ -244,6 +245,7 @@ def main() -> None:
   parser.add_argument("--mode", choices=("throughput", "mixed"), default="throughput")
   parser.add_argument("--distinct", type=int, default=10, help="mixed: sampling requests, each its own settings")
   parser.add_argument("--greedy_clients", type=int, default=2, help="mixed: clients sending greedy requests")
+  parser.add_argument("--greedy_requests", type=int, default=20, help="mixed: at least this many greedy requests")
   args = parser.parse_args()
 
   sys.path.insert(0, REPO)
