@@ -271,12 +271,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not str(e).startswith("Required bindings for"):
       raise
     raise SystemExit(f"safejax {command}: missing gin binding: {str(e).splitlines()[0]}") from None
-  except (UserError, OSError) as e:
+  except Exception as e:  # noqa: BLE001  sorted below: the user's to fix, or the program's
     # Input the user must fix (a value, a path the system refused): one line.
-    if verbose or not (isinstance(e, UserError) or _OS_ERROR.match(str(e))):
+    if verbose or not _users_to_fix(e):
       raise
     raise SystemExit(f"safejax {command}: {str(e).strip().splitlines()[0]}") from None
   return result if isinstance(result, int) else 0
+
+
+def _users_to_fix(error: Exception) -> bool:
+  """A UserError, or a path the system (or TensorFlow's file layer) refused or cannot find."""
+  if isinstance(error, UserError):
+    return True
+  if isinstance(error, OSError):
+    return bool(_OS_ERROR.match(str(error)))
+  tf = sys.modules.get("tensorflow")
+  return tf is not None and isinstance(error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError))
 
 
 # How the system words a refused path ("[Errno 13] Permission denied: '/data/m'"). Matched on the

@@ -295,3 +295,9 @@ def test_ci_runs_the_demo_quick_before_the_readme_test_line():
   readme = (root / "README.md").read_text()
   assert len(lines) == 2 and lines[0].endswith("&& safejax demo --quick") and lines[1].endswith("pytest -n 2")
   assert f"    {lines[0].removesuffix(' --quick')}\n" in readme and f"    {lines[1]}\n" in readme
+
+
+def test_a_missing_input_path_is_one_line():
+  with pytest.raises(SystemExit) as error:
+    cli.main(["train", *_TEXT_RUN])
+  assert str(error.value) == "safejax train: /nonexistent/v.model; No such file or directory"
