@@ -156,9 +156,10 @@ class _NoFolderPackages(importlib.abc.MetaPathFinder):
   """Refuses to import a folder of the working directory as a namespace package.
 
   gin's resource reader (gin.resource_reader) reads the folder of an include it has not found
-  yet (`include 'runs/pretrain.gin'`) as a Python package name. Under `python -m safejax.cli` the working
-  directory heads sys.path, so a folder there named runs/, models/ or classify/ (a demo's output,
-  say) is found as a namespace package, which has no file, and gin crashes on it (TypeError).
+  yet (`include 'runs/pretrain.gin'`) as a Python package name. Under `python -m safejax.cli`
+  the working directory heads sys.path, so a folder there named runs/, models/ or classify/ (a
+  demo's output, say) is found as a namespace package, which has no file, and gin crashes on it
+  (TypeError).
   Refused, it is "no such package", which gin reads as "not here" and looks on; the `safejax`
   script, whose sys.path has no working directory, sees the same. Real packages still import.
   """

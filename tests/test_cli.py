@@ -241,15 +241,17 @@ def test_a_wrong_typed_value_fails_in_one_line_naming_the_binding(binding, messa
 
 def test_values_of_the_right_type_pass_the_check():
   cli.parse_gin(["models/tiny.gin", "runs/pretrain_text.gin"],
-                ["TEXT_FILES='x'", "VOCAB='v'", "MODEL_DIR='m'", "OptimizerConfig.learning_rate=1", "train.init_from=None"])
+                ["TEXT_FILES='x'", "VOCAB='v'", "MODEL_DIR='m'", "OptimizerConfig.learning_rate=1",
+                 "train.init_from=None"])
   from safejax.train import train
 
   cli.check_values("train", train)  # an int is a fine float; None fits `str | None`
 
 
 def test_out_of_range_values_and_unwritable_paths_fail_in_one_line(tmp_path, tiny_corpus, tiny_vocab):
-  base = ["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin", f"--gin.TEXT_FILES='{tiny_corpus}'",
-          f"--gin.VOCAB='{tiny_vocab.sentencepiece_model_file}'", "--gin.TASK_FEATURE_LENGTHS=32"]
+  base = ["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin",
+          f"--gin.TEXT_FILES='{tiny_corpus}'", f"--gin.VOCAB='{tiny_vocab.sentencepiece_model_file}'",
+          "--gin.TASK_FEATURE_LENGTHS=32"]
   negative = run_cli(*base, f"--gin.MODEL_DIR='{tmp_path / 'm'}'", "--gin.BATCH_SIZE=-1")
   assert negative.returncode == 1 and negative.stderr.strip().splitlines() == [
       "safejax train: train.batch_size must be a positive integer, got -1"]

@@ -234,8 +234,9 @@ def static_sample(model, seed, **knobs):
   return run(state, tokens, mask, jax.random.key(seed))
 
 
-@pytest.mark.parametrize("knobs", [dict(temperature=0.7), dict(temperature=1.3, top_k=5), dict(temperature=1.0, top_p=0.8),
-                                   dict(temperature=0.5, top_k=3, top_p=0.6), dict(temperature=0.0)])
+@pytest.mark.parametrize("knobs", [dict(temperature=0.7), dict(temperature=1.3, top_k=5),
+                                   dict(temperature=1.0, top_p=0.8), dict(temperature=0.5, top_k=3, top_p=0.6),
+                                   dict(temperature=0.0)])
 def test_traced_sampling_draws_what_compiled_in_sampling_draws(model, knobs):
   traced = generate(model, method="sample", seed=3, **knobs)
   np.testing.assert_array_equal(traced.tokens, static_sample(model, 3, **knobs).tokens)

@@ -149,7 +149,8 @@ def test_pipeline_accounts_for_every_hostile_document(texts, tiny_vocab, tmp_pat
   tally.add("hostile documents through `prepare` (loop runner)", "records lost", 0)
 
 
-_IDS = st.one_of(st.sampled_from([5, "5", 5.0, " 5", "5 ", 6, "6", "x", "X", ""]), st.integers(0, 3), st.text(max_size=2))
+_IDS = st.one_of(st.sampled_from([5, "5", 5.0, " 5", "5 ", 6, "6", "x", "X", ""]), st.integers(0, 3),
+                 st.text(max_size=2))
 
 
 @fuzz_settings(40)

@@ -109,8 +109,8 @@ def full_recompute_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) ->
 
 METHODS = ("greedy", "sample", "beam", "safebeam")
 # Sampling runs `sample` at temperature 1 with the traced knobs as its last logits processor (`_sampling`).
-_ALGORITHMS = {"greedy": functools.partial(sample, temperature=0.0), "sample": functools.partial(sample, temperature=1.0),
-               "beam": beam_search, "safebeam": safebeam}
+_ALGORITHMS = {"greedy": functools.partial(sample, temperature=0.0),
+               "sample": functools.partial(sample, temperature=1.0), "beam": beam_search, "safebeam": safebeam}
 # Knobs passed to the compiled program as arrays, one value per prompt, instead of being compiled
 # into it: a new temperature must not cost a compilation (seconds) or a program's memory.
 TRACED = ("temperature", "top_k", "top_p", "tag_penalty", "tag_stop_threshold", "tag_threshold")
