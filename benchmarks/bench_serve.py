@@ -1,7 +1,9 @@
-"""`safejax serve` under concurrent clients, side by side: batched vs one request per model call.
+"""`safejax serve` under concurrent clients: batched vs one request per model call, and greedy
+requests beside sampling requests that each bring new settings.
 
   python benchmarks/bench_serve.py [--model gin/models/demo.gin] [--clients 16] [--requests 4]
       [--max_tokens 32] [--max_batch_size 16] [--batch_window_ms 5] [--repeats 3]
+  python benchmarks/bench_serve.py --mode mixed [--distinct 10] [--greedy_clients 2]
 
 Writes a model directory with random weights (the shapes of --model) and a SentencePiece vocabulary
 trained on synthetic sentences, then starts `safejax serve` twice as a subprocess: batched
@@ -12,6 +14,16 @@ trained on synthetic sentences, then starts `safejax serve` twice as a subproces
 Warm-up rounds at 1, 2, 4, ... clients compile the programs first; of --repeats timed rounds the
 fastest is reported. requests/s and tokens/s (completion tokens for generate, scored prompt tokens
 for score) are over that round's wall time; the model calls come from the server's /stats.
+
+--mode mixed: the server runs in this process (so JAX's own compile events can be counted) with
+the same batching settings. After a warm-up (greedy at 1, 2, ... --greedy_clients concurrent
+clients, one sampling request), --distinct sampling requests, each with its own temperature
+(0.3 + i * 0.0137), top_p and seed, are sent at once while --greedy_clients clients send greedy
+requests back to back until every sampling request is answered and --greedy_requests greedy ones
+were sent. Printed: the XLA compilations during that round (JAX's backend-compile events), the
+server's compiled programs where it reports them, the greedy requests' p50 / p99 latency, and the
+resident set's growth. A greedy request that waits behind other requests' compilations shows it
+in its p99.
 """
 
 from __future__ import annotations
@@ -20,9 +32,11 @@ import argparse
 import concurrent.futures
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import httpx
@@ -135,6 +149,88 @@ def measure(server: Server, bodies: list[dict], clients: int, workload: str, rep
           "texts": [c["text"] for r in responses for c in r["choices"]]}
 
 
+def cpu_model() -> str:
+  """The CPU's model name (as lscpu gives it) and the number of logical CPUs."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return f"{names[0]}, {len(names)} logical CPUs" if names else f"{os.cpu_count()} CPUs"
+
+
+def rss_mb() -> float:
+  """This process's current resident set (not the peak: growth is what a leak shows)."""
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def percentile(values: list[float], q: float) -> float:
+  """The q-th percentile (nearest rank) of `values`."""
+  ordered = sorted(values)
+  return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+def mixed(args, model_dir: str) -> None:
+  """Greedy requests beside sampling requests with distinct settings (see the module docstring)."""
+  import jax
+
+  from safejax.checkpoints import load_for_inference
+  from safejax.serve.app import SafejaxServer, ServerConfig, running
+
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, seconds, **kw: compiles.append(seconds) if event == "/jax/core/compile/backend_compile_duration"
+      else None)
+  model, vocab = load_for_inference(model_dir)
+  config = ServerConfig(max_batch_size=args.max_batch_size, batch_window_ms=args.batch_window_ms, max_n=1)
+  server = SafejaxServer(model, vocab, "bench", config)
+  prompts = sentences(4 * args.distinct + 64, 2)
+  greedy = lambda i: {"model": "bench", "prompt": prompts[i % 64], "max_tokens": args.max_tokens, "temperature": 0}
+  sampled = [{"model": "bench", "prompt": prompts[64 + i], "max_tokens": args.max_tokens,
+              "temperature": round(0.3 + i * 0.0137, 4), "top_p": round(0.95 - i * 0.01, 4), "seed": 1000 + i}
+             for i in range(args.distinct)]
+  with running(server) as url, httpx.Client(timeout=600) as client:
+    def send(body):
+      start = time.perf_counter()
+      client.post(f"{url}/completions", json=body).raise_for_status()
+      return time.perf_counter() - start
+
+    for warm_clients in sorted({min(2**i, args.greedy_clients) for i in range(args.greedy_clients.bit_length() + 1)}):
+      load(url.removesuffix("/v1"), [greedy(i) for i in range(4 * warm_clients)], warm_clients)
+    send({**sampled[0], "temperature": 0.9, "top_p": 1.0, "seed": 1})
+    compiles.clear()
+    rss_before = rss_mb()
+    done = threading.Event()
+    latencies: list[float] = []
+
+    def greedy_client(offset):
+      i = offset
+      while not done.is_set() or i < args.greedy_requests:
+        latencies.append(send(greedy(i)))
+        i += args.greedy_clients
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(args.greedy_clients + args.distinct) as pool:
+      greedy_futures = [pool.submit(greedy_client, c) for c in range(args.greedy_clients)]
+      sample_latencies = list(pool.map(send, sampled))
+      done.set()
+      for future in greedy_futures:
+        future.result()
+    seconds = time.perf_counter() - start
+    engine = httpx.get(f"{url.removesuffix('/v1')}/stats").json()["engine"]
+  programs = engine.get("compiled_programs", "not reported")
+  print(f"\nmixed: {args.distinct} sampling requests with distinct temperature / top_p / seed, beside "
+        f"{args.greedy_clients} greedy clients; {args.max_tokens} tokens each; max_batch_size {args.max_batch_size}, "
+        f"window {args.batch_window_ms} ms; {cpu_model()}\n")
+  print("| round s | XLA compilations | compile s | server's compiled programs | greedy requests | greedy p50 ms | "
+        "greedy p99 ms | sampling p50 ms | RSS growth MB |")
+  print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  print(f"| {seconds:.1f} | {len(compiles)} | {sum(compiles):.1f} | {programs} | {len(latencies)} | "
+        f"{1000 * statistics.median(latencies):.0f} | {1000 * percentile(latencies, 99):.0f} | "
+        f"{1000 * statistics.median(sample_latencies):.0f} | {rss_mb() - rss_before:.0f} |")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default="gin/models/demo.gin", help="a gin file binding ModelConfig")
@@ -146,12 +242,19 @@ def main() -> None:
   parser.add_argument("--batch_window_ms", type=float, default=5.0)
   parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best is reported")
   parser.add_argument("--port", type=int, default=18731)
+  parser.add_argument("--mode", choices=("throughput", "mixed"), default="throughput")
+  parser.add_argument("--distinct", type=int, default=10, help="mixed: sampling requests, each its own settings")
+  parser.add_argument("--greedy_clients", type=int, default=2, help="mixed: clients sending greedy requests")
+  parser.add_argument("--greedy_requests", type=int, default=20, help="mixed: at least this many greedy requests")
   args = parser.parse_args()
 
   sys.path.insert(0, REPO)
   results: dict[tuple[str, str], dict] = {}
   with tempfile.TemporaryDirectory() as model_dir:
     write_model(model_dir, args.model, args.vocab_size)
+    if args.mode == "mixed":
+      mixed(args, model_dir)
+      return
     settings = {"batched": (args.max_batch_size, args.batch_window_ms), "unbatched": (1, 0.0)}
     for name, (batch_size, window) in settings.items():
       with Server(model_dir, args.port, batch_size, window) as server:

@@ -17,3 +17,9 @@ for _flag in CPU_XLA_FLAGS:
     _os.environ["XLA_FLAGS"] = f"{_os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 
 __version__ = "0.1.0"
+
+
+class UserError(ValueError):
+  """A problem with what the user gave (a configuration value, a path, an input record), said in
+  one line that names it. The `safejax` command prints that line alone (with -v, the traceback
+  too): the user needs to fix their input, not read the stack."""

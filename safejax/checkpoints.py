@@ -5,6 +5,8 @@ trainer writes through the same functions.
   model_dir/
     checkpoints/<step>/{params, opt_state, meta, input}   Orbax CheckpointManager items (input: each
                                                    process's tf.data iterator, `safejax.train`)
+    damaged_checkpoints/<step>                     steps that failed to restore, moved aside by
+                                                   training (`restore_newest`); never deleted
     vocab.model                                    the SentencePiece vocabulary
     model_config.json                              `ModelConfig` as JSON
     metrics.jsonl                                  one JSON object per logged step
@@ -16,13 +18,15 @@ import dataclasses
 import json
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from safejax import UserError
 from safejax.model import Decoder, ModelConfig, build_model
 
 if TYPE_CHECKING:  # the vocabulary pulls in seqio and TensorFlow: imported where it is used, so
@@ -32,7 +36,13 @@ if TYPE_CHECKING:  # the vocabulary pulls in seqio and TensorFlow: imported wher
 VOCAB_FILE = "vocab.model"
 CONFIG_FILE = "model_config.json"
 METRICS_FILE = "metrics.jsonl"
+DAMAGED_DIR = "damaged_checkpoints"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class NoUsableCheckpointError(UserError, FileNotFoundError):
+  """A model directory with no checkpoint that restores (none at all, or every one damaged)."""
 
 
 def model_path(path: str) -> epath.Path:
@@ -72,14 +82,72 @@ def load_for_inference(model_dir: str, step: int | None = None) -> tuple[Decoder
   vocab = load_vocabulary(model_dir)
   graphdef, params = nnx.split(nnx.eval_shape(lambda: build_model(config)))
   manager = checkpoint_manager(model_dir, async_save=False)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {model_dir}/checkpoints")
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), params)
-  restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
-  manager.close()
-  return nnx.merge(graphdef, restored["params"]), vocab
+  restore = lambda s: manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
+  try:
+    if step is None:  # the newest that loads; a reader never moves anything (training does)
+      step, restored = restore_newest(manager, restore, move_aside=False)
+    else:
+      restored = restore(step)
+  finally:
+    manager.close()
+  return nnx.merge(graphdef, restored), vocab
+
+
+def restore_newest(manager: ocp.CheckpointManager, restore: Callable[[int], T], *,
+                   move_aside: bool) -> tuple[int, T]:
+  """(step, restore(step)) of the newest step of `manager` that restores.
+
+  A damaged step (an array file cut short, its metadata gone: a crash while copying, a full
+  disk) costs that step, not the run: each step that fails is named in one logged line with its
+  error, and the next older one is tried. With `move_aside` (training, which will write those
+  step numbers again) the failed steps newer than the one restored are moved to
+  `model_dir/damaged_checkpoints/` (never deleted: a person may want them back). Nothing is moved
+  when no step restores (a config that fits none of them is the likelier cause).
+
+  Raises:
+    NoUsableCheckpointError: no step restores (one line naming each step and its error).
+  """
+  directory = epath.Path(manager.directory)
+  failed: list[tuple[int, str]] = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = restore(step)
+    except Exception as e:  # noqa: BLE001  whatever a damaged step raises (TensorStore, pytree, file)
+      failed.append((step, _reason(e)))
+      continue
+    for bad, reason in failed:
+      where = f"moved to {_move_aside(manager, bad)}" if move_aside else "left in place"
+      log.warning("checkpoint step %d of %s cannot be restored (%s); %s; using step %d", bad, directory, reason,
+                  where, step)
+    if move_aside and failed:
+      manager.reload()
+    return step, restored
+  if not failed:
+    raise NoUsableCheckpointError(f"no checkpoint under {directory}")
+  raise NoUsableCheckpointError(f"no checkpoint under {directory} restores: " +
+                                "; ".join(f"step {step}: {reason}" for step, reason in failed))
+
+
+def _reason(error: Exception) -> str:
+  """An error in a few words: its type and first line (TensorStore's repr of its spec cut off)."""
+  first = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {first[:200]}"
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  """Moves a damaged step's folder to model_dir/damaged_checkpoints/<step>[.n] (by process 0;
+  returns where it goes)."""
+  aside = epath.Path(manager.directory).parent / DAMAGED_DIR
+  target, n = aside / str(step), 0
+  while target.exists():
+    n += 1
+    target = aside / f"{step}.{n}"
+  if jax.process_index() == 0:
+    aside.mkdir(parents=True, exist_ok=True)
+    ocp.step.find_step_path(manager.directory, ocp.step.standard_name_format(), step=step).rename(target)
+  return target
 
 
 def read_metrics(model_dir: str) -> list[dict[str, float]]:

@@ -31,17 +31,22 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
+import importlib.abc
+import importlib.machinery
 import inspect
 import logging
 import os
 import re
 import sys
 import tempfile
+import types
 import typing
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import gin
+
+from safejax import UserError
 
 # subcommand -> "module:function". Modules are imported lazily so `safejax --help` is instant.
 COMMANDS: dict[str, str] = {
@@ -130,18 +135,77 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[st
   return files, bindings, search_paths, rest
 
 
+def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
+  """The absolute path of a --gin_file: `name` as given (against the working directory), else
+  under each search path, the repository's gin/ folder last. Raises IOError naming every place
+  looked in.
+
+  Resolved here rather than by gin, whose resource reader takes a relative path's folder for a
+  Python package (see `_NoFolderPackages`).
+  """
+  if os.path.isabs(name):
+    if os.path.isfile(name):
+      return name
+    raise IOError(f"gin file {name!r} does not exist")
+  places = [os.getcwd(), *search_paths, REPO_GIN_DIR]
+  for place in places:
+    path = os.path.join(place, name)
+    if os.path.isfile(path):
+      return os.path.abspath(path)
+  raise IOError(f"gin file {name!r} not found in {', '.join(places)}")
+
+
+class _NoFolderPackages(importlib.abc.MetaPathFinder):
+  """Refuses to import a folder of the working directory as a namespace package.
+
+  gin's resource reader (gin.resource_reader) reads the folder of an include it has not found
+  yet (`include 'runs/pretrain.gin'`) as a Python package name. Under `python -m safejax.cli`
+  the working directory heads sys.path, so a folder there named runs/, models/ or classify/ (a
+  demo's output, say) is found as a namespace package, which has no file, and gin crashes on it
+  (TypeError).
+  Refused, it is "no such package", which gin reads as "not here" and looks on; the `safejax`
+  script, whose sys.path has no working directory, sees the same. Real packages still import.
+  """
+
+  def __init__(self, folder: str):
+    self.folder = os.path.realpath(folder)
+
+  def find_spec(self, name, path=None, target=None):
+    if path is not None:  # a submodule: its parent already imported as a package
+      return None
+    spec = importlib.machinery.PathFinder.find_spec(name)
+    if spec is not None and spec.origin is None and spec.submodule_search_locations and any(
+        os.path.dirname(os.path.realpath(p)) == self.folder for p in spec.submodule_search_locations):
+      raise ModuleNotFoundError(f"{name!r} is a folder of the working directory, not a package", name=name)
+    return None
+
+
+@contextlib.contextmanager
+def _folders_never_packages() -> Iterator[None]:
+  """While gin parses, folders of the working directory are never packages (`_NoFolderPackages`)."""
+  finder = _NoFolderPackages(os.getcwd())
+  sys.meta_path.insert(0, finder)
+  try:
+    yield
+  finally:
+    sys.meta_path.remove(finder)
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
-  """Parses gin files and bindings; raises ValueError naming an unknown configurable or parameter."""
+  """Parses gin files and bindings; raises ValueError naming an unknown configurable or
+  parameter, IOError naming a gin file that is nowhere to be found."""
   import importlib.util  # noqa: F401  gin-config 0.5 needs it imported before parsing.
 
   gin.clear_config()
   for path in [*search_paths, REPO_GIN_DIR]:
     gin.add_config_file_search_path(path)
+  paths = [find_gin_file(name, search_paths) for name in files]
   # gin logs an ERROR for every search-path miss before it finds a file; failures raise anyway.
   logging.disable(logging.ERROR)
   try:
-    # Not finalized: commands import some modules lazily, and those register configurables later.
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    with _folders_never_packages():
+      # Not finalized: commands import some modules lazily, and those register configurables later.
+      gin.parse_config_files_and_bindings(paths, list(bindings), finalize_config=False)
   finally:
     logging.disable(logging.NOTSET)
 
@@ -184,6 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.print_help()
     print("\ncommands:\n  " + "\n  ".join(names))
     return 0
+  if argv[0] in _groups() and (len(argv) == 1 or argv[1] in HELP_FLAGS):
+    with quiet_startup(verbose):
+      listing = group_help(argv[0])
+    if len(argv) == 1:
+      parser.error(f"{argv[0]!r} needs a subcommand\n{listing}")
+    print(listing)
+    return 0
   # Two-word commands ("classify train") take the second word too.
   command = argv[0]
   if command not in COMMANDS and len(argv) > 1 and f"{argv[0]} {argv[1]}" in COMMANDS:
@@ -217,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (ValueError, KeyError, IOError) as e:
     raise SystemExit(f"safejax {command}: bad gin configuration: {e}{renamed_hint(bindings)}") from None
   check_bindings(command, func, bindings, supplied=kwargs)
+  check_values(command, func)
   if rest:
     if "inputs" not in inspect.signature(func).parameters:
       parser.error(f"safejax {command} takes no positional inputs, got {rest}")
@@ -227,7 +299,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not str(e).startswith("Required bindings for"):
       raise
     raise SystemExit(f"safejax {command}: missing gin binding: {str(e).splitlines()[0]}") from None
+  except Exception as e:  # noqa: BLE001  sorted below: the user's to fix, or the program's
+    # Input the user must fix (a value, a path the system refused): one line.
+    if verbose or not _users_to_fix(e):
+      raise
+    raise SystemExit(f"safejax {command}: {str(e).strip().splitlines()[0]}") from None
   return result if isinstance(result, int) else 0
+
+
+def _users_to_fix(error: Exception) -> bool:
+  """A UserError, or a path the system (or TensorFlow's file layer) refused or cannot find."""
+  if isinstance(error, UserError):
+    return True
+  if isinstance(error, OSError):
+    return bool(_OS_ERROR.match(str(error)))
+  tf = sys.modules.get("tensorflow")
+  return tf is not None and isinstance(error, (tf.errors.NotFoundError, tf.errors.PermissionDeniedError))
+
+
+# How the system words a refused path ("[Errno 13] Permission denied: '/data/m'"). Matched on the
+# message: gin re-raises a command's exception as a copy that keeps its text, not its errno.
+_OS_ERROR = re.compile(r"\[Errno \d+\] ")
+
+
+def _groups() -> set[str]:
+  """The first words of two-word commands ("classify" of "classify train")."""
+  return {name.split()[0] for name in COMMANDS if " " in name}
+
+
+def group_help(group: str) -> str:
+  """`safejax GROUP --help`: the group's subcommands, each with its docstring's first line."""
+  commands = sorted(name for name in COMMANDS if name.split()[0] == group)
+  width = max(map(len, commands))
+  lines = [f"usage: safejax {group} {{{','.join(c.split()[1] for c in commands)}}} ...", "", "commands:"]
+  for name in commands:
+    summary = (inspect.getdoc(_resolve(name)) or "").splitlines()
+    lines.append(f"  {name:{width}}  {summary[0] if summary else ''}")
+  lines.append(f"\n`safejax {group} COMMAND --help` describes one.")
+  return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,6 +383,81 @@ def check_bindings(command: str, func, bindings: Sequence[str], supplied: Sequen
   if missing:
     raise SystemExit(f"safejax {command}: missing required gin binding(s): {', '.join(missing)} "
                      f"(see `safejax {command} --help`)")
+
+
+def _bound_value(selector: str) -> tuple[bool, object, str]:
+  """(bound?, value, how it was set) of `selector` ("train.batch_size"), macros (%NAME)
+  followed to what they are bound to; a value that is itself a configurable reference is
+  returned as the reference."""
+  try:
+    value = gin.query_parameter(selector)
+  except ValueError:
+    return False, None, ""
+  via = ""
+  for _ in range(32):  # macros may name macros; a cycle is gin's to report
+    if not (isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro"):
+      break
+    macro = "/".join(value.scopes)
+    via = via or f" (via %{macro})"
+    try:
+      value = gin.query_parameter(f"%{macro}")
+    except ValueError:
+      return False, None, ""
+  return True, value, via
+
+
+def _type_name(hint) -> str:
+  return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _mismatch(value, hint) -> bool:
+  """Whether `value` certainly does not fit a parameter annotated `hint`. Plain types only (int,
+  float, str, bool, None, their unions, sequences and mappings); anything else (classes,
+  configurable references, typing constructs not listed) is left to the code that uses it."""
+  if isinstance(value, gin.config.ConfigurableReference) or hint is typing.Any:
+    return False
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    return all(_mismatch(value, arg) for arg in args)
+  if hint is type(None):
+    return value is not None
+  if hint is bool:
+    return not isinstance(value, bool)
+  if hint in (int, float):  # bools are ints to Python, never to a user; an int is a fine float
+    allowed = int if hint is int else (int, float)
+    return isinstance(value, bool) or not isinstance(value, allowed)
+  if hint is str:
+    return not isinstance(value, str)
+  if origin in (tuple, list, Sequence):
+    if not isinstance(value, (tuple, list)):
+      return True
+    element = args[0] if args and (origin is not tuple or (len(args) == 2 and args[1] is Ellipsis)) else None
+    return element is not None and any(_mismatch(v, element) for v in value)
+  if origin in (dict, Mapping):
+    return not isinstance(value, dict)
+  return False
+
+
+def check_values(command: str, func) -> None:
+  """Fails (SystemExit, one line naming the binding) before anything is computed when a bound
+  value has the wrong type for its parameter: `--gin.TRAIN_STEPS="'abc'"` for an int,
+  `--gin.ModelConfig.num_layers=2.5`. Checks the command's parameters and the fields of the
+  config classes it takes (`ModelConfig`, `OptimizerConfig`, ...); ranges are each class's and
+  function's own to check."""
+  targets = []
+  for p in inspect.signature(func).parameters.values():
+    if p.name == "inputs" or p.kind == p.VAR_KEYWORD:
+      continue
+    targets.append((func.__name__, p.name, typing.get_type_hints(inspect.unwrap(func)).get(p.name, typing.Any)))
+    cls = _config_class(func, p)
+    if cls is not None:
+      hints = typing.get_type_hints(cls)
+      targets += [(cls.__name__, f.name, hints.get(f.name, typing.Any)) for f in dataclasses.fields(cls)]
+  for owner, name, hint in targets:
+    bound, value, via = _bound_value(f"{owner}.{name}")
+    if bound and _mismatch(value, hint):
+      raise SystemExit(f"safejax {command}: {owner}.{name}{via} = {value!r}: expected {_type_name(hint)}, "
+                       f"got {type(value).__name__}")
 
 
 def _short(value, limit: int = 100) -> str:

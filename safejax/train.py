@@ -39,9 +39,9 @@ from etils import epath
 from flax import nnx
 from tqdm.auto import tqdm
 
-from safejax import partitioning
-from safejax.checkpoints import (METRICS_FILE, checkpoint_manager, load_model_config,
-                                 model_path, write_model_files)
+from safejax import UserError, partitioning
+from safejax.checkpoints import (METRICS_FILE, checkpoint_manager, load_model_config, model_path, restore_newest,
+                                 write_model_files)
 from safejax.model import Decoder, ModelConfig, build_model
 from safejax.model.losses import chunked_cross_entropy_loss, cross_entropy_loss
 
@@ -178,9 +178,28 @@ class InputIterator:
   def __iter__(self) -> "InputIterator":
     return self
 
+  def close(self) -> None:
+    """Stops the tf.data pipeline now. Left alive until the interpreter exits (an exception's
+    traceback keeps it so), its worker threads, which call into Python (the corpus parse), can
+    deadlock the shutdown."""
+    self.iterator = None
+
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self.iterator)
-    return {k: batch[k].numpy().astype(np.int32) for k in MODEL_FEATURES}
+    import tensorflow as tf
+
+    try:
+      batch = next(self.iterator)
+    except tf.errors.OpError as e:
+      from tasks.text import CorpusError
+
+      corpus_error = CorpusError.carried_by(e)
+      if corpus_error is None:
+        raise
+    else:
+      return {k: batch[k].numpy().astype(np.int32) for k in MODEL_FEATURES}
+    # The corpus's problem in one line, not TensorFlow's two tracebacks; raised out here, with no
+    # TensorFlow error as its context, whose traceback would keep the pipeline alive (see close).
+    raise corpus_error
 
 
 def make_train_iterator(mixture_or_task_name: str, sequence_length: int, batch_size: int, *,
@@ -348,6 +367,8 @@ def train(
   `prompt_length`: of a prompt/reply task's `sequence_length`, the prompts' share (default half).
   """
   del task_registrations  # evaluated by gin for their effect
+  _check_positive(train_steps=train_steps, batch_size=batch_size, sequence_length=sequence_length,
+                  log_every=log_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints)
   # Config objects left unbound are built here, after gin parsed: their classes' bindings apply.
   model_config = model_config or ModelConfig()
   optimizer = optimizer or OptimizerConfig()
@@ -358,6 +379,8 @@ def train(
   config = model_config.with_vocab_size(vocab.vocab_size)
   if config.vocab_size < vocab.vocab_size:
     raise ValueError(f"model vocab_size {config.vocab_size} < vocabulary size {vocab.vocab_size}")
+  if _finished(model_dir, train_steps):  # a finished run writes nothing: its directory may be read-only now
+    return {}
   write_model_files(model_dir, config, vocab)
 
   rules = partitioning.logical_rules()
@@ -374,25 +397,27 @@ def train(
 
   manager = checkpoint_manager(model_dir, keep=keep_checkpoints, save_every=checkpoint_every,
                                async_save=async_checkpointing)
-  start_step = manager.latest_step() or 0
   if manager.latest_step() == 0:  # training never saves step 0: this is an imported model
     raise ValueError(f"{model_dir} holds an imported model (step 0, no optimizer state): train a new "
                      f"MODEL_DIR from it with --gin.train.init_from=\"'{model_dir}'\"")
-  if start_step >= train_steps:
-    log.info("already trained %d >= %d steps", start_step, train_steps)
-    manager.close()
-    return {}
-  # The input resumes from its checkpointed iterator state; checkpoints without one (older ones,
-  # or another process count) fall back to re-reading the consumed batches.
-  restore_input = bool(start_step) and has_input_state(manager, start_step)
-  batches = make_train_iterator(mixture_or_task_name, sequence_length, batch_size, seed=seed,
-                                start_batch=start_step if start_step and not restore_input else 0,
-                                prompt_length=prompt_length)
-  if start_step:
-    state = _restore(manager, start_step, state, state_sharding, batches if restore_input else None)
+  start_step = 0
+  make_batches = functools.partial(make_train_iterator, mixture_or_task_name, sequence_length, batch_size, seed=seed,
+                                   prompt_length=prompt_length)
+  if manager.latest_step():
+    # The newest step that restores (a damaged one is moved aside), with the input positioned
+    # after it: from its checkpointed iterator state, or for checkpoints without one (older
+    # ones, or another process count) by re-reading the consumed batches.
+    def resume(step: int) -> tuple[nnx.State, InputIterator, bool]:
+      restore_input = has_input_state(manager, step)
+      batches = make_batches(start_batch=0 if restore_input else step)
+      return _restore(manager, step, state, state_sharding, batches if restore_input else None), batches, restore_input
+
+    start_step, (state, batches, restored_input) = restore_newest(manager, resume, move_aside=True)
     log.info("resumed from step %d of %s (input: %s)", start_step, model_dir,
-             "iterator state restored" if restore_input else f"no saved iterator state, re-read {start_step} batches")
-  elif init_from:
+             "iterator state restored" if restored_input else f"no saved iterator state, re-read {start_step} batches")
+  else:
+    batches = make_batches()
+  if not start_step and init_from:
     state[0] = _initial_params(init_from, config, vocab, _abstract(state, state_sharding)[0])
     log.info("initialised parameters from %s", init_from)
 
@@ -405,7 +430,7 @@ def train(
   log.info("model: %s parameters; MFU against %.3g FLOP/s per device (%s)", f"{config.num_params():,}",
            peak_flops, peak_source)
 
-  writer = _MetricsWriter(model_dir, enabled=jax.process_index() == 0)
+  writer = _MetricsWriter(model_dir, enabled=jax.process_index() == 0, start_step=start_step)
   bar = tqdm(total=train_steps, initial=start_step, desc="train", unit="step",
              disable=not progress or jax.process_index() != 0, dynamic_ncols=True)
   pending: tuple[int, dict[str, jax.Array]] | None = None
@@ -441,6 +466,7 @@ def train(
     writer.close()
     manager.wait_until_finished()
     manager.close()
+    batches.close()
   return last
 
 
@@ -452,6 +478,23 @@ def finetune(init_from: str = gin.REQUIRED) -> dict[str, float]:
     safejax finetune --gin_file=runs/finetune_chat.gin --gin.finetune.init_from="'/tmp/base'"
   """
   return train(init_from=init_from)
+
+
+def _check_positive(**values: Any) -> None:
+  """Raises UserError naming the first `train.NAME` that is not a positive integer."""
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f"train.{name} must be a positive integer, got {value!r}")
+
+
+def _finished(model_dir: str, train_steps: int) -> bool:
+  """Whether `model_dir` already holds a checkpoint of step >= train_steps (logged). Looks
+  without creating anything, so a finished, read-only model directory is fine."""
+  steps = ocp.step.checkpoint_steps(model_path(model_dir) / "checkpoints")
+  if not steps or max(steps) < train_steps:
+    return False
+  log.info("already trained %d >= %d steps", max(steps), train_steps)
+  return True
 
 
 def _model_and_optimizer(config: ModelConfig, tx: optax.GradientTransformation, seed: int):
@@ -512,24 +555,33 @@ def _initial_params(init_from: str, config: ModelConfig, vocab: Vocabulary, targ
   if load_vocabulary(init_from) != vocab:
     raise ValueError(f"{init_from} was trained with another vocabulary than {vocab}")
   manager = checkpoint_manager(init_from, async_save=False)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {init_from}/checkpoints")
-  params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))["params"]
-  manager.close()
+  try:
+    _, params = restore_newest(
+        manager, lambda step: manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))[
+            "params"], move_aside=False)
+  finally:
+    manager.close()
   return params
 
 
 class _MetricsWriter:
-  """metrics.jsonl (for scripts and tests) and TensorBoard events via tf.summary (GCS included)."""
+  """metrics.jsonl (for scripts and tests) and TensorBoard events via tf.summary (GCS included).
 
-  def __init__(self, model_dir: str, enabled: bool):
+  metrics.jsonl holds one row per logged step: a run resumed from `start_step` first drops the
+  rows after it (steps it is about to train again, logged before a crash or after a damaged
+  checkpoint), so the replayed steps are not listed twice.
+  """
+
+  def __init__(self, model_dir: str, enabled: bool, start_step: int = 0):
     self.enabled = enabled
     if not enabled:
       return
     import tensorflow as tf
 
-    self._jsonl = (model_path(model_dir) / METRICS_FILE).open("a")
+    path = model_path(model_dir) / METRICS_FILE
+    if path.exists():
+      _drop_metrics_after(path, start_step)
+    self._jsonl = path.open("a")
     self._tb = tf.summary.create_file_writer(str(model_path(model_dir) / "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -549,3 +601,23 @@ class _MetricsWriter:
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+def _drop_metrics_after(path: epath.Path, step: int) -> None:
+  """Rewrites metrics.jsonl without the rows of steps after `step` (and a last line cut short by
+  a crash); an unreadable line in the middle is kept as it is."""
+  lines = path.read_text().splitlines(keepends=True)
+  kept = []
+  for line in lines:
+    try:
+      record_step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+      if line.endswith("\n"):
+        kept.append(line)
+      continue
+    if record_step <= step:
+      kept.append(line)
+  if kept != lines:
+    tmp = path.parent / f"{path.name}.tmp"
+    tmp.write_text("".join(kept))
+    tmp.replace(path)

@@ -6,7 +6,8 @@ Formats, chosen by file name:
   *.jsonl, *.jsonl.gz   one JSON object per line; the document is its `text_field`
   *.tfrecord*           tf.train.Example with a bytes feature `text_field` (what the Beam pipeline writes)
   *.txt, *.txt.gz       one document per line
-Documents are tokenized, given an EOS, and split into chunks of the feature length, so a long
+A UTF-8 byte-order mark at the start of a file is not text and is dropped. Documents are
+tokenized, given an EOS, and split into chunks of the feature length, so a long
 document feeds several training sequences instead of being truncated (the trainer then packs).
 
 jsonl and txt corpora are untrusted text: every document goes through `safejax.vocab.sanitize_text`
@@ -24,10 +25,12 @@ dead letters, with accounting, before training.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import gzip
 import json
 import logging
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -35,14 +38,22 @@ import gin
 import seqio
 import tensorflow as tf
 
+from safejax import UserError
 from safejax.vocab import RejectedText, Vocabulary, load_vocabulary, sanitize_text
 
 log = logging.getLogger(__name__)
 ON_BAD_RECORD = ("error", "skip")
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
   """A corpus file or record that cannot be trained on; the message names the file (and line)."""
+
+  @classmethod
+  def carried_by(cls, error: Exception) -> "CorpusError | None":
+    """The CorpusError a tf.data parse raised, from the TensorFlow error that reports it
+    (`tf.numpy_function` passes on only the message), or None if it carries none."""
+    match = re.search(rf"{cls.__name__}: (.+)", str(error))
+    return cls(match.group(1).strip()) if match else None
 
 
 def _document(line: bytes, jsonl: bool, text_field: str) -> str:
@@ -79,8 +90,16 @@ def _check_on_bad_record(on_bad_record: str) -> None:
     raise ValueError(f"on_bad_record must be one of {ON_BAD_RECORD}, not {on_bad_record!r}")
 
 
+def _without_bom(line: bytes, line_no: int) -> bytes:
+  """A line without the UTF-8 byte-order mark a file may start with (spreadsheets and Windows
+  editors write one): it marks the encoding, it is not text, and it would break the first JSON
+  record. Anywhere else U+FEFF is a character and stays."""
+  return line.removeprefix(codecs.BOM_UTF8) if line_no == 1 else line
+
+
 def _lines(path: str) -> Iterator[bytes]:
-  """The lines of a file (optionally .gz), without their line ends.
+  """The lines of a file (optionally .gz), without their line ends (and the first without a
+  byte-order mark).
 
   Raises:
     CorpusError: the file is damaged (a .gz cut short or corrupt), naming it and the last good line.
@@ -89,7 +108,7 @@ def _lines(path: str) -> Iterator[bytes]:
   try:
     with tf.io.gfile.GFile(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw) as f:
       for line_no, line in enumerate(iter(f.readline, b""), start=1):
-        yield line.rstrip(b"\r\n")
+        yield _without_bom(line.rstrip(b"\r\n"), line_no)
   except (EOFError, OSError, zlib.error) as e:
     raise CorpusError(f"{path} is damaged after line {line_no} ({type(e).__name__}: {e}); the rest of the "
                       "file cannot be read: repair or remove it") from None
@@ -119,6 +138,7 @@ def _parse_line(path: bytes, line_no: int, line: bytes, jsonl: bool, text_field:
       for _ in _lines(path.decode("utf-8")):  # raises CorpusError on a damaged file
         pass
     return b"", False
+  line = _without_bom(line, line_no)
   if not line.strip():
     return b"", False
   try:

@@ -193,3 +193,129 @@ def test_quick_is_a_preset_gin_file_parsed_before_the_users_flags(monkeypatch):
   assert cli.main(["demo", "--quick", "--gin.DemoConfig.seeds=(4,)"]) == 0
   assert _RECORDED[-1].seeds == (4,)  # the user's flag wins over the preset
   assert "preset: --quick parses runs/demo_quick.gin" in cli.command_help("demo", demo_config.demo)
+
+
+# -- issue 23: either order of README's commands, one-line errors, group help ---------------------
+
+
+def test_the_module_runs_from_a_folder_holding_gin_folder_names(tmp_path, tiny_corpus, tiny_vocab):
+  """`python -m safejax.cli` puts the working directory on sys.path; folders there named like
+  gin's (a demo's runs/, a user's models/) must not turn into packages gin reads files from."""
+  for name in ("runs", "models", "classify", "pipeline"):
+    (tmp_path / name).mkdir()
+  model_dir = tmp_path / "model"
+  result = subprocess.run(
+      [sys.executable, "-m", "safejax.cli", "train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin",
+       f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TEXT_FILES='{tiny_corpus}'",
+       f"--gin.VOCAB='{tiny_vocab.sentencepiece_model_file}'", "--gin.TRAIN_STEPS=2", "--gin.BATCH_SIZE=8",
+       "--gin.TASK_FEATURE_LENGTHS=32"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (model_dir / "checkpoints" / "2").is_dir()
+
+
+def test_gin_files_resolve_against_the_working_directory_then_the_search_paths(tmp_path, monkeypatch):
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "tiny.gin").write_text("ModelConfig.num_layers = 7\n")
+  monkeypatch.chdir(tmp_path)
+  assert cli.find_gin_file("mine/tiny.gin") == str(tmp_path / "mine" / "tiny.gin")
+  assert cli.find_gin_file("tiny.gin", [str(tmp_path / "mine")]) == str(tmp_path / "mine" / "tiny.gin")
+  assert cli.find_gin_file("models/tiny.gin") == str(cli.REPO_GIN_DIR + "/models/tiny.gin")
+  with pytest.raises(IOError, match=r"'nope.gin' not found in .*gin"):
+    cli.find_gin_file("nope.gin")
+  with pytest.raises(SystemExit, match="bad gin configuration: gin file 'nope.gin' not found"):
+    cli.main(["train", "--gin_file=nope.gin"])
+
+
+def test_a_folder_of_the_working_directory_is_no_package_while_gin_parses(tmp_path, monkeypatch):
+  import importlib.util
+
+  (tmp_path / "runs").mkdir()
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert importlib.util.find_spec("runs").origin is None  # what gin's resource reader trips on
+  with cli._folders_never_packages():
+    with pytest.raises(ModuleNotFoundError, match="folder of the working directory"):
+      importlib.util.find_spec("runs")
+    assert importlib.util.find_spec("json").origin  # real modules still import
+  # An include whose folder is such a package: gin looks on to the search paths.
+  cli.parse_gin(["runs/pretrain_text.gin"], ["TEXT_FILES='x'", "VOCAB='v'", "MODEL_DIR='m'"])
+  assert gin.query_parameter("train.train_steps").__class__.__name__ == "ConfigurableReference"
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("--gin.TRAIN_STEPS='abc'", "train.train_steps (via %TRAIN_STEPS) = 'abc': expected int, got str"),
+    ("--gin.ModelConfig.num_layers=2.5", "ModelConfig.num_layers = 2.5: expected int, got float"),
+    ("--gin.train.seed=True", "train.seed = True: expected int, got bool"),
+    ("--gin.OptimizerConfig.learning_rate='fast'", "OptimizerConfig.learning_rate = 'fast': expected float"),
+])
+def test_a_wrong_typed_value_fails_in_one_line_naming_the_binding(binding, message):
+  with pytest.raises(SystemExit) as error:
+    cli.main(["train", *_TEXT_RUN, binding])
+  assert str(error.value) == f"safejax train: {message}" or str(error.value).startswith(f"safejax train: {message}")
+  assert "\n" not in str(error.value)
+
+
+def test_values_of_the_right_type_pass_the_check():
+  cli.parse_gin(["models/tiny.gin", "runs/pretrain_text.gin"],
+                ["TEXT_FILES='x'", "VOCAB='v'", "MODEL_DIR='m'", "OptimizerConfig.learning_rate=1",
+                 "train.init_from=None"])
+  from safejax.train import train
+
+  cli.check_values("train", train)  # an int is a fine float; None fits `str | None`
+
+
+def test_out_of_range_values_and_unwritable_paths_fail_in_one_line(tmp_path, tiny_corpus, tiny_vocab):
+  base = ["train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin",
+          f"--gin.TEXT_FILES='{tiny_corpus}'", f"--gin.VOCAB='{tiny_vocab.sentencepiece_model_file}'",
+          "--gin.TASK_FEATURE_LENGTHS=32"]
+  negative = run_cli(*base, f"--gin.MODEL_DIR='{tmp_path / 'm'}'", "--gin.BATCH_SIZE=-1")
+  assert negative.returncode == 1 and negative.stderr.strip().splitlines() == [
+      "safejax train: train.batch_size must be a positive integer, got -1"]
+  (tmp_path / "file").write_text("not a folder")
+  unwritable = run_cli(*base, f"--gin.MODEL_DIR='{tmp_path / 'file' / 'm'}'", "--gin.TRAIN_STEPS=1")
+  assert unwritable.returncode == 1 and "Traceback" not in unwritable.stderr
+  assert unwritable.stderr.strip().splitlines()[-1] == (
+      f"safejax train: [Errno 20] Not a directory: '{tmp_path / 'file' / 'm'}'")
+
+
+def test_a_bad_corpus_line_is_one_line_naming_file_and_line(tmp_path, tiny_vocab):
+  corpus = tmp_path / "bad.jsonl"
+  corpus.write_text("".join(f'{{"text": "The river runs number {i}."}}\n' for i in range(30)) + "{not json\n")
+  result = run_cli("train", "--gin_file=models/tiny.gin", "--gin_file=runs/pretrain_text.gin",
+                   f"--gin.MODEL_DIR='{tmp_path / 'm'}'", f"--gin.TEXT_FILES='{corpus}'",
+                   f"--gin.VOCAB='{tiny_vocab.sentencepiece_model_file}'", "--gin.TRAIN_STEPS=20", "--gin.BATCH_SIZE=8",
+                   "--gin.TASK_FEATURE_LENGTHS=32", "--gin.train.progress=False")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"safejax train: bad record in {corpus}:31: malformed_json")
+
+
+@pytest.mark.parametrize("group", ["classify", "judges"])
+def test_a_command_group_lists_its_subcommands(group, capsys):
+  assert cli.main([group, "--help"]) == 0
+  out = capsys.readouterr().out
+  commands = sorted(c for c in cli.COMMANDS if c.startswith(group + " "))
+  for command in commands:
+    first_line = (cli._resolve(command).__doc__ or "").strip().splitlines()[0]
+    assert f"  {command}" in out and first_line in out
+  with pytest.raises(SystemExit) as error:
+    cli.main([group])
+  assert error.value.code == 2
+  assert f"'{group}' needs a subcommand" in capsys.readouterr().err
+
+
+def test_ci_runs_the_demo_quick_before_the_readme_test_line():
+  """.ci/run runs README's main-job line with --quick, then README's test line: the README's two
+  commands in the order a new user runs them."""
+  root = __import__("pathlib").Path(__file__).resolve().parents[1]
+  lines = subprocess.run([str(root / ".ci" / "run"), "--print"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+  readme = (root / "README.md").read_text()
+  assert len(lines) == 2 and lines[0].endswith("&& safejax demo --quick") and lines[1].endswith("pytest -n 2")
+  assert f"    {lines[0].removesuffix(' --quick')}\n" in readme and f"    {lines[1]}\n" in readme
+
+
+def test_a_missing_input_path_is_one_line():
+  with pytest.raises(SystemExit) as error:
+    cli.main(["train", *_TEXT_RUN])
+  assert str(error.value) == "safejax train: /nonexistent/v.model; No such file or directory"

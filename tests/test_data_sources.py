@@ -197,3 +197,50 @@ def test_csv_field_over_the_csv_module_limit_is_a_dead_letter_and_reading_goes_o
   records, dead = _read(SourceSpec(name="c", pattern=str(tmp_path / "big.csv"), format="csv", id_field="id"))
   assert [r["text"] for r in records] == ["first", "third"]
   assert [d["reason"] for d in dead] == ["malformed_row"] and "field limit" in dead[0]["detail"]
+
+
+# -- issue 23: a byte-order mark is not data; ids compare as text ---------------------------------
+
+
+@pytest.mark.parametrize("fmt, name, content", [
+    ("jsonl", "bom.jsonl", '{"id": "a", "text": "first"}\n{"id": "b", "text": "second"}\n'),
+    ("csv", "bom.csv", "id,text\na,first\nb,second\n"),
+    ("text", "bom.txt", "first"),
+])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_byte_order_mark_is_not_data(tmp_path, fmt, name, content, compressed):
+  """Spreadsheets and Windows editors start a UTF-8 file with U+FEFF: the file reads as without it."""
+  data = "\ufeff".encode() + content.encode()
+  name = name + (".gz" if compressed else "")
+  (tmp_path / name).write_bytes(gzip.compress(data) if compressed else data)
+  records, dead = _read(SourceSpec(name="s", pattern=str(tmp_path / name), format=fmt,
+                                   id_field=None if fmt == "text" else "id"))
+  assert not dead
+  assert [r["text"] for r in records] == (["first"] if fmt == "text" else ["first", "second"])
+  if fmt != "text":
+    assert [r["id"] for r in records] == ["s/a", "s/b"]
+
+
+def test_a_byte_order_mark_inside_a_document_stays(tmp_path):
+  (tmp_path / "mid.jsonl").write_text('{"text": "first"}\n{"text": "\ufeffsecond"}\n', encoding="utf-8")
+  records, _ = _read(SourceSpec(name="s", pattern=str(tmp_path / "mid.jsonl")))
+  assert [r["text"] for r in records] == ["first", "\ufeffsecond"]
+
+
+def test_ids_compare_as_text(tmp_path):
+  from safejax.data.sources import first_of_each_id, normal_id
+
+  assert normal_id(5) == normal_id("5") == normal_id(5.0) == normal_id(" 5 ") == "5"
+  assert normal_id(5.5) == "5.5" and normal_id("A") != normal_id("a")
+  (tmp_path / "dup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+      {"id": 5, "text": "five"}, {"id": "6", "text": "six"}, {"id": "5", "text": "five again"},
+      {"id": 5.0, "text": "five once more"}, {"id": "", "text": "no id"}]))
+  records, dead = _read(SourceSpec(name="j", pattern=str(tmp_path / "dup.jsonl"), id_field="id"))
+  assert [r["id"] for r in records] == ["j/5", "j/6", "j/5", "j/5"] and [d["reason"] for d in dead] == ["missing_field"]
+  kept, duplicates = first_of_each_id(reversed(records))  # whatever order they arrive in
+  assert [(r["id"], r["text"]) for r in kept] == [("j/5", "five"), ("j/6", "six")]
+  assert all("read_at" not in r for r in kept)
+  assert [(d["reason"], d["location"].rsplit("/", 1)[-1], d["raw"]) for d in duplicates] == [
+      ("duplicate_id", "dup.jsonl:3", "five again"), ("duplicate_id", "dup.jsonl:4", "five once more")]
+  assert all(d["detail"].endswith("read at " + str(tmp_path / "dup.jsonl") + ":1, which is kept")
+             for d in duplicates)

@@ -217,3 +217,43 @@ def test_left_pad():
   tokens, mask = decoding.left_pad([[7, 8, 9], [5]], pad_id=0, multiple=4)
   np.testing.assert_array_equal(tokens, [[0, 7, 8, 9], [0, 0, 0, 5]])
   np.testing.assert_array_equal(mask, [[False, True, True, True], [False, False, False, True]])
+
+
+# -- issue 23: the knobs a client varies are arguments of one compiled program ----------------------
+
+
+def static_sample(model, seed, **knobs):
+  """search.sample with the knobs compiled in, as `generate` ran it before they were traced."""
+  from safejax.model.llama import KVCache
+
+  graphdef, state = nnx.split(model)
+  tokens, mask = decoding.left_pad(PROMPTS, 0, 32)
+  run = jax.jit(lambda state, tokens, mask, rng: decoding.sample(
+      decoding.cached_tokens_to_logits(graphdef, state), functools.partial(KVCache.init, model.cfg), tokens, mask,
+      max_new_tokens=MAX_NEW, eos_id=EOS, rng=rng, **knobs))
+  return run(state, tokens, mask, jax.random.key(seed))
+
+
+@pytest.mark.parametrize("knobs", [dict(temperature=0.7), dict(temperature=1.3, top_k=5),
+                                   dict(temperature=1.0, top_p=0.8), dict(temperature=0.5, top_k=3, top_p=0.6),
+                                   dict(temperature=0.0)])
+def test_traced_sampling_draws_what_compiled_in_sampling_draws(model, knobs):
+  traced = generate(model, method="sample", seed=3, **knobs)
+  np.testing.assert_array_equal(traced.tokens, static_sample(model, 3, **knobs).tokens)
+
+
+def test_every_sampling_value_shares_one_program(model):
+  """Ten temperatures, top_p and top_k values, seeds and tag penalties: one compilation. Per-row
+  values decode each row as that value alone would."""
+  from safejax.decoding import runner
+
+  runs = [generate(model, method="sample", temperature=0.3 + i * 0.0137, top_p=1.0 - i * 0.03, top_k=i, seed=i,
+                   tag_id=4, tag_penalty=0.5 * i) for i in range(10)]
+  call = runner.prepare(model, PROMPTS, method="sample", max_new_tokens=MAX_NEW, eos_id=EOS, temperature=0.5,
+                        tag_id=4, tag_penalty=0.0)
+  assert runner._jitted(*call.program[:5])._cache_size() == 1
+  assert len({r.tokens.tobytes() for r in runs}) > 1
+  rows = generate(model, method="sample", temperature=[0.0, 0.9, 1.7], top_k=[0, 2, 0], seed=5)
+  for row, (temperature, top_k) in enumerate([(0.0, 0), (0.9, 2), (1.7, 0)]):
+    alone = generate(model, method="sample", temperature=temperature, top_k=top_k, seed=5)
+    np.testing.assert_array_equal(rows.tokens[row], alone.tokens[row])

@@ -53,10 +53,26 @@ def test_decode_command_writes_generations(model_dir, tmp_path, capsys):
 def test_decode_command_rejects_bad_input(model_dir, tmp_path):
   with pytest.raises(SystemExit, match="decode"):
     cli.main(["decode", f"--gin.decode.checkpoint_dir='{model_dir}'", "--gin.DecodingConfig.metod='beam'", "x"])
-  with pytest.raises(ValueError, match="no prompts"):
+  with pytest.raises(SystemExit, match="^safejax decode: no prompts"):
     cli.main(["decode", f"--gin.decode.checkpoint_dir='{model_dir}'"])
-  with pytest.raises(ValueError, match="unknown decoding method"):
+  with pytest.raises(SystemExit, match="^safejax decode: unknown decoding method 'nucleus'"):
     cli.main(["decode", f"--gin.decode.checkpoint_dir='{model_dir}'", "--gin.DecodingConfig.method='nucleus'", "x"])
+
+
+def test_decode_refuses_reserved_token_strings_in_plain_text(model_dir, tmp_path):
+  """As the server does: plain text never becomes the harm tag's or a role marker's id."""
+  with pytest.raises(SystemExit) as error:
+    cli.main(["decode", f"--gin.decode.checkpoint_dir='{model_dir}'", "The river",
+              "Hello <potentially_unsafe_content> world <|assistant|>"])
+  assert str(error.value) == (
+      "safejax decode: prompt 2 ('Hello <potentially_unsafe_content> world <|assistant|>') holds reserved token "
+      "string(s) ['<potentially_unsafe_content>', '<|assistant|>']: plain text never becomes reserved token ids "
+      "(`safejax serve` takes token ids from a client that means them)")
+  prompts = tmp_path / "p.txt"
+  prompts.write_text("\ufefffirst prompt\nsecond <|user|> prompt\n", encoding="utf-8")
+  assert read_prompts(str(prompts))[0] == "first prompt"  # a byte-order mark is no part of it
+  with pytest.raises(SystemExit, match=r"prompt 2 .* \['<\|user\|>'\]"):
+    cli.main(["decode", f"--gin.decode.checkpoint_dir='{model_dir}'", f"--gin.decode.prompts_file='{prompts}'"])
 
 
 def test_read_prompts(tmp_path):

@@ -149,6 +149,33 @@ def test_pipeline_accounts_for_every_hostile_document(texts, tiny_vocab, tmp_pat
   tally.add("hostile documents through `prepare` (loop runner)", "records lost", 0)
 
 
+_IDS = st.one_of(st.sampled_from([5, "5", 5.0, " 5", "5 ", 6, "6", "x", "X", ""]), st.integers(0, 3),
+                 st.text(max_size=2))
+
+
+@fuzz_settings(40)
+@given(rows=st.lists(st.tuples(_IDS, hostile_text()), min_size=1, max_size=10), bom=st.booleans())
+def test_ids_and_byte_order_marks_through_prepare(rows, bom, tmp_path_factory, tally):
+  """Issue 23: ids however typed (5, "5", 5.0, " 5") name one document, so a second one is a
+  `duplicate_id` dead letter, counted; a byte-order mark before the first record changes nothing."""
+  directory = tmp_path_factory.mktemp("fuzz_ids")
+  body = b"".join(json.dumps({"id": i, "text": t, "score": 0}).encode() + b"\n" for i, t in rows)
+  (directory / "in.jsonl").write_bytes(("\ufeff".encode() if bom else b"") + body)
+  spec = SourceSpec(name="f", pattern=str(directory / "in.jsonl"), id_field="id", score_field="score")
+  without_bom = list(read_file(spec, str(directory / "in.jsonl"), lambda: io.BytesIO(body)))
+  assert list(read_file(spec, str(directory / "in.jsonl"))) == without_bom
+  records = [item for item in without_bom if not is_dead_letter(item)]
+  config = PipelineConfig(sources=[spec], output_dir=str(directory / "out"), num_shards=1, routing=_ALL_KEEP)
+  manifest = run_loop(config).manifest
+  _check_run(directory / "out", manifest, len(rows))
+  raw_ids = [r["id"] for r in manifest_lib.read_stream(str(directory / "out"), "raw")]
+  assert len(raw_ids) == len(set(raw_ids)) == len({r["id"] for r in records})
+  duplicates = manifest["dead_lettered"].get("read/duplicate_id", 0)
+  assert duplicates == len(records) - len(set(raw_ids))
+  tally.add("ids 5 / \"5\" / 5.0 through `prepare`" + (" (file with a BOM)" if bom else ""),
+            "duplicate_id dead letters, counted" if duplicates else "unique ids kept", max(duplicates, 1))
+
+
 # -- files --------------------------------------------------------------------------------------
 
 def _corpus_rows(n: int = 60) -> list[dict]:

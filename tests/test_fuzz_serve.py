@@ -170,3 +170,33 @@ def test_the_server_is_up_after_the_fuzzing(server):
   assert httpx.get(root + "/health").json() == {"status": "ok"}
   response = client.post("/completions", json={"model": MODEL, "prompt": "The river", "max_tokens": 2})
   assert response.status_code == 200 and math.isfinite(response.json()["usage"]["total_tokens"])
+
+
+@fuzz_settings(80)
+@given(text=hostile_text(), path=st.sampled_from(["/completions", "/chat/completions", "/tokenize"]))
+def test_plain_text_is_refused_exactly_when_it_holds_a_reserved_string(server, tiny_vocab, text, path, tally):
+  """Issue 23: plain text never becomes a reserved id, on any endpoint. Text holding the harm
+  tag or a chat marker (however it was assembled from fragments) is a 400 naming the reserved
+  strings; any other text passes that check, and /tokenize then shows no reserved id."""
+  client, _ = server
+  root = str(client.base_url).rstrip("/").removesuffix("/v1")
+  if path == "/tokenize":
+    response = httpx.post(root + path, json={"prompt": text, "add_special_tokens": False}, timeout=60)
+  elif path == "/completions":
+    response = client.post(path, json={"model": MODEL, "prompt": text, "max_tokens": 0, "truncate_prompt_tokens": 8})
+  else:
+    response = client.post(path, json={"model": MODEL, "messages": [{"role": "user", "content": text}],
+                                       "max_tokens": 0, "truncate_prompt_tokens": 8})
+  holds = [token for token in SPECIAL_TOKENS if token in text]
+  error = response.json().get("error") or {}
+  refused = response.status_code == 400 and "reserved token string" in error.get("message", "")
+  assert refused == bool(holds), (text, response.status_code, error)
+  if refused:
+    assert all(repr(token) in error["message"] for token in holds)
+    tally.add(f"POST {path} with reserved strings in plain text", "400 naming them")
+    return
+  assert response.status_code == 200, error
+  if path == "/tokenize":
+    assert not set(response.json()["tokens"]) & set(tiny_vocab.special_ids.values())
+  tally.add(f"POST {path} with hostile plain text", "200, no reserved id")
+

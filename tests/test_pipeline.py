@@ -270,3 +270,22 @@ def test_a_failed_shard_write_leaves_no_temporary_file_and_no_manifest(corpus, t
   assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
   # The old manifest would vouch for shards this run may have half replaced: it is gone.
   assert not (tmp_path / "manifest.json").exists()
+
+
+def test_duplicate_ids_are_dead_letters_counted_in_the_manifest(tmp_path):
+  """ids 5, "5" and 5.0 name one document: the first read is kept, the others are set aside as
+  `duplicate_id`, and the accounting still balances; both runners write the same bytes."""
+  rows = [{"id": 5, "text": "five", "s": 0}, {"id": "5", "text": "five again", "s": 0},
+          {"id": 6, "text": "six", "s": 0}, {"id": 5.0, "text": "five once more", "s": 1}]
+  (tmp_path / "dup.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  outs = {}
+  for name in ("loop", "beam"):
+    spec = SourceSpec(name="d", pattern=str(tmp_path / "dup.jsonl"), id_field="id", score_field="s")
+    config = PipelineConfig(sources=[spec], output_dir=str(tmp_path / name), num_shards=2)
+    manifest = run_loop(config).manifest if name == "loop" else run_beam(config, IN_MEMORY)
+    assert manifest["checks_hold"] and manifest["documents"]["in"] == 4
+    assert manifest["dead_lettered"] == {"read/duplicate_id": 2}
+    assert sorted(r["id"] for r in _stream(tmp_path / name, "raw")) == ["d/5", "d/6"]
+    assert {r["text"] for r in _stream(tmp_path / name, "raw")} == {"five", "six"}
+    outs[name] = _files(tmp_path / name)
+  assert outs["loop"] == outs["beam"]

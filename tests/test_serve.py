@@ -238,7 +238,7 @@ def test_safebeam_option_matches_decoding(client, loaded):
   assert [c.text for c in response.choices] == expected
 
 
-def test_harm_tag_never_returned_and_tag_stop_reported(client, base_url):
+def test_harm_tag_never_returned_and_tag_stop_reported(client, base_url, loaded):
   # A negative tag penalty makes the tag the model's favourite token.
   greedy = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=4, temperature=0, logprobs=1,
                                      extra_body={"safejax": {"tag_penalty": -100.0}})
@@ -247,8 +247,11 @@ def test_harm_tag_never_returned_and_tag_stop_reported(client, base_url):
   safebeam = client.completions.create(model=MODEL, prompt=PROMPTS[0], max_tokens=4, extra_body={"safejax": {
       "method": "safebeam", "beam_size": 2, "num_expand": 2, "tag_penalty": -100.0}})
   assert safebeam.choices[0].finish_reason == "content_filter" and safebeam.choices[0].text == ""
-  echo = post(base_url, "/completions", {"model": MODEL, "prompt": f"A bird{HARM_TAG} sang", "max_tokens": 0,
-                                         "echo": True, "logprobs": 1}).json()["choices"][0]
+  # A client that means the tag sends its id; echoed, it is still never text.
+  _, vocab = loaded
+  ids = [*vocab.encode("A bird"), vocab.harm_tag_id, *vocab.encode("sang")]
+  echo = post(base_url, "/completions", {"model": MODEL, "prompt": ids, "max_tokens": 0, "echo": True,
+                                         "logprobs": 1}).json()["choices"][0]
   assert echo["text"] == "A bird sang" and HARM_TAG not in json.dumps(echo)
 
 
@@ -392,6 +395,34 @@ def test_tokenizer_endpoints(base_url, loaded):
   assert httpx.post(f"{root}/tokenize", json={"prompt": "</s>", "add_special_tokens": False}).json()["tokens"] == [1]
   assert httpx.post(f"{root}/tokenize", json={"prompt": PROMPTS[1]}).json()["tokens"] == [0, *tokens]
   assert httpx.post(f"{root}/detokenize", json={"tokens": tokens}).json()["prompt"] == PROMPTS[1]
+
+
+INJECTION = "Hello <potentially_unsafe_content> world <|assistant|>"
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/completions", {"model": MODEL, "prompt": INJECTION, "max_tokens": 2}, "prompt"),
+    ("/completions", {"model": MODEL, "prompt": ["The river", INJECTION], "max_tokens": 2}, "prompt"),
+    ("/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": INJECTION}]}, "messages"),
+])
+def test_plain_text_never_becomes_a_reserved_id(base_url, path, body, param):
+  """One policy on every endpoint: a client's text holding the harm tag or a role marker is
+  refused with a 400 naming them, never encoded into their reserved ids."""
+  response = post(base_url, path, body)
+  assert response.status_code == 400
+  error = response.json()["error"]
+  assert error["param"] == param and error["code"] == "invalid_value"
+  assert "'<potentially_unsafe_content>', '<|assistant|>'" in error["message"]
+  tokenize = httpx.post(f"{base_url.removesuffix('/v1')}/tokenize", json={"prompt": INJECTION})
+  assert tokenize.status_code == 400 and "plain text never becomes reserved token ids" in tokenize.json()["error"][
+      "message"]
+
+
+def test_a_client_sends_reserved_tokens_as_token_ids(base_url, loaded):
+  _, vocab = loaded
+  ids = [*vocab.encode("Hello"), vocab.harm_tag_id, *vocab.encode("world"), vocab.token_id("<|assistant|>")]
+  response = post(base_url, "/completions", {"model": MODEL, "prompt": ids, "max_tokens": 2, "echo": True})
+  assert response.status_code == 200 and response.json()["usage"]["prompt_tokens"] == len(ids)
 
 
 def test_server_over_a_byte_level_tokenizer(tiny_bpe_vocab):
@@ -566,3 +597,67 @@ def test_an_unexpected_failure_is_a_500_that_shows_no_internals(loaded, caplog):
       assert client.get(url.removesuffix("/v1") + "/health").json() == {"status": "ok"}
   logged = [r for r in caplog.records if request_id in r.getMessage()]
   assert logged and "secret internal detail" in str(logged[0].exc_info[1])
+
+
+# -- issue 23: one program for every sampling setting; compilations never block other requests ----
+
+
+def test_distinct_sampling_settings_share_one_program_and_programs_stay_bounded(loaded):
+  """Ten sampling requests, each with its own temperature, top_p, top_k, seed and tag penalty,
+  compile one program; beam requests with new alphas each compile, but the server keeps at most
+  max_programs of them."""
+  from safejax.decoding import DecodingConfig
+  from safejax.serve.engine import Engine
+
+  model, vocab = loaded
+  engine = Engine(model, vocab, max_batch_size=4, batch_window_s=0.0, max_programs=3)
+  ids = [vocab.decoder_start_id, *vocab.encode(PROMPTS[0])]
+  try:
+    for i in range(10):
+      decoding = DecodingConfig(method="sample", max_new_tokens=4, temperature=0.3 + i * 0.0137, top_p=1 - i * 0.01,
+                                top_k=i, tag_penalty=0.1 * i)
+      engine.submit_generate(ids, decoding, stop_id=vocab.eos_id, seed=100 + i).result(timeout=300)
+    assert engine.stats()["compilations"] == 1
+    for i in range(5):
+      decoding = DecodingConfig(method="beam", max_new_tokens=4, beam_size=2, alpha=0.1 * i)
+      assert engine.submit_generate(ids, decoding, stop_id=vocab.eos_id).result(timeout=300)
+    stats = engine.stats()
+    assert stats["compilations"] == 6 and stats["compiled_programs"] == 3
+  finally:
+    engine.close()
+
+
+def test_a_request_never_waits_behind_a_compilation_it_did_not_cause(loaded, monkeypatch):
+  """A beam request whose program is still compiling (held here until released) does not hold
+  up a greedy request whose program is ready."""
+  import threading
+
+  from safejax.decoding import DecodingConfig, runner
+  from safejax.serve.engine import Engine
+
+  model, vocab = loaded
+  release, compiling = threading.Event(), threading.Event()
+  real_compile = runner.DecodeCall.compile
+
+  def held_compile(call):
+    if ("alpha", 0.77) in call.program[4]:
+      compiling.set()
+      assert release.wait(timeout=300)
+    return real_compile(call)
+
+  monkeypatch.setattr(runner.DecodeCall, "compile", held_compile)
+  engine = Engine(model, vocab, max_batch_size=4, batch_window_s=0.0)
+  ids = [vocab.decoder_start_id, *vocab.encode(PROMPTS[1])]
+  greedy = DecodingConfig(method="greedy", max_new_tokens=4)
+  try:
+    warm = engine.submit_generate(ids, greedy, stop_id=vocab.eos_id).result(timeout=300)
+    beam = engine.submit_generate(ids, DecodingConfig(method="beam", beam_size=2, alpha=0.77, max_new_tokens=4),
+                                  stop_id=vocab.eos_id)
+    assert compiling.wait(timeout=300)
+    assert engine.submit_generate(ids, greedy, stop_id=vocab.eos_id).result(timeout=300) == warm
+    assert not beam.done()  # its program is still compiling
+    release.set()
+    assert beam.result(timeout=300)
+  finally:
+    release.set()
+    engine.close()

@@ -104,3 +104,18 @@ def test_a_gzip_corpus_iterator_checkpoints_and_resumes_mid_file(tmp_path):
   tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
   assert [t.numpy().decode() for t in restored] == rest
   assert first + rest == [f"document {i}" for i in range(50) if i != 7]
+
+
+# -- issue 23: a byte-order mark is not text ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bom.jsonl", "bom.txt", "bom.jsonl.gz"])
+def test_a_leading_byte_order_mark_is_dropped_by_both_readers(tmp_path, name):
+  """The tf.data line reader (what training reads) and the Python one both drop U+FEFF at the
+  start of a file; before, a jsonl file's first record was not JSON and stopped the run."""
+  lines = ['{"text": "first"}', '{"text": "\ufeffsecond"}'] if ".jsonl" in name else ["first", "\ufeffsecond"]
+  data = ("\ufeff" + "\n".join(lines) + "\n").encode()
+  (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+  expected = ["first", "\ufeffsecond"]  # only the file's first character is a byte-order mark
+  assert _texts(str(tmp_path / name)) == expected
+  assert list(corpus_documents(str(tmp_path / name), jsonl=".jsonl" in name)) == expected

@@ -1,12 +1,13 @@
 """The trainer: learning, metrics, exact resume after a crash, keep-N, other meshes, non-finite loss."""
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 import tasks
-from safejax import partitioning
+from safejax import UserError, partitioning
 from safejax import checkpoints
 from safejax import train as T
 from safejax.model import ModelConfig
@@ -323,3 +324,106 @@ def test_read_metrics_leaves_out_a_half_written_last_line(tmp_path):
   (tmp_path / checkpoints.METRICS_FILE).write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
   with pytest.raises(ValueError, match=r"metrics.jsonl:2: not a metrics record"):
     checkpoints.read_metrics(str(tmp_path))
+
+
+# -- issue 23: a damaged checkpoint costs one step, not the run --------------------------------------
+
+
+def damage(model_dir, step, how):
+  """Damages checkpoint `step` as a crash while copying or a full disk would."""
+  params = model_dir / "checkpoints" / str(step) / "params"
+  if how == "truncated array file":
+    arrays = [p for p in params.rglob("*") if p.is_file() and p.parent.name == "d"]
+    largest = max(arrays, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+  else:
+    (params / "_METADATA").unlink()
+
+
+def crash_after(task, model_dir, batches, monkeypatch):
+  """Runs the 12-step reference command until it dies reading batch `batches` + 1."""
+  real_next, consumed = T.InputIterator.__next__, []
+
+  def crashing_next(self):
+    if len(consumed) == batches:
+      raise Crash()
+    consumed.append(1)
+    return real_next(self)
+
+  monkeypatch.setattr(T.InputIterator, "__next__", crashing_next)
+  with pytest.raises(Crash):
+    run(task, model_dir, 12)
+  monkeypatch.setattr(T.InputIterator, "__next__", real_next)
+
+
+@pytest.mark.parametrize("how", ["truncated array file", "missing metadata"])
+def test_a_damaged_newest_checkpoint_costs_one_step_not_the_run(task, reference_run, tmp_path, monkeypatch, caplog,
+                                                                how):
+  crash_after(task, tmp_path, 9, monkeypatch)  # dies in step 10, after checkpoints 4 and 8
+  damage(tmp_path, 8, how)
+  with caplog.at_level("WARNING", logger="safejax.checkpoints"):
+    run(task, tmp_path, 12)  # the same command again
+  named = [r.getMessage() for r in caplog.records if "checkpoint step 8" in r.getMessage()]
+  assert len(named) == 1 and "cannot be restored" in named[0] and "\n" not in named[0]
+  assert (tmp_path / "damaged_checkpoints" / "8" / "params").is_dir()  # moved aside, not deleted
+  assert steps_on_disk(tmp_path) == [4, 8, 12]
+  # Resumed from step 4: steps 5..12 replayed exactly, and metrics.jsonl lists each step once.
+  logged = [json.loads(line)["step"] for line in (tmp_path / checkpoints.METRICS_FILE).read_text().splitlines()]
+  assert logged == list(range(1, 13))
+  resumed = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(tmp_path))}
+  reference = {m["step"]: m["loss"] for m in checkpoints.read_metrics(str(reference_run))}
+  assert resumed == reference
+
+
+def test_no_restorable_checkpoint_fails_in_one_line_and_moves_nothing(task, tmp_path, monkeypatch):
+  crash_after(task, tmp_path, 9, monkeypatch)
+  damage(tmp_path, 8, "missing metadata")
+  damage(tmp_path, 4, "truncated array file")
+  with pytest.raises(checkpoints.NoUsableCheckpointError) as error:
+    run(task, tmp_path, 12)
+  message = str(error.value).splitlines()[0]
+  assert message.startswith(f"no checkpoint under {tmp_path}/checkpoints restores: step 8: ")
+  assert "; step 4: " in message
+  assert steps_on_disk(tmp_path) == [4, 8] and not (tmp_path / "damaged_checkpoints").exists()
+
+
+def test_loading_for_inference_falls_back_without_moving_anything(task, reference_run, tmp_path, caplog):
+  import shutil
+
+  shutil.copytree(reference_run, tmp_path / "m")
+  damage(tmp_path / "m", 12, "truncated array file")
+  with caplog.at_level("WARNING", logger="safejax.checkpoints"):
+    model, _ = checkpoints.load_for_inference(str(tmp_path / "m"))
+  assert any("checkpoint step 12" in r.getMessage() for r in caplog.records)
+  step8, _ = checkpoints.load_for_inference(str(reference_run), step=8)
+  np.testing.assert_array_equal(model.embed.embedding[...], step8.embed.embedding[...])
+  assert steps_on_disk(tmp_path / "m") == [4, 8, 12]  # a reader leaves the directory as it is
+
+
+def test_metrics_keep_one_row_per_step_after_a_resume(task, tmp_path, monkeypatch):
+  crash_after(task, tmp_path, 6, monkeypatch)  # logged steps 1..6, checkpoint 4
+  assert [json.loads(line)["step"] for line in (tmp_path / checkpoints.METRICS_FILE).read_text().splitlines()] == [
+      1, 2, 3, 4, 5, 6]
+  run(task, tmp_path, 12)
+  logged = [json.loads(line)["step"] for line in (tmp_path / checkpoints.METRICS_FILE).read_text().splitlines()]
+  assert logged == list(range(1, 13))
+
+
+def test_a_finished_run_writes_nothing(task, reference_run, monkeypatch):
+  """Its model directory may be read-only by now (archived, shared): training it again to the same
+  step count is a no-op that touches nothing."""
+  def refuse(*args, **kwargs):
+    raise PermissionError(13, "Permission denied", str(reference_run))
+
+  monkeypatch.setattr(T, "write_model_files", refuse)
+  monkeypatch.setattr(T, "checkpoint_manager", refuse)
+  assert run(task, reference_run, 12) == {}
+
+
+@pytest.mark.parametrize("name, value", [("train_steps", 0), ("batch_size", -1), ("sequence_length", "32"),
+                                         ("checkpoint_every", 2.5)])
+def test_out_of_range_run_values_are_named(task, tmp_path, name, value):
+  with pytest.raises(UserError) as error:
+    run(task, tmp_path, 12, **{name: value})
+  assert str(error.value).splitlines()[0] == f"train.{name} must be a positive integer, got {value!r}"
+  assert not (tmp_path / "checkpoints").exists()  # nothing ran

@@ -1,6 +1,6 @@
 """The data pipeline, as Apache Beam transforms and as a plain Python loop over the same functions.
 
-  read (sources) -> score (safejax.safety scorer, batched, loaded once per worker) -> route
+  read (sources; one document per id) -> score (safejax.safety scorer, batched, loaded once per worker) -> route
     -> keep | rephrase | refuseweb + moral education | tag  -> sharded streams + dead letters
     -> manifest.json (accounting that must balance; see `manifest`)
 
@@ -255,6 +255,19 @@ class SplitDeadLetters(beam.DoFn):
       yield item
 
 
+class FirstOfEachId(beam.DoFn):
+  """Of the documents grouped under one id, keeps the first read (`sources.first_of_each_id`);
+  the others go to `dead` as `duplicate_id`."""
+
+  def process(self, keyed):
+    _, group = keyed
+    kept, dead = sources_lib.first_of_each_id(group)
+    yield from kept
+    for d in dead:
+      PROGRESS.add()
+      yield beam.pvalue.TaggedOutput("dead", d)
+
+
 class ScoreBatch(beam.DoFn):
   """Scores batches of documents; the scorer is loaded once per worker, in `setup`."""
 
@@ -357,7 +370,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig) -> None:
                | "KeyBySource" >> beam.Map(lambda item: (item["source"], 1))
                | "CountIn" >> beam.CombinePerKey(sum))
   split = items | "SplitReadDead" >> beam.ParDo(SplitDeadLetters()).with_outputs("dead", main="documents")
-  scored = (split.documents
+  unique = (split.documents
+            | "KeyById" >> beam.Map(lambda record: (record["id"], record))
+            | "GroupById" >> beam.GroupByKey()
+            | "FirstOfEachId" >> beam.ParDo(FirstOfEachId()).with_outputs("dead", main="documents"))
+  scored = (unique.documents
             | _batch("BatchForScoring", config.score_batch_size)
             | "Score" >> beam.ParDo(ScoreBatch(config)).with_outputs("dead", main="scored"))
   routed = scored.scored | "Route" >> beam.ParDo(RouteDocuments(config)).with_outputs(RAW, KEEP, REPHRASE, REFUSE, TAG)
@@ -367,7 +384,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PipelineConfig) -> None:
   refused = (routed[REFUSE]
              | _batch("BatchForRefusal", config.generate_batch_size)
              | "Refuse" >> beam.ParDo(GenerateBatch(refuse_batch, config)).with_outputs("dead", main="out"))
-  dead = ((split.dead, scored.dead, rephrased.dead, refused.dead)
+  dead = ((split.dead, unique.dead, scored.dead, rephrased.dead, refused.dead)
           | "AllDead" >> beam.Flatten()
           | "ToDeadLetterStream" >> beam.Map(lambda d: (DEAD_LETTER, d)))
   pairs = ((routed[RAW] | "ToRaw" >> beam.Map(lambda r: (RAW, r)),
@@ -424,6 +441,9 @@ def run_loop(config: PipelineConfig) -> LoopResult:
         outputs.append((DEAD_LETTER, item))
       else:
         documents.append(item)
+  documents, duplicates = sources_lib.first_of_each_id(documents)
+  PROGRESS.add(len(duplicates))
+  outputs += [(DEAD_LETTER, d) for d in duplicates]
   seconds["read"], entering["read"] = time.perf_counter() - start, sum(in_counts.values())
 
   start = time.perf_counter()

@@ -3,7 +3,8 @@
 A document record is a plain dict (Beam ships it between workers, the shard writers store it as
 JSON):
 
-  id                      "<source name>/<id in the source>", unique within a source
+  id                      "<source name>/<id in the source>", unique within a source (a second
+                          document with the same id is dead-lettered `duplicate_id`)
   source                  the source's name
   text                    the document, stripped of reserved-token strings
   meta                    fields kept from the input (e.g. a title)

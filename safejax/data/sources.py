@@ -12,9 +12,15 @@ record (see `records`) or a dead letter saying why not. Reasons:
   empty_document       nothing but whitespace once reserved-token strings are removed
   document_too_large   more than `max_chars` characters (or bytes, before decoding)
   bad_score            a given score that is not an integer in 0..5
+  duplicate_id         a second document with an id already read in the same source (ids are
+                       compared as text: 5, 5.0 and "5" are one id); the first read is kept
   unreadable_file      a file that cannot be opened or read to its end: corrupt, truncated (a
                        .gz cut short), or not the format its name says (one per file, naming
                        it and how many items were read before; nothing after that is read)
+
+Text is UTF-8, read as `utf-8-sig`: a byte-order mark at the start of a file (spreadsheets and
+Windows editors write one) marks the encoding, is not data, and is dropped (else a csv header
+reads "\ufefftext" and a jsonl file's first record is not JSON).
 
 Every document goes through `safejax.vocab.sanitize_text`: reserved-token strings (the harm tag,
 chat role markers) are removed until none is left, nested fragments included, and the record
@@ -30,6 +36,7 @@ Beam pipeline hands this module the files Beam's `fileio` matched; the plain loo
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import dataclasses
 import gzip
@@ -38,8 +45,9 @@ import io
 import json
 import lzma
 import posixpath
+import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 import gin
@@ -52,6 +60,9 @@ from safejax.vocab import RejectedText, sanitize_text
 
 FORMATS = ("jsonl", "csv", "parquet", "text", "tfds")
 NUM_SCORES = 6
+# Where a document was read ("file:line"), carried until the pipeline has checked ids
+# (`first_of_each_id`), which drops it.
+READ_AT = "read_at"
 
 
 @gin.configurable
@@ -120,10 +131,10 @@ def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default
 
   if spec.id_field is None:
     local_id = default_id
-  elif row.get(spec.id_field) is None:
+  elif row.get(spec.id_field) is None or not normal_id(row[spec.id_field]):
     return reject("missing_field", f"no id field {spec.id_field!r}")
   else:
-    local_id = str(_json_value(row[spec.id_field]))
+    local_id = normal_id(row[spec.id_field])
   doc_id = f"{spec.name}/{local_id}"
   if spec.text_field not in row or row[spec.text_field] is None:
     return reject("missing_field", f"no text field {spec.text_field!r}", doc_id)
@@ -142,7 +153,8 @@ def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default
   unwritable = _lone_surrogate_field({"id": doc_id, **{f"meta {k}": v for k, v in meta.items()}})
   if unwritable:
     return reject("bad_encoding", f"{unwritable} holds a lone surrogate", doc_id)
-  record = {"id": doc_id, "source": spec.name, "text": text, "meta": meta, "special_tokens_removed": removed}
+  record = {"id": doc_id, "source": spec.name, "text": text, "meta": meta, "special_tokens_removed": removed,
+            READ_AT: location}
   if spec.score_field is not None:
     score = _json_value(row.get(spec.score_field))
     if isinstance(score, float) and score.is_integer():
@@ -151,6 +163,43 @@ def make_record(spec: SourceSpec, row: Mapping[str, Any], location: str, default
       return reject("bad_score", f"{spec.score_field!r} = {score!r} is not an integer in 0..5", doc_id)
     record["score"] = score
   return record
+
+
+def normal_id(value: Any) -> str:
+  """An input's id as text, the same however the input typed it: 5, 5.0 and "5" are all "5", so
+  two documents the input told apart only by the id's type collide, visibly (`first_of_each_id`);
+  surrounding whitespace is no part of an id."""
+  value = _json_value(value)
+  if isinstance(value, float) and value.is_integer():
+    value = int(value)
+  return value.strip() if isinstance(value, str) else str(value)
+
+
+def _natural(text: str) -> list:
+  """A sort key that orders the numbers in `text` as numbers ("f.jsonl:9" before "f.jsonl:10")."""
+  return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
+
+
+def first_of_each_id(records: Iterable[dict]) -> tuple[list[dict], list[dict]]:
+  """Documents sharing an id: the first read (by file, then line or row) is kept, every other
+  one becomes a `duplicate_id` dead letter naming where the kept one was read. Returns (kept
+  records, dead letters), kept in the order of their first appearance; READ_AT is dropped.
+
+  Both runners decide alike: the Beam pipeline groups by id and calls this on each group.
+  """
+  groups: dict[str, list[dict]] = {}
+  for record in records:
+    groups.setdefault(record["id"], []).append(record)
+  kept, dead = [], []
+  for doc_id, group in groups.items():
+    group = sorted(group, key=lambda r: (_natural(r[READ_AT]), json.dumps(r, sort_keys=True, ensure_ascii=False)))
+    first = group[0]
+    for other in group[1:]:
+      dead.append(dead_letter(READ, "duplicate_id", doc_id=doc_id, source=other["source"], location=other[READ_AT],
+                              detail=f"id {doc_id!r} is also the id of the document read at {first[READ_AT]}, "
+                                     "which is kept", raw=other["text"]))
+    kept.append({k: v for k, v in first.items() if k != READ_AT})
+  return kept, dead
 
 
 def _lone_surrogate_field(fields: Mapping[str, Any]) -> str | None:
@@ -170,6 +219,8 @@ def _read_jsonl(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   for line_no, line in enumerate(iter(f.readline, b""), start=1):
     location, default_id = f"{path}:{line_no}", f"{name}:{line_no}"
     line = line.rstrip(b"\r\n")
+    if line_no == 1:
+      line = line.removeprefix(codecs.BOM_UTF8)  # a byte-order mark (see the module docstring)
     if not line.strip():
       yield dead_letter(READ, "blank_line", source=spec.name, location=location, detail="empty line")
       continue
@@ -220,7 +271,7 @@ def read_bytes(f: IO[bytes], limit: int | None = None) -> bytes:
 def _read_csv(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
   # surrogateescape lets one badly encoded row be set aside without losing the rest of the file.
   # csv rows may span lines, so the file is decoded whole (csv inputs are small).
-  reader = csv.DictReader(io.StringIO(read_bytes(f).decode("utf-8", errors="surrogateescape"), newline=""))
+  reader = csv.DictReader(io.StringIO(read_bytes(f).decode("utf-8-sig", errors="surrogateescape"), newline=""))
   name = posixpath.basename(path)
   rows = iter(reader)
   row_no = 0
@@ -275,7 +326,7 @@ def _read_text(spec: SourceSpec, path: str, f: IO[bytes]) -> Iterator[dict]:
                       location=path, detail=f"more than {spec.max_bytes} bytes", raw=data)
     return
   try:
-    text = data.decode("utf-8")
+    text = data.decode("utf-8-sig")
   except UnicodeDecodeError as e:
     yield dead_letter(READ, "bad_encoding", doc_id=f"{spec.name}/{name}", source=spec.name,
                       location=path, detail=str(e), raw=data)

@@ -8,7 +8,8 @@
 The names below are the package's public surface; import them from here.
 """
 
-from safejax.decoding.generate import DecodedText, DecodingConfig, decode, generate_texts, read_prompts
+from safejax.decoding.generate import (DecodedText, DecodingConfig, decode, generate_texts, read_prompts,
+                                      reserved_tokens_in)
 from safejax.decoding.runner import (METHODS, TokenHistory, cached_tokens_to_logits, detokenize,
                                      full_recompute_tokens_to_logits, generate)
 from safejax.decoding.safebeam import RandomDropFilter, harm_tag_filter, safebeam
@@ -17,7 +18,7 @@ from safejax.decoding.search import (NEG_INF, CandidateFilter, Candidates, Decod
                                      left_pad, sample, top_k_filter, top_p_filter)
 
 __all__ = [
-    "DecodedText", "DecodingConfig", "decode", "generate_texts", "read_prompts", "METHODS", "TokenHistory",
+    "DecodedText", "DecodingConfig", "decode", "generate_texts", "read_prompts", "reserved_tokens_in", "METHODS", "TokenHistory",
     "cached_tokens_to_logits", "detokenize", "full_recompute_tokens_to_logits", "generate", "harm_tag_filter", "RandomDropFilter",
     "safebeam", "NEG_INF", "CandidateFilter", "Candidates", "DecodeResult", "InitCache", "LogitsProcessor",
     "PenalizeToken", "SuppressToken", "TokensToLogits", "beam_search", "brevity_penalty", "chain", "left_pad",

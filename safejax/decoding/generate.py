@@ -6,6 +6,8 @@ evaluation harness and the backends call) and `safejax decode`.
       --gin.DecodingConfig.method="'safebeam'" --gin.decode.output_file="'out.jsonl'"
 
 A prompts file holds one prompt per line (.txt) or JSON objects with a "prompt" field (.jsonl).
+Prompts are plain text: one holding a reserved token's string (the harm tag, a chat marker) is
+refused, naming it (`reserved_tokens_in`).
 Each generation is printed; with `output_file` every generation is also written as a JSON line
 (prompt, text, num_tokens, score, finished, tag_stopped).
 """
@@ -22,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 import gin
 from tqdm.auto import tqdm
 
+from safejax import UserError
 from safejax.decoding.runner import METHODS, detokenize, generate
 from safejax.decoding.safebeam import RISK_RULES, RandomDropFilter
-from safejax.decoding.search import PenalizeToken, SuppressToken, chain
+from safejax.decoding.search import SuppressToken
 from safejax.model.llama import Decoder
 
 from safejax.vocab import HARM_TAG, SHAM_TAG
@@ -80,41 +83,40 @@ class DecodingConfig:
 
   def __post_init__(self):
     if self.method not in METHODS:
-      raise ValueError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
+      raise UserError(f"unknown decoding method {self.method!r}; known: {', '.join(METHODS)}")
     if self.steer_token not in (HARM_TAG, SHAM_TAG):
-      raise ValueError(f"steer_token must be {HARM_TAG!r} or {SHAM_TAG!r}, got {self.steer_token!r}")
+      raise UserError(f"steer_token must be {HARM_TAG!r} or {SHAM_TAG!r}, got {self.steer_token!r}")
     if self.risk_rule not in RISK_RULES:
-      raise ValueError(f"risk_rule must be one of {RISK_RULES}, got {self.risk_rule!r}")
+      raise UserError(f"risk_rule must be one of {RISK_RULES}, got {self.risk_rule!r}")
     if self.candidate_rule not in ("tag", "random"):
-      raise ValueError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
+      raise UserError(f"candidate_rule must be 'tag' or 'random', got {self.candidate_rule!r}")
     if self.candidate_rule == "random" and self.tag_threshold is not None:
-      raise ValueError("the random (placebo) rule drops a share, not by threshold: leave tag_threshold None")
+      raise UserError("the random (placebo) rule drops a share, not by threshold: leave tag_threshold None")
     if self.tag_stop_threshold is not None and self.method not in ("greedy", "sample"):
-      raise ValueError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
+      raise UserError("tag_stop_threshold applies to greedy and sample; safebeam has tag_threshold")
 
   def generate_options(self, tag_id: int, word_start_ids: Sequence[int] = ()) -> dict[str, Any]:
     """Keyword arguments of `generate` for this configuration (`word_start_ids`: the vocabulary's,
-    for the boundary rule)."""
-    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed}
-    processor = chain(SuppressToken(tag_id) if self.suppress_tag else None,
-                      PenalizeToken(tag_id, self.tag_penalty) if self.tag_penalty else None)
-    if processor is not None:
-      options["logits_processor"] = processor
+    for the boundary rule). Sampling knobs, tag_penalty and the tag thresholds are traced
+    (`runner.TRACED`): every value shares one compiled program."""
+    options: dict[str, Any] = {"method": self.method, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+                               "tag_id": tag_id, "tag_penalty": self.tag_penalty}
+    if self.suppress_tag:
+      options["logits_processor"] = SuppressToken(tag_id)
     if self.method == "sample":
       options.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
     if self.method in ("greedy", "sample") and self.tag_stop_threshold is not None:
-      options.update(tag_id=tag_id, tag_stop_threshold=self.tag_stop_threshold)
+      options.update(tag_stop_threshold=self.tag_stop_threshold)
     if self.method in ("beam", "safebeam"):
       options.update(beam_size=self.beam_size, alpha=self.alpha)
     if self.method == "safebeam" and self.candidate_rule == "random":
-      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=0.0,
+      options.update(num_expand=self.num_expand, drop_fraction=0.0,
                      candidate_filter=RandomDropFilter(self.drop_fraction, self.seed))
     elif self.method == "safebeam":
-      options.update(tag_id=tag_id, num_expand=self.num_expand, drop_fraction=self.drop_fraction,
-                     tag_threshold=self.tag_threshold)
+      options.update(num_expand=self.num_expand, drop_fraction=self.drop_fraction, tag_threshold=self.tag_threshold)
       if self.risk_rule == "boundary":
         if not word_start_ids:
-          raise ValueError("the boundary rule needs the vocabulary's word_start_ids")
+          raise UserError("the boundary rule needs the vocabulary's word_start_ids")
         options.update(risk_rule="boundary", word_start_ids=tuple(word_start_ids),
                        relative_threshold=self.relative_threshold)
     return options
@@ -169,10 +171,23 @@ def generate_texts(
 
 
 
+def reserved_tokens_in(vocab: SafejaxVocabulary, ids: Sequence[int]) -> list[str]:
+  """The reserved tokens (harm tag, chat markers, control tokens) among `ids`, by name, in order
+  of first appearance.
+
+  The one policy for text from outside (a command line, a client of `safejax serve`): plain text
+  never becomes a reserved id, so text whose encoding holds one is refused, naming them; a
+  client that means to send reserved tokens sends token ids. Otherwise a relay of untrusted
+  text could plant the harm tag or a role marker.
+  """
+  names = {token: name for name, token in vocab.special_ids.items()}
+  return list(dict.fromkeys(names[token] for token in ids if token in names))
+
+
 def read_prompts(path: str) -> list[str]:
   """Prompts of a .txt file (one per non-empty line) or a .jsonl file (a "prompt" per object)."""
   prompts = []
-  with open(path) as f:
+  with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first prompt
     for line_number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -180,9 +195,9 @@ def read_prompts(path: str) -> list[str]:
         try:
           record = json.loads(line)
         except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_number}: not JSON ({e})") from None
+          raise UserError(f"{path}:{line_number}: not JSON ({e})") from None
         if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-          raise ValueError(f"{path}:{line_number}: needs a string field \"prompt\"")
+          raise UserError(f"{path}:{line_number}: needs a string field \"prompt\"")
         prompts.append(record["prompt"])
       else:
         prompts.append(line.rstrip("\n"))
@@ -213,11 +228,18 @@ def decode(
     One generation per prompt, command-line prompts first.
   """
   from safejax.checkpoints import load_for_inference
+  from safejax.vocab import load_vocabulary
 
   prompts = list(inputs) + (read_prompts(prompts_file) if prompts_file else [])
   if not prompts:
-    raise ValueError("no prompts: give them as arguments or set decode.prompts_file")
+    raise UserError("no prompts: give them as arguments or set decode.prompts_file")
   decoding = DecodingConfig() if decoding is None else decoding
+  vocab = load_vocabulary(checkpoint_dir)
+  for number, prompt in enumerate(prompts, 1):
+    reserved = reserved_tokens_in(vocab, vocab.encode(prompt))
+    if reserved:
+      raise UserError(f"prompt {number} ({prompt[:60]!r}) holds reserved token string(s) {reserved}: plain text never "
+                      "becomes reserved token ids (`safejax serve` takes token ids from a client that means them)")
   model, vocab = load_for_inference(checkpoint_dir, step)
   log.info("decoding %d prompts with %s", len(prompts), decoding)
   generations = generate_texts(model, vocab, prompts, decoding, batch_size=batch_size)

@@ -293,7 +293,7 @@ def evaluate_step(out: Path, corpus: StepResult, models: dict[str, dict], config
 
 
 @gin.configurable
-def demo(output_dir: str = "runs/demo", config: DemoConfig | None = None) -> int:
+def demo(output_dir: str = "safejax-runs/demo", config: DemoConfig | None = None) -> int:
   """Runs (or resumes) every step and prints the claims.
 
   `config` None builds `DemoConfig()` with its gin bindings; so are the world, the pipeline, the

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from flax import struct
 
+from safejax import UserError
 from safejax.partitioning import with_logical_constraint
 
 
@@ -50,14 +51,20 @@ class ModelConfig:
   attention: str = "xla"  # jax.nn.dot_product_attention's implementation: xla | cudnn (GPU, bf16)
 
   def __post_init__(self):
+    sizes = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
+    for name in sizes:
+      if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+        raise UserError(f"ModelConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+    if self.vocab_size < 0:
+      raise UserError(f"ModelConfig.vocab_size must be >= 0 (0: the vocabulary's), got {self.vocab_size}")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+      raise UserError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
-      raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+      raise UserError(f"head_dim={self.head_dim} must be even for RoPE")
     if self.remat not in ("none", "full", "dots"):
-      raise ValueError(f"remat must be none, full or dots, not {self.remat!r}")
+      raise UserError(f"remat must be none, full or dots, not {self.remat!r}")
     if self.attention not in ("xla", "cudnn"):
-      raise ValueError(f"attention must be xla or cudnn, not {self.attention!r}")
+      raise UserError(f"attention must be xla or cudnn, not {self.attention!r}")
 
   def with_vocab_size(self, vocab_size: int) -> "ModelConfig":
     return self if self.vocab_size else dataclasses.replace(self, vocab_size=vocab_size)

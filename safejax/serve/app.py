@@ -20,6 +20,9 @@ unset knobs keep the server's `DecodingConfig` (gin). n <= beam_size returns the
 A generation cut by the harm tag (SafeBeam's tag stop, or `tag_stop_threshold`) has
 finish_reason "content_filter". Reserved tokens, the harm tag among them, never reach returned
 text: they detokenize to "" (also in logprobs' tokens), and their spelled-out strings are removed.
+Nor do they come from a client's text: plain text (a completions prompt, a chat message, /tokenize)
+holding a reserved token's string (the harm tag, a role marker) gets 400 naming it; a client that
+means reserved tokens sends token ids (`safejax.decoding.reserved_tokens_in`).
 
 Tokens and log-probabilities: every sequence the model sees starts with the start token (id 0, as
 in training and `LoglikelihoodModel`); the server adds it unless a token-id prompt already begins with
@@ -63,8 +66,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from safejax.decoding import DecodingConfig
 from safejax.chat_template import format_chat
+from safejax.decoding import DecodingConfig, reserved_tokens_in
 from safejax.model.llama import Decoder
 from safejax.serve.engine import Candidate, Engine, TokenScores, piece_text, token_texts
 from safejax.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse
@@ -84,6 +87,8 @@ class ServerConfig:
   max_n: most choices per prompt. max_beam_size: largest beam (beam, safebeam).
   max_body_bytes: largest request body; a larger one is answered 413 before it is read whole.
   max_prompts_per_request: most prompts in one completions request (an array of prompts).
+  max_programs: most compiled programs kept (least recently used dropped): bounds the memory
+    that compilations take, whatever the mix of requests (`safejax.serve.engine`).
   """
 
   max_context_length: int = 1024
@@ -93,14 +98,15 @@ class ServerConfig:
   max_beam_size: int = 8
   max_body_bytes: int = 1 << 20
   max_prompts_per_request: int = 64
+  max_programs: int = 32
 
   def __post_init__(self):
     if not 1 <= self.max_n <= self.max_batch_size:
       raise ValueError(f"max_n must lie in 1..max_batch_size={self.max_batch_size}, got {self.max_n}")
     if self.max_context_length < 1 or self.max_beam_size < 1 or self.batch_window_ms < 0:
       raise ValueError("max_context_length and max_beam_size must be >= 1, batch_window_ms >= 0")
-    if self.max_body_bytes < 1 or self.max_prompts_per_request < 1:
-      raise ValueError("max_body_bytes and max_prompts_per_request must be >= 1")
+    if self.max_body_bytes < 1 or self.max_prompts_per_request < 1 or self.max_programs < 1:
+      raise ValueError("max_body_bytes, max_prompts_per_request and max_programs must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +165,7 @@ class SafejaxServer:
     self.vocab, self.model_name, self.config, self.decoding = vocab, model_name, config, decoding
     self.start_id = vocab.decoder_start_id if start_id is None else start_id
     self.engine = Engine(model, vocab, max_batch_size=config.max_batch_size,
-                         batch_window_s=config.batch_window_ms / 1000)
+                         batch_window_s=config.batch_window_ms / 1000, max_programs=config.max_programs)
     self.created = int(time.time())
     self._requests: dict[str, int] = {}
     self._requests_lock = threading.Lock()
@@ -257,7 +263,7 @@ class SafejaxServer:
     # A text that is exactly a control token's name is that token, as a Hugging Face tokenizer
     # reads it (clients look up the EOS id this way); safejax's encoding alone never yields them.
     control = {name: i for name, i in self.vocab.special_ids.items() if name not in SPECIAL_TOKENS}
-    tokens = [control[prompt]] if prompt in control else list(self.vocab.encode(_unicode(prompt, "prompt")))
+    tokens = [control[prompt]] if prompt in control else self._plain_text_ids(prompt, "prompt")
     if add_special:
       tokens = [self.start_id, *tokens]
     return JSONResponse({"count": len(tokens), "max_model_len": self.config.max_context_length, "tokens": tokens})
@@ -349,7 +355,10 @@ class SafejaxServer:
                      code="invalid_value")
     if body.top_logprobs is not None and not body.logprobs:
       raise APIError(400, "top_logprobs needs logprobs=true.", param="top_logprobs", code="invalid_value")
-    prompt = self._prompt(self._render_chat(body), body.truncate_prompt_tokens, None, "messages")
+    # The template's markers are the reserved ids the conversation needs; format_chat has refused
+    # any reserved string in the messages themselves.
+    prompt = self._prompt(list(self.vocab.encode(self._render_chat(body))), body.truncate_prompt_tokens, None,
+                          "messages")
     requested = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
     # Unset: the server's default length, within what the context leaves.
     max_tokens = requested if requested is not None else max(
@@ -446,7 +455,7 @@ class SafejaxServer:
     """Tokenizes (or checks) one prompt, cuts it to its last `truncate` tokens if asked, and
     checks it fits the context with max_tokens (None: the caller checks)."""
     if isinstance(prompt, str):
-      ids = list(self.vocab.encode(_unicode(prompt, param)))
+      ids = self._plain_text_ids(prompt, param)
     else:
       too_large = [t for t in prompt if t >= self.vocab.vocab_size]
       if too_large:
@@ -458,6 +467,17 @@ class SafejaxServer:
     if max_tokens is not None:
       self._check_length(len(ids), max_tokens, param)
     return _Prompt(ids, bool(ids) and ids[0] == self.start_id)
+
+  def _plain_text_ids(self, text: str, param: str) -> list[int]:
+    """The ids of a client's text, which must be valid Unicode and must not become any reserved
+    id (`reserved_tokens_in`: plain text never does; reserved tokens come as token ids): 400."""
+    ids = list(self.vocab.encode(_unicode(text, param)))
+    reserved = reserved_tokens_in(self.vocab, ids)
+    if reserved:
+      raise APIError(400, f"Invalid value for '{param}': the text holds reserved token string(s) {reserved}; plain "
+                     "text never becomes reserved token ids (send token ids to use them).", param=param,
+                     code="invalid_value")
+    return ids
 
   def _decoding(self, body: CompletionRequest | ChatCompletionRequest, max_tokens: int, n: int) -> DecodingConfig:
     """The request's `DecodingConfig`: the server's, overridden by the request's fields."""
