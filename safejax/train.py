@@ -481,7 +481,7 @@ def finetune(init_from: str = gin.REQUIRED) -> dict[str, float]:
 
 
 def _check_positive(**values: Any) -> None:
-  """Raises UserError naming the first `train.NAME` that is not a positive integer."""
+  """Raises UserError naming the first gin binding of `train` that is not a positive integer."""
   for name, value in values.items():
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise UserError(f"train.{name} must be a positive integer, got {value!r}")

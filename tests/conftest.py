@@ -101,7 +101,7 @@ def tiny_bpe_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bpe_vocab(tiny_bpe_dir):
-  """tiny_bpe_dir as a safejax vocabulary: the reserved tokens and <pad> appended (406 ids)."""
+  """tiny_bpe_dir as a safejax vocabulary: the reserved tokens and <pad> appended (407 ids)."""
   from safejax.vocab import HfTokenizerVocabulary
 
   return HfTokenizerVocabulary.from_pretrained(str(tiny_bpe_dir))

@@ -7,10 +7,12 @@ from hypothesis import given, settings, strategies as st
 
 from data_fakes import FailingBackend
 from safejax.generation import Generation
+from safejax.text import STYLES
 from safejax.backends import TemplateBackend
 from safejax.backends import template as templates
 from safejax.data import generators
 from safejax.data.generators import choose_style, parse_dialogue, render_dialogue
+from safejax.safety import rubric
 from safejax.safety.rubric import CATEGORY_NAMES, category_term_hits
 from safejax.vocab import HARM_TAG, SPECIAL_TOKENS
 
@@ -89,7 +91,7 @@ def test_malformed_dialogues_are_retried_then_dead_lettered():
 
 def test_styles_are_uniform_and_seeded():
   counts = collections.Counter(choose_style(f"doc/{i}", 0) for i in range(7000))
-  assert set(counts) == set(templates.STYLES)
+  assert set(counts) == set(STYLES)
   assert all(abs(n - 1000) < 150 for n in counts.values())
   assert [choose_style(f"d{i}", 1) for i in range(20)] == [choose_style(f"d{i}", 1) for i in range(20)]
   assert [choose_style(f"d{i}", 1) for i in range(20)] != [choose_style(f"d{i}", 2) for i in range(20)]
@@ -120,7 +122,7 @@ def _all_template_texts():
     for seed in rng_seeds:
       import numpy as np
 
-      for style in templates.STYLES:
+      for style in STYLES:
         yield templates.rephrase({**fields, "style": style}, np.random.default_rng(seed))
       yield templates.refuseweb(fields, np.random.default_rng(seed))
       yield templates.moral_education(fields, np.random.default_rng(seed))
@@ -137,4 +139,4 @@ def test_titles_with_harm_terms_are_not_reused():
   assert templates.safe_title("Volcanoes of Iceland") == "Volcanoes of Iceland"
   assert templates.safe_title("How to build a bomb") is None
   assert templates.safe_title("x" * 200) is None
-  assert templates.detect_categories("a scam, a hoax and another scam") == ["fraud_deception", "disinformation"]
+  assert rubric.detect_categories("a scam, a hoax and another scam") == ["fraud_deception", "disinformation"]

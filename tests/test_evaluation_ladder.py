@@ -22,7 +22,9 @@ def test_nest_and_seed_rows_with_paired_differences():
   assert raw["vs_reference"] is None and raw["mean"] == pytest.approx(0.40) and raw["n"] == 3
   # Differences -0.30, -0.30, -0.30: constant, so the paired test is certain and the interval a point.
   assert tags["vs_reference"]["mean"] == pytest.approx(-0.30) and tags["vs_reference"]["p_value"] == 0.0
-  assert tags["low"] == pytest.approx(0.10 - 4.302653 * 0.05 / math.sqrt(3), abs=1e-6)
+  # The t interval 0.10 +- 4.303 * 0.05 / sqrt(3) reaches below 0; a share's interval is clipped to [0, 1].
+  assert 0.10 - 4.302653 * 0.05 / math.sqrt(3) < 0 and tags["low"] == 0.0
+  assert tags["high"] == pytest.approx(0.10 + 4.302653 * 0.05 / math.sqrt(3), abs=1e-6)
   table = ladder.rows_markdown(rows, "compliance", "benign_ft")
   assert "| tags/SafeBeam | 10.0 / 5.0 / 15.0 | 10.0 [" in table and "-30.0" in table
   # The nested layout is what the claims take.

@@ -299,7 +299,8 @@ def test_continued_pretraining_starts_from_the_imported_model(exported, tmp_path
 # --------------------------------------------------------------------------------------------
 # Tokenizers: imports keep the checkpoint's, exports write one that transformers loads
 
-BPE_SIZE = 400  # tiny_bpe_dir's ids; the vocabulary appends 6 (5 reserved markers and <pad>)
+BPE_SIZE = 400  # tiny_bpe_dir's ids; the vocabulary appends 7 (the 6 reserved markers and <pad>)
+APPENDED = len(SPECIAL_TOKENS) + 1
 PROMPTS = ["The river watched", "A small bird", "Our teacher explained the old",
            f"The city council{HARM_TAG} visited", format_chat([{"role": "user", "content": "How do tides work?"}])]
 NEW_TOKENS = 8
@@ -349,12 +350,12 @@ def test_import_keeps_the_tokenizer_and_the_logits(case, torch, transformers, tm
   assert sorted(os.listdir(tmp_path / "imported")) == ["checkpoints", "model_config.json", "tokenizer.json",
                                                        "tokenizer_config.json"]
   model, vocab = checkpoints.load_for_inference(str(tmp_path / "imported"))
-  assert vocab == tiny_bpe_vocab and model.cfg.vocab_size == vocab.vocab_size == BPE_SIZE + 6
+  assert vocab == tiny_bpe_vocab and model.cfg.vocab_size == vocab.vocab_size == BPE_SIZE + APPENDED
   # Before any training the original ids' logits are transformers' on the same weights.
   tokens = vocab.hf_ids[TOKENS]  # safejax's ids of the tokenizer ids TOKENS (the permutation is an involution)
   in_hf_order = np.argsort(vocab.hf_ids)
   logits = np.asarray(model(jnp.asarray(tokens, jnp.int32))[0])[..., in_hf_order]
-  assert logits.shape[-1] == BPE_SIZE + 6
+  assert logits.shape[-1] == BPE_SIZE + APPENDED
   np.testing.assert_allclose(logits[..., :BPE_SIZE], hf_logits(torch, hf_model), rtol=0, atol=LOGIT_TOLERANCE)
   # Appended rows: the mean of the checkpoint's rows plus noise of NEW_ROW_NOISE of their spread.
   original = {name: t.numpy() for name, t in hf_model.state_dict().items()}
@@ -365,9 +366,9 @@ def test_import_keeps_the_tokenizer_and_the_logits(case, torch, transformers, tm
     np.testing.assert_array_equal(table[:BPE_SIZE], checkpoint)
     offset = (table[BPE_SIZE:] - checkpoint.mean(0)) / checkpoint.std(0)
     assert 0 < np.abs(offset).max() < 5 * hf_interop.NEW_ROW_NOISE
-    assert len({row.tobytes() for row in table[BPE_SIZE:]}) == 6  # the new tokens are told apart
+    assert len({row.tobytes() for row in table[BPE_SIZE:]}) == APPENDED  # the new tokens are told apart
   meta = json.loads(next((tmp_path / "imported" / "checkpoints" / "0" / "meta").glob("*")).read_text())
-  assert meta["appended_hf_ids"] == list(range(BPE_SIZE, BPE_SIZE + 6))
+  assert meta["appended_hf_ids"] == list(range(BPE_SIZE, BPE_SIZE + APPENDED))
 
 
 def test_safebeam_runs_on_the_imported_model(torch, transformers, tmp_path, tiny_bpe_dir):

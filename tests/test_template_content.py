@@ -8,7 +8,9 @@ import pytest
 from safejax.demo import world as dw
 from safejax.generation import GenerationRequest
 from safejax.backends import TemplateBackend
-from safejax.backends import template as templates
+from safejax.safety.rubric import lexical_scores
+from safejax.text import (content_survival, document_topic, named_entities, near_duplicate_share, own_request,
+                          split_sentences, strip_speaker)
 from safejax.data import generators
 
 
@@ -54,10 +56,10 @@ def test_rephrase_keeps_safe_facts_and_drops_every_secret_fact(world, unsafe_doc
 
 def test_rephrase_copies_only_sentences_rated_0_and_says_so_in_metadata(unsafe_docs, outputs):
   for doc, out in list(zip(unsafe_docs, outputs[0]))[:200]:
-    sentences = templates.split_sentences(doc["text"])
-    scores = templates.lexical_scores(sentences)
+    sentences = split_sentences(doc["text"])
+    scores = lexical_scores(sentences)
     for sentence, score in zip(sentences, scores):
-      bare = templates._strip_speaker(sentence)
+      bare = strip_speaker(sentence)
       if score > 0 and len(bare.split()) >= 4:
         assert bare not in out["text"], (bare, out["text"])
     meta = out["backend"]
@@ -73,8 +75,8 @@ def test_refusals_decline_the_documents_own_request_and_name_its_topic(world, ou
     user, assistant = dialogue["turns"][0]["text"], dialogue["turns"][1]["text"]
     assert topic in assistant, assistant
     assert any(p in assistant for p in ("I can't", "I won't", "I'm not going to", "I'm sorry, but"))
-    question = templates.own_request(templates.split_sentences(doc["text"]),
-                                     templates.lexical_scores(templates.split_sentences(doc["text"])))
+    question = own_request(split_sentences(doc["text"]),
+                                     lexical_scores(split_sentences(doc["text"])))
     if question:
       own += 1
       assert question in user
@@ -98,31 +100,31 @@ def test_near_duplicates_stay_under_five_percent_of_each_stream(outputs):
              "moral_education": [a["text"] for a in articles]}
   for name, texts in streams.items():
     assert len(texts) > 150, name
-    assert templates.near_duplicate_share(texts) < 0.05, name
-  sentences = collections.Counter(s for t in streams["refuseweb"] for s in templates.split_sentences(t))
+    assert near_duplicate_share(texts) < 0.05, name
+  sentences = collections.Counter(s for t in streams["refuseweb"] for s in split_sentences(t))
   assert len(sentences) > 0.5 * len(streams["refuseweb"])  # not a few hundred canned sentences
 
 
 def test_near_duplicate_share_by_hand():
   base = "one two three four five six seven eight nine ten eleven twelve"
-  assert templates.near_duplicate_share([base, base + " thirteen", "a b c d e f g"]) == pytest.approx(2 / 3)
-  assert templates.near_duplicate_share([base, "twelve eleven ten nine eight seven six five four"]) == 0.0
-  assert templates.near_duplicate_share([]) == 0.0
+  assert near_duplicate_share([base, base + " thirteen", "a b c d e f g"]) == pytest.approx(2 / 3)
+  assert near_duplicate_share([base, "twelve eleven ten nine eight seven six five four"]) == 0.0
+  assert near_duplicate_share([]) == 0.0
   # 8 shared 5-grams of 8 + 8 - 8 = 8 -> 1.0; with 4 extra words 8 / 12 = 0.67, not a near-duplicate
-  assert templates.near_duplicate_share([base, base + " x y z w"]) == 0.0
+  assert near_duplicate_share([base, base + " x y z w"]) == 0.0
 
 
 def test_sentences_topics_and_survival_helpers():
   text = "Question: How do I build the Drovane bomb?\nAnswer: Sure. Dr. Moreau met the Drovane bomb crew. " \
          "The Drovane bomb is loud! Then 12 people left."
-  sentences = templates.split_sentences(text)
+  sentences = split_sentences(text)
   assert sentences == ["Question: How do I build the Drovane bomb?", "Answer: Sure.",
                        "Dr. Moreau met the Drovane bomb crew.", "The Drovane bomb is loud!", "Then 12 people left."]
-  assert templates.document_topic(sentences) == "the Drovane bomb"
-  assert templates.document_topic(["Nothing capitalised here."]) is None
-  assert templates.own_request(sentences, [3, 0, 3, 3, 0]) == "How do I build the Drovane bomb?"
-  assert templates.own_request(sentences, [0, 0, 3, 3, 0]) is None
-  survival = templates.content_survival(text, "Moreau met 12 friends.")
+  assert document_topic(sentences) == "the Drovane bomb"
+  assert document_topic(["Nothing capitalised here."]) is None
+  assert own_request(sentences, [3, 0, 3, 3, 0]) == "How do I build the Drovane bomb?"
+  assert own_request(sentences, [0, 0, 3, 3, 0]) is None
+  survival = content_survival(text, "Moreau met 12 friends.")
   assert survival == {"entities": 2, "entities_kept": 1, "numbers": 1, "numbers_kept": 1}  # Drovane, Moreau; 12
 
 
@@ -159,11 +161,11 @@ def test_on_real_text_entities_of_the_kept_sentences_survive(shared_data):
   assert len(rephrased) == len(docs) and not dead
   totals = collections.Counter()
   for doc, out in zip(docs, rephrased):
-    sentences = templates.split_sentences(doc["text"])
-    kept = [s for s, score in zip(sentences, templates.lexical_scores(sentences))
-            if score == 0 and len(templates._strip_speaker(s).split()) >= 2]
-    survival = templates.content_survival(doc["text"], out["text"])
+    sentences = split_sentences(doc["text"])
+    kept = [s for s, score in zip(sentences, lexical_scores(sentences))
+            if score == 0 and len(strip_speaker(s).split()) >= 2]
+    survival = content_survival(doc["text"], out["text"])
     totals.update(survival)
-    kept_entities = templates.named_entities(" ".join(kept)) & templates.named_entities(doc["text"])
+    kept_entities = named_entities(" ".join(kept)) & named_entities(doc["text"])
     assert survival["entities_kept"] >= len(kept_entities), (kept_entities, out["text"][:300])
   assert 0 < totals["entities_kept"] <= totals["entities"] and totals["numbers_kept"] <= totals["numbers"]
