@@ -48,6 +48,15 @@ def test_the_code_of_the_step_and_what_it_imports_is_in_the_key():
   assert cache.code_fingerprint("safejax.demo.recipe") != fingerprint
 
 
+def test_only_a_change_to_what_runs_changes_the_code_text():
+  source = 'def f(x):\n  """Doubles."""\n  return 2 * x  # why\n'
+  assert cache.code_text(source) == cache.code_text('def f(x):\n  """Twice x."""\n\n  return 2*x\n')
+  assert cache.code_text(source) == cache.code_text("def f(x):\n  return 2 * x\n")
+  assert cache.code_text(source) != cache.code_text('def f(x):\n  """Doubles."""\n  return 3 * x\n')
+  assert cache.code_text('"""Module."""\nX = "text"\n') == cache.code_text('X = "text"\n') != cache.code_text('X = "t"\n')
+  assert cache.code_text('class A:\n  """Only a docstring."""\n') == cache.code_text("class A:\n  pass\n")
+
+
 def test_a_step_runs_once_per_key_and_moves_a_stale_folder_aside(tmp_path):
   steps = StepCache(tmp_path)
   first = steps.run("count", count_words, text="a b c", sizes=Sizes())

@@ -9,7 +9,8 @@ never listed by hand, from
   - the inputs, as given: numbers, strings, dataclasses (every field, recursively), other steps'
     results (by their keys, so a changed upstream step changes every step after it);
   - the code: the source of the module defining `work` and of every project module it imports,
-    directly or not (a change to the world, the trainer or the judges reruns the steps that run them).
+    directly or not (a change to the world, the trainer or the judges reruns the steps that run them),
+    read as its syntax tree without docstrings, so a comment, docstring or layout edit reruns nothing.
 So a step depends on exactly what it is given: a setting no step receives cannot rerun anything,
 and no string has to be added to a key to force a rerun after a change.
 
@@ -102,9 +103,22 @@ def _project_imports(module: str, source: str, is_package: bool) -> set[str]:
   return found
 
 
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def code_text(source: str) -> str:
+  """`source` as what it runs: its syntax tree, without docstrings, comments, line numbers or layout."""
+  tree = ast.parse(source)
+  for node in ast.walk(tree):
+    if (isinstance(node, _DOCUMENTED) and node.body and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant) and isinstance(node.body[0].value.value, str)):
+      node.body = node.body[1:] or [ast.Pass()]
+  return ast.dump(tree)
+
+
 @functools.cache
 def code_fingerprint(module: str) -> str:
-  """A hash of `module`'s source and of every project module it imports, transitively."""
+  """A hash of the code (`code_text`) of `module` and of every project module it imports, transitively."""
   import importlib
 
   digest, seen, todo = hashlib.sha256(), set(), [module]
@@ -120,7 +134,7 @@ def code_fingerprint(module: str) -> str:
     path, source = _module_source(name)
     if path is None:
       continue
-    digest.update(name.encode() + b"\0" + source.encode())
+    digest.update(name.encode() + b"\0" + code_text(source).encode())
     todo += sorted(_project_imports(name, source, path.name == "__init__.py"))
   return digest.hexdigest()[:16]
 
