@@ -171,3 +171,7 @@ def test_the_positive_control_compares_the_raw_model_across_stages():
   results["compliance"]["benign_ft"]["raw/beam"] = _seeds(0.02, 0.0, 0.01)  # the attack restored nothing
   claim = next(c for c in cl.evaluate_claims(results) if c.claim.startswith("positive control"))
   assert claim.status == cl.FLOOR
+  # Decided at the instruct stage itself, it would compare the raw model with itself.
+  at_instruct = cl.ClaimSettings(headline_stage="instruct")
+  claim = next(c for c in cl.evaluate_claims(results, at_instruct) if c.claim.startswith("positive control"))
+  assert claim.status == cl.NOT_RUN and claim.comparisons == ()

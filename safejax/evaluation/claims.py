@@ -281,8 +281,8 @@ def evaluate_claims(results: Mapping[str, Any], settings: ClaimSettings | None =
   rate = lambda comparison, direction: decide_rate(results, comparison, direction, s)  # noqa: E731
 
   name = "positive control: benign fine-tuning raises the raw model's compliance"
-  if stage == "base" or "instruct" not in results.get(asr, {}):
-    claims.append(Claim(name, NOT_RUN, "needs the instruct and the headline stages", ()))
+  if stage in ("base", "instruct") or "instruct" not in results.get(asr, {}):
+    claims.append(Claim(name, NOT_RUN, "needs the instruct stage and a stage after it", ()))
   else:
     c = compare_stages(results, asr, f"raw/{s.plain}", stage, "instruct", s.confidence)
     claims.append(Claim(name, *rate(c, RAISES), (c,)))
