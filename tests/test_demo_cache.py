@@ -48,6 +48,22 @@ def test_the_code_of_the_step_and_what_it_imports_is_in_the_key():
   assert cache.code_fingerprint("safejax.demo.recipe") != fingerprint
 
 
+def test_a_step_key_holds_the_code_the_step_reaches_and_nothing_else():
+  from safejax.demo import recipe
+
+  texts, modules = cache.work_code(recipe.pretrain_step)
+  assert "safejax.train" in modules and "tasks.safety_mixtures" in modules  # what it runs
+  assert "safejax.evaluation.claims" not in modules  # the report's claims: no step runs them
+  assert any("pretrain_step" in t for t in texts) and not any("evaluate_step" in t for t in texts)
+  # A config's methods run without the step naming its class: the inputs' classes count.
+  texts, modules = cache.work_code(recipe.evaluate_step, {"config": recipe.DemoConfig()})
+  assert any("DemoConfig" in t for t in texts) and "safejax.decoding.generate" in modules
+  assert "safejax.evaluation.claims" not in cache.work_code(recipe.evaluate_step)[1]
+  # Module constants a step reaches count too (the world's phrase banks).
+  from safejax.demo import world
+  assert any("_INSTRUCT_REFUSALS" in t for t in cache.work_code(world.write_world_corpus)[0])
+
+
 def test_only_a_change_to_what_runs_changes_the_code_text():
   source = 'def f(x):\n  """Doubles."""\n  return 2 * x  # why\n'
   assert cache.code_text(source) == cache.code_text('def f(x):\n  """Twice x."""\n\n  return 2*x\n')

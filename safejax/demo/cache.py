@@ -8,9 +8,11 @@ A step is a function `work(out_dir, **inputs) -> summary` (a JSON-able dict). It
 never listed by hand, from
   - the inputs, as given: numbers, strings, dataclasses (every field, recursively), other steps'
     results (by their keys, so a changed upstream step changes every step after it);
-  - the code: the source of the module defining `work` and of every project module it imports,
-    directly or not (a change to the world, the trainer or the judges reruns the steps that run them),
-    read as its syntax tree without docstrings, so a comment, docstring or layout edit reruns nothing.
+  - the code: `work` itself and the functions and classes of its module that it reaches, and every
+    project module it reaches with what that module imports, directly or not (a change to the world,
+    the trainer or the judges reruns the steps that run them; a change to the claims, which no step
+    runs, reruns none), read as syntax trees without docstrings, so a comment, docstring or layout
+    edit reruns nothing.
 So a step depends on exactly what it is given: a setting no step receives cannot rerun anything,
 and no string has to be added to a key to force a rerun after a change.
 
@@ -139,10 +141,73 @@ def code_fingerprint(module: str) -> str:
   return digest.hexdigest()[:16]
 
 
+def _module_names(module: str, tree: ast.Module) -> tuple[dict[str, ast.AST], dict[str, str]]:
+  """A module's top-level definitions by name (functions, classes and assigned names, such as the
+  world's phrase banks), and the project modules its names stand for."""
+  defs: dict[str, ast.AST] = {}
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      defs[node.name] = node
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+        for name in ast.walk(target):
+          if isinstance(name, ast.Name):
+            defs[name.id] = node
+  package = module.rpartition(".")[0]
+  imported = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        imported[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        parts = package.split(".")
+        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+      for alias in node.names:
+        full = f"{base}.{alias.name}"
+        imported[alias.asname or alias.name] = full if full in sys.modules else base
+  return defs, {name: m for name, m in imported.items() if m.split(".")[0] in PROJECT_PACKAGES}
+
+
+def work_code(work: Callable[..., Any], inputs: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+  """What a step runs, read from its module's source: the code text (`code_text`) of `work` and of
+  the top-level definitions of its module that it names (functions, classes, constants), transitively, and the other project
+  modules they name (their code counts whole, with what they import: `code_fingerprint`). Only
+  what `work` reaches counts, so a step defined beside others in one module is not rerun by a
+  change to their code or to what only they import. The classes of `inputs` count too: a step
+  calls its config's methods without naming the class."""
+  source = _module_source(work.__module__)[1]
+  tree = ast.parse(source)
+  defs, imported = _module_names(work.__module__, tree)
+  texts, modules, todo = {}, set(), [work.__qualname__.split(".")[0]]
+  for value in (inputs or {}).values():
+    cls = type(value)
+    if dataclasses.is_dataclass(value) and cls.__module__.split(".")[0] in PROJECT_PACKAGES:
+      if cls.__module__ == work.__module__:
+        todo.append(cls.__qualname__.split(".")[0])
+      else:
+        modules.add(cls.__module__)
+  while todo:
+    name = todo.pop()
+    if name in texts or name not in defs:
+      continue
+    texts[name] = code_text(ast.unparse(defs[name]))
+    for node in ast.walk(defs[name]):
+      if isinstance(node, ast.Name):
+        if node.id in defs:
+          todo.append(node.id)
+        elif node.id in imported:
+          modules.add(imported[node.id])
+  return [texts[k] for k in sorted(texts)], sorted(modules)
+
+
 def step_key(work: Callable[..., Any], inputs: Mapping[str, Any]) -> str:
   """The key of running `work` on `inputs` (see the module docstring)."""
-  text = json.dumps({"work": f"{work.__module__}.{work.__qualname__}", "code": code_fingerprint(work.__module__),
-                     "inputs": canonical(dict(inputs))}, sort_keys=True)
+  texts, modules = work_code(work, inputs)
+  text = json.dumps({"work": f"{work.__module__}.{work.__qualname__}", "code": texts,
+                     "modules": {m: code_fingerprint(m) for m in modules}, "inputs": canonical(dict(inputs))},
+                    sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
