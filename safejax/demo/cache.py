@@ -86,6 +86,15 @@ def _module_source(module: str) -> tuple[Path | None, str]:
   return Path(path), Path(path).read_text(encoding="utf-8")
 
 
+def _imported_from(package: str, node: ast.ImportFrom) -> str:
+  """The absolute module name of `from ... import` in `package` (relative levels resolved)."""
+  base = node.module or ""
+  if node.level:
+    parts = package.split(".")
+    base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+  return base
+
+
 def _project_imports(module: str, source: str, is_package: bool) -> set[str]:
   """The project modules `module` imports anywhere in its source (lazy imports included)."""
   package = module if is_package else module.rpartition(".")[0]
@@ -94,10 +103,7 @@ def _project_imports(module: str, source: str, is_package: bool) -> set[str]:
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom):
-      base = node.module or ""
-      if node.level:
-        parts = package.split(".")
-        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+      base = _imported_from(package, node)
       names = [base] + [f"{base}.{alias.name}" for alias in node.names]
     else:
       continue
@@ -160,10 +166,7 @@ def _module_names(module: str, tree: ast.Module) -> tuple[dict[str, ast.AST], di
       for alias in node.names:
         imported[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
     elif isinstance(node, ast.ImportFrom):
-      base = node.module or ""
-      if node.level:
-        parts = package.split(".")
-        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+      base = _imported_from(package, node)
       for alias in node.names:
         full = f"{base}.{alias.name}"
         imported[alias.asname or alias.name] = full if full in sys.modules else base
