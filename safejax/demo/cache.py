@@ -8,7 +8,7 @@ A step is a function `work(out_dir, **inputs) -> summary` (a JSON-able dict). It
 never listed by hand, from
   - the inputs, as given: numbers, strings, dataclasses (every field, recursively), other steps'
     results (by their keys, so a changed upstream step changes every step after it);
-  - the code: `work` itself and the functions and classes of its module that it reaches, and every
+  - the code: `work` itself and the definitions of its module that it names, and every
     project module it reaches with what that module imports, directly or not (a change to the world,
     the trainer or the judges reruns the steps that run them; a change to the claims, which no step
     runs, reruns none), read as syntax trees without docstrings, so a comment, docstring or layout
@@ -175,8 +175,9 @@ def _module_names(module: str, tree: ast.Module) -> tuple[dict[str, ast.AST], di
 
 def work_code(work: Callable[..., Any], inputs: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
   """What a step runs, read from its module's source: the code text (`code_text`) of `work` and of
-  the top-level definitions of its module that it names (functions, classes, constants), transitively, and the other project
-  modules they name (their code counts whole, with what they import: `code_fingerprint`). Only
+  the top-level definitions of its module that it names (functions, classes, constants),
+  transitively, and the other project modules they name (their code counts whole, with what they
+  import: `code_fingerprint`). Only
   what `work` reaches counts, so a step defined beside others in one module is not rerun by a
   change to their code or to what only they import. The classes of `inputs` count too: a step
   calls its config's methods without naming the class."""
