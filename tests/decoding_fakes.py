@@ -26,6 +26,10 @@ class StatelessCache:
     del rows
     return self
 
+  def gather_beams(self, parents: jax.Array) -> "StatelessCache":
+    del parents
+    return self
+
   def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "StatelessCache":
     del choice, num_siblings
     return self

@@ -86,6 +86,20 @@ def test_cache_gather_rows_reorders_batch(model):
   np.testing.assert_array_equal(reordered.values[1][2], cache.values[1][0])
 
 
+def test_cache_gather_beams_copies_each_prompts_parent_beams_exactly(model):
+  x = tokens(6, 4)  # 2 prompts x 3 beams
+  _, cache = model(x, jnp.broadcast_to(jnp.arange(4), (6, 4)),
+                   cache=KVCache.init(CFG, 6, 6), input_mask=jnp.arange(4) < jnp.array([4, 3, 4, 2, 4, 1])[:, None])
+  parents = jnp.array([[2, 2, 0], [1, 0, 1]])
+  reordered = cache.gather_beams(parents)
+  expected = cache.gather_rows(jnp.array([2, 2, 0, 4, 3, 4]))  # row b*3 + parents[b, j]
+  for got, want in ((reordered.keys, expected.keys), (reordered.values, expected.values)):
+    for layer_got, layer_want in zip(got, want):
+      np.testing.assert_array_equal(layer_got, layer_want)  # bit for bit: a one-hot matmul copies exactly
+  np.testing.assert_array_equal(reordered.key_valid, expected.key_valid)
+  assert int(reordered.index) == int(cache.index) == 4
+
+
 @functools.partial(nnx.jit, static_argnames="siblings")
 def decode(model, x, positions, cache, input_mask=None, siblings=False):
   """The model with a cache, jitted: compiling beats running the ops one by one."""
@@ -129,8 +143,8 @@ def test_keep_sibling_leaves_the_cache_of_a_single_step(model):
   _, single = decode(model, chosen, positions[:, :1], cache)
   assert int(kept.index) == int(single.index) == 6
   np.testing.assert_array_equal(kept.key_valid, single.key_valid)
-  for kept_keys, single_keys in ((kept.keys, single.keys), (kept.values, single.values)):
-    np.testing.assert_allclose(kept_keys[:, :, :6], single_keys[:, :, :6], atol=1e-6)  # [L, B, S, K, H]
+  for kept_layer, single_layer in zip(kept.keys + kept.values, single.keys + single.values):
+    np.testing.assert_allclose(kept_layer[..., :6], single_layer[..., :6], atol=1e-6)  # [B, K, H, S]
   # Decoding goes on as if only the chosen tokens had ever been written.
   following = tokens(2, 2, seed=6)
   following_positions = next_position[:, None] + jnp.arange(1, 3)
@@ -197,7 +211,8 @@ def test_layers_are_stacked_and_the_scan_equals_the_loop():
   unrolled, loop_cache = decode(loop_model, x, positions, KVCache.init(cfg, 2, 8))
   np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
   np.testing.assert_allclose(cache.keys, loop_cache.keys, atol=1e-6)
-  assert cache.keys.shape == (3, 2, 8, cfg.num_kv_heads, cfg.head_dim)
+  # Decoding keeps a buffer per layer, slots last: [B, K, H, S] each.
+  assert [k.shape for k in cache.keys] == [(2, cfg.num_kv_heads, cfg.head_dim, 8)] * 3
 
 
 def test_scanned_program_does_not_grow_with_depth():

@@ -23,8 +23,8 @@ from flax import nnx
 from flax import struct
 
 from safejax.decoding.safebeam import safebeam
-from safejax.decoding.search import (NEG_INF, DecodeResult, LogitsProcessor, TokensToLogits, beam_search, chain,
-                                     left_pad, sample)
+from safejax.decoding.search import (NEG_INF, DecodeResult, LogitsProcessor, TokensToLogits, beam_rows, beam_search,
+                                     chain, left_pad, sample)
 from safejax.model.llama import Decoder, KVCache, ModelConfig, keep_sibling_slots
 
 if TYPE_CHECKING:  # importing the vocabulary pulls in seqio; decoding only needs its methods.
@@ -39,11 +39,15 @@ def cached_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensT
   """`tokens_to_logits` of a `Decoder` split into (graphdef, state), decoding with its KV cache.
 
   Build it inside the jitted function from a traced `state`, so the parameters are arguments of
-  the compiled program rather than constants baked into it.
+  the compiled program rather than constants baked into it, and outside the decoding loop: the
+  layers' parameters are split here, once per call.
   """
 
+  layers = nnx.merge(graphdef, state).split_layers()  # sliced here, once, not at every step of the loop
+
   def tokens_to_logits(tokens, positions, cache, input_mask, siblings=False):
-    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings)
+    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings,
+                                      layers=layers)
 
   return tokens_to_logits
 
@@ -69,6 +73,9 @@ class TokenHistory:
   def gather_rows(self, rows: jax.Array) -> "TokenHistory":
     take = lambda x: jnp.take(x, rows, axis=0)
     return TokenHistory(take(self.tokens), take(self.positions), take(self.valid), self.index)
+
+  def gather_beams(self, parents: jax.Array) -> "TokenHistory":
+    return self.gather_rows(beam_rows(parents))
 
   def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "TokenHistory":
     (tokens, positions), valid, index = keep_sibling_slots(

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from safejax.decoding.search import (NEG_INF, BeamState, CandidateFilter, Candidates, DecodeResult, InitCache,
-                                     LogitsProcessor, TokensToLogits, beam_rows, check_beam_args, ended_by,
+                                     LogitsProcessor, TokensToLogits, check_beam_args, ended_by,
                                      extend_beams, final_beams, initial_beams, kth_largest, prefill, score_extensions,
                                      settle_beams)
 
@@ -207,7 +207,7 @@ def safebeam(
     blocked = ~jnp.isfinite(candidate_log_probs).any(-1, keepdims=True)
     stopped = state.alive.replace(scores=jnp.where(blocked, state.alive.scores, NEG_INF),
                                   tag_stopped=jnp.isfinite(state.alive.log_probs))
-    cache = cache.gather_rows(beam_rows(alive_index // num_expand)).keep_sibling(
+    cache = cache.gather_beams(alive_index // num_expand).keep_sibling(
         (alive_index % num_expand).reshape(-1), num_expand)
     return settle_beams(state, alive, [*ended, stopped], alpha, max_new_tokens, cache=cache,
                    logits=jnp.take_along_axis(lookahead_logits, alive_index[..., None], axis=1))

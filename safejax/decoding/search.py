@@ -20,8 +20,10 @@ The contract with the model (see `runner.cached_tokens_to_logits` for the Flax d
       seeing the row's cache and itself only; the cache then keeps one of them (`keep_sibling`).
   init_cache(rows: int, length: int) -> an empty cache of `length` slots for `rows` sequences.
 
-A cache is any pytree with the methods `gather_rows(rows [R'] int32) -> cache` (beam reordering)
-and `keep_sibling(choice [R] int32, num_siblings: int) -> cache` (keeps each row's chosen sibling
+A cache is any pytree with the methods `gather_rows(rows [R'] int32) -> cache` (copies rows: a
+prompt's k beams at the start), `gather_beams(parents [B, k] int32) -> cache` (beam reordering:
+beam j of prompt b, row b*k + j, becomes a copy of row b*k + parents[b, j]) and
+`keep_sibling(choice [R] int32, num_siblings: int) -> cache` (keeps each row's chosen sibling
 of the last call); `safejax.model.KVCache` is one, `TokenHistory` (the no-KV-cache baseline)
 another (`runner.TokenHistory`).
 
@@ -357,7 +359,7 @@ def sample(
 # Beam search's state and steps: public, because SafeBeam (`safebeam.py`) and any other beam
 # variant build on them. A variant runs `prefill` and `initial_beams`, then per step scores the
 # extensions (`score_extensions`), collects the beams a terminal token ends (`ended_by`), picks its
-# new alive beams, writes them (`extend_beams`), gathers their cache rows (`beam_rows`) and folds
+# new alive beams, writes them (`extend_beams`), reorders their cache rows (`gather_beams`) and folds
 # everything into the next state (`settle_beams`); `final_beams` gives the result.
 
 
@@ -558,7 +560,7 @@ def beam_search(
     state, tokens, parents = choose(state)
     positions = jnp.repeat(prompt_lengths, beam_size) + state.step - 1
     logits, cache = _step_logits(tokens_to_logits, tokens.reshape(-1), positions,
-                                 state.cache.gather_rows(beam_rows(parents)))
+                                 state.cache.gather_beams(parents))
     return state.replace(logits=logits.reshape(batch, beam_size, vocab), cache=cache)
 
   # The last token needs no forward pass after it: the loop stops one short and `choose` ends.

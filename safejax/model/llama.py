@@ -10,6 +10,11 @@ The blocks' parameters are stacked along a leading `layers` axis (one Block buil
 `nnx.vmap`), and the forward pass runs them with `jax.lax.scan`, so the compiled program holds one
 layer whatever the depth: compile time stays flat from 4 to 32 layers. `scan_layers=False` runs the
 same stacked parameters in a Python loop instead (one program per layer, as before the scan).
+Decoding with a KV cache is always unrolled over the layers, each with a cache buffer of its own
+and its parameters split once per decoding call (`Decoder.split_layers`): slicing a stacked cache
+and stacked parameters inside the decoding loop made XLA:CPU copy them at every step (greedy at
+batch 8 ran 1.27x faster without; the price is compile time that grows with depth, about 9 s for a
+32-layer greedy decoder on 2 CPU cores against 2 s scanned).
 
 Shapes: L layers, B batch, T query length, S cache (key) length, D embed, N query heads, K kv
 heads, H head dim, F mlp dim, V vocab.
@@ -18,6 +23,7 @@ heads, H head dim, F mlp dim, V vocab.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 import gin
 import jax
 import jax.numpy as jnp
@@ -89,29 +95,51 @@ class ModelConfig:
 class KVCache:
   """Keys and values of every layer, written slot by slot.
 
-  keys, values: [L, B, S, K, H]. key_valid: [B, S], True where a slot holds a real token (left
-  padding of prompts and not-yet-written slots are False). index: int32 scalar, the next slot.
+  keys, values: one array per layer, [B, K, H, S] each: slots last, the order XLA:CPU's attention
+  matmuls read (`cached_attention`), and a buffer per layer, so a decoding step writes each in
+  place and reads it whole (slicing a stacked [L, ...] cache made XLA copy or transpose it at every
+  layer of every step). key_valid: [B, S], True where a slot holds a real token (left padding of
+  prompts and not-yet-written slots are False). index: int32 scalar, the next slot.
   """
 
-  keys: jax.Array
-  values: jax.Array
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
   key_valid: jax.Array
   index: jax.Array
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, length: int) -> "KVCache":
-    shape = (config.num_layers, batch, length, config.num_kv_heads, config.head_dim)
-    zeros = jnp.zeros(shape, config.dtype)
-    return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+    zeros = lambda: tuple(jnp.zeros((batch, config.num_kv_heads, config.head_dim, length), config.dtype)
+                          for _ in range(config.num_layers))
+    return cls(zeros(), zeros(), jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
 
   @property
   def length(self) -> int:
     return self.key_valid.shape[1]
 
   def gather_rows(self, rows: jax.Array) -> "KVCache":
-    """Reorders the batch (beam search): rows [B'] of indices into the current batch."""
-    return KVCache(jnp.take(self.keys, rows, axis=1), jnp.take(self.values, rows, axis=1),
-                   jnp.take(self.key_valid, rows, axis=0), self.index)
+    """Reorders the batch: rows [B'] of indices into the current batch (beam search's first step)."""
+    take = lambda x: jnp.take(x, rows, axis=0)
+    return KVCache(jax.tree.map(take, self.keys), jax.tree.map(take, self.values), take(self.key_valid), self.index)
+
+  def gather_beams(self, parents: jax.Array) -> "KVCache":
+    """Beam search's reordering: rows are B prompts of k beams, and beam j of prompt b becomes a
+    copy of its beam parents[b, j] ([B, k] int32).
+
+    A batched one-hot matmul, not a gather: a gather fused with the step's write into the cache
+    became an element-by-element loop over the whole cache, 3x slower than this on XLA:CPU. The
+    copy is exact (each value times one, plus zeros).
+    """
+    batch, beam_size = parents.shape
+    one_hot = (parents[..., None] == jnp.arange(beam_size)).astype(self.keys[0].dtype)  # [B, k, k]
+
+    def take(x):  # [B*k, ...] rows
+      grouped = x.reshape(batch, beam_size, -1)
+      return jnp.einsum("bjp,bpx->bjx", one_hot, grouped.astype(one_hot.dtype)).astype(x.dtype).reshape(x.shape)
+
+    key_valid = jnp.take_along_axis(self.key_valid.reshape(batch, beam_size, -1), parents[..., None], axis=1)
+    return KVCache(jax.tree.map(take, self.keys), jax.tree.map(take, self.values),
+                   key_valid.reshape(self.key_valid.shape), self.index)
 
   def keep_sibling(self, choice: jax.Array, num_siblings: int) -> "KVCache":
     """Keeps one of the sibling tokens just written (`Decoder.__call__(..., siblings=True)`).
@@ -120,25 +148,26 @@ class KVCache:
     to the first sibling slot, the other slots become invalid, and the next write goes after it.
     """
     (keys, values), key_valid, index = keep_sibling_slots(
-        (self.keys, self.values), self.key_valid, self.index, choice, num_siblings, leading_axes=1)
+        (self.keys, self.values), self.key_valid, self.index, choice, num_siblings, slot_axis=3)
     return KVCache(keys, values, key_valid, index)
 
 
 def keep_sibling_slots(buffers, valid: jax.Array, index: jax.Array, choice: jax.Array, num_siblings: int,
-                       leading_axes: int = 0):
-  """`KVCache.keep_sibling` over any pytree of per-slot buffers [..., B, S, ...] and their valid [B, S].
+                       batch_axis: int = 0, slot_axis: int = 1):
+  """`KVCache.keep_sibling` over any pytree of per-slot buffers and their valid [B, S].
 
-  leading_axes: how many axes come before B in every buffer (1 for the KV cache's layers).
-  The siblings occupy slots index - num_siblings .. index - 1. Returns (buffers, valid, index),
-  each row's chosen sibling moved to the first of those slots, the rest marked invalid.
+  batch_axis, slot_axis: where B and S are in every buffer (0 and 3 in the KV cache's
+  [B, K, H, S]). The siblings occupy slots index - num_siblings .. index - 1. Returns
+  (buffers, valid, index), each row's chosen sibling moved to the first of those slots, the rest
+  marked invalid.
   """
   first = index - num_siblings
-  slot_axis = leading_axes + 1
 
   def keep(x):
     window = jax.lax.dynamic_slice_in_dim(x, first, num_siblings, axis=slot_axis)
-    rows = choice.reshape((1,) * leading_axes + (-1, 1) + (1,) * (x.ndim - slot_axis - 1))
-    chosen = jnp.take_along_axis(window, rows, axis=slot_axis)
+    shape = [1] * x.ndim
+    shape[batch_axis] = -1
+    chosen = jnp.take_along_axis(window, choice.reshape(shape), axis=slot_axis)
     return jax.lax.dynamic_update_slice_in_dim(x, chosen, first, axis=slot_axis)
 
   window = jax.lax.dynamic_slice_in_dim(valid, first, num_siblings, axis=1)
@@ -182,7 +211,7 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, mask, cache_update=None):
     """x [B,T,D]; mask [B,1,T,S] bool, or None for plain causal self-attention (is_causal: cuDNN then
     skips the masked half). cache_update: None (S = T), or, decoding, a function that writes this
-    call's keys and values [B,T,K,H] into the cache and returns the layer's cached ones [B,S,K,H].
+    call's keys and values [B,T,K,H] into the cache and returns the layer's cached ones [B,K,H,S].
     Returns the output [B,T,D].
     """
     cfg = self.cfg
@@ -192,12 +221,38 @@ class Attention(nnx.Module):
     v = self.v(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     q = with_logical_constraint(rope(q, positions, cfg.rope_theta), ("activation_batch", "activation_length", "activation_heads", None))
     k = rope(k, positions, cfg.rope_theta)
-    if cache_update is not None:
-      k, v = cache_update(k, v)
-    out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask, is_causal=mask is None,
-                                       implementation=cfg.attention)
+    if cache_update is None:
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None, implementation=cfg.attention)
+    else:
+      out = cached_attention(q, *cache_update(k, v), mask)
     out = with_logical_constraint(out, ("activation_batch", "activation_length", "activation_heads", None))
     return self.o(out.reshape(b, t, cfg.num_heads * cfg.head_dim))
+
+
+def cached_attention(q: jax.Array, keys: jax.Array, values: jax.Array, mask: jax.Array) -> jax.Array:
+  """Attention of new queries q [B,T,N,H] over a cache's keys and values [B,K,H,S] (K kv heads,
+  N = K*G), mask [B,1,T,S] bool -> [B,T,N,H].
+
+  The arithmetic of `jax.nn.dot_product_attention`'s XLA path (grouped heads, scale, mask value,
+  float32 softmax) written as the two matmuls XLA:CPU hands to its fast kernels (YNNPACK) as they
+  stand: keys and values [H, S] per head, the probabilities [S, G*T]. Other orders made it copy
+  each layer's cache at every step, or fall back to a slow generic matmul.
+  """
+  b, t, n, h = q.shape
+  kv_heads = keys.shape[1]
+  groups = n // kv_heads
+  logits_dtype = jnp.promote_types(q.dtype, jnp.float32)
+  # [B, K, G*T, H]: the queries of each kv head.
+  q = q.reshape(b, t, kv_heads, groups, h).transpose(0, 2, 3, 1, 4).reshape(b, kv_heads, groups * t, h)
+  logits = jax.lax.dot_general(q, keys.astype(q.dtype), (((3,), (2,)), ((0, 1), (0, 1))),
+                               preferred_element_type=logits_dtype)  # [B, K, G*T, S]
+  logits *= jnp.array(h ** -0.5, logits_dtype)
+  large_negative = jnp.asarray(0.7 * jnp.finfo(logits_dtype).min, logits_dtype)  # as jax.nn's
+  logits = jnp.where(mask[:, :, None], logits.reshape(b, kv_heads, groups, t, -1), large_negative)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)  # [B, K, G, T, S]
+  probs = probs.reshape(b, kv_heads, groups * t, -1).transpose(0, 1, 3, 2)  # [B, K, S, G*T]
+  out = jax.lax.dot_general(values.astype(q.dtype), probs, (((3,), (2,)), ((0, 1), (0, 1))))  # [B, K, H, G*T]
+  return out.reshape(b, kv_heads, h, groups, t).transpose(0, 4, 1, 3, 2).reshape(b, t, n, h)
 
 
 class MLP(nnx.Module):
@@ -266,6 +321,7 @@ class Decoder(nnx.Module):
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
       siblings: bool = False,
+      layers: Sequence[nnx.State] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits for every position: `logits(hidden_states(...))`.
 
@@ -280,10 +336,13 @@ class Decoder(nnx.Module):
       siblings: with a cache: the T new tokens are alternatives for one and the same position
         (give them equal positions), not a sequence: each attends to the cache and itself only,
         so T candidates share one cache row; `KVCache.keep_sibling` then keeps one of them.
+      layers: with a cache: the blocks' parameters split per layer (`Decoder.split_layers`). A
+        decoder calls the model once per step inside its loop; split once before it, the
+        parameters are not sliced out of the stacked arrays again at every step.
     Returns:
       logits [B, T, V] float32, and the updated cache (None without one).
     """
-    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings)
+    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings, layers)
     return self.logits(x), cache
 
   def hidden_states(
@@ -294,6 +353,7 @@ class Decoder(nnx.Module):
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
       siblings: bool = False,
+      layers: Sequence[nnx.State] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """The final (normed) hidden states [B, T, D] in the compute dtype, and the cache.
 
@@ -333,7 +393,7 @@ class Decoder(nnx.Module):
     if cache is None:
       x = self._run_layers(x, positions, mask)
     else:
-      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots)
+      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots, layers)
       cache = KVCache(keys, values, key_valid, cache.index + t)
     return self.final_norm(x), cache
 
@@ -359,34 +419,30 @@ class Decoder(nnx.Module):
       x = run(x, jax.tree.map(lambda p: p[i], stacked))
     return x
 
-  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots):
-    """Decoding: every layer reads its cache and writes this call's keys and values into it.
-    Returns x and the cache's new keys and values [L, B, S, K, H]."""
-    layer, stacked = self._layer_fn()
+  def split_layers(self) -> list[nnx.State]:
+    """The blocks' parameters, one State per layer (for `__call__`'s `layers`)."""
+    _, stacked = nnx.split(self.blocks)
+    return [jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(self.cfg.num_layers)]
 
-    def run(x, keys, values, params, i):
-      # Written into the whole cache first, then read back: reading layer i before writing made
-      # XLA copy the whole cache (every layer) at every layer of every decoding step.
-      written = {}
+  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots, layers=None):
+    """Decoding: every layer writes this call's keys and values into its cache, then reads it.
+    Unrolled over the layers (each has a cache buffer of its own). `layers`: the blocks'
+    parameters split per layer (`split_layers`), or None to slice them here.
+    Returns x and the cache's new keys and values, a tuple of [B, K, H, S] each."""
+    layer, _ = self._layer_fn()
+    if layers is None:
+      layers = self.split_layers()
+    keys, values = list(cache.keys), list(cache.values)
+    for i, params in enumerate(layers):
 
-      def cache_update(k, v):
+      def cache_update(k, v, i=i):  # this call's [B, T, K, H]; returns the layer's cache [B, K, H, S]
         write = lambda buffer, new: jax.lax.dynamic_update_slice(
-            buffer, new[None].astype(buffer.dtype), (i, 0, write_slots, 0, 0))
-        written["keys"], written["values"] = write(keys, k), write(values, v)
-        return written["keys"][i], written["values"][i]
+            buffer, new.transpose(0, 2, 3, 1).astype(buffer.dtype), (0, 0, 0, write_slots))
+        keys[i], values[i] = write(keys[i], k), write(values[i], v)
+        return keys[i], values[i]
 
       x = layer(x, params, positions, mask, cache_update)
-      return x, written["keys"], written["values"]
-
-    if self.cfg.scan_layers:
-      def body(carry, xs):
-        return run(*carry, *xs), None
-      layers = (stacked, jnp.arange(self.cfg.num_layers))
-      return jax.lax.scan(body, (x, cache.keys, cache.values), layers)[0]
-    keys, values = cache.keys, cache.values
-    for i in range(self.cfg.num_layers):
-      x, keys, values = run(x, keys, values, jax.tree.map(lambda p: p[i], stacked), i)
-    return x, keys, values
+    return x, tuple(keys), tuple(values)
 
   def logits(self, x: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] -> logits [B, T, V] float32."""
