@@ -12,9 +12,10 @@ layer whatever the depth: compile time stays flat from 4 to 32 layers. `scan_lay
 same stacked parameters in a Python loop instead (one program per layer, as before the scan).
 Decoding with a KV cache is always unrolled over the layers, each with a cache buffer of its own
 and its parameters split once per decoding call (`Decoder.split_layers`): slicing a stacked cache
-and stacked parameters inside the decoding loop made XLA:CPU copy them at every step (greedy at
-batch 8 ran 1.27x faster without; the price is compile time that grows with depth, about 9 s for a
-32-layer greedy decoder on 2 CPU cores against 2 s scanned).
+and stacked parameters inside the decoding loop made XLA:CPU copy them at every step (without,
+beam search at batch 16, the demo's evaluation batch, runs 1.3-1.8x faster and greedy at batch 1
+about 2x; the price is compile time that grows with depth, about 9 s for a 32-layer greedy decoder
+on 2 CPU cores against 2 s scanned; README, Speed).
 
 Shapes: L layers, B batch, T query length, S cache (key) length, D embed, N query heads, K kv
 heads, H head dim, F mlp dim, V vocab.
