@@ -39,11 +39,15 @@ def cached_tokens_to_logits(graphdef: nnx.GraphDef, state: nnx.State) -> TokensT
   """`tokens_to_logits` of a `Decoder` split into (graphdef, state), decoding with its KV cache.
 
   Build it inside the jitted function from a traced `state`, so the parameters are arguments of
-  the compiled program rather than constants baked into it.
+  the compiled program rather than constants baked into it, and outside the decoding loop: the
+  layers' parameters are split here, once per call.
   """
 
+  layers = nnx.merge(graphdef, state).split_layers()  # sliced here, once, not at every step of the loop
+
   def tokens_to_logits(tokens, positions, cache, input_mask, siblings=False):
-    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings)
+    return nnx.merge(graphdef, state)(tokens, positions, cache=cache, input_mask=input_mask, siblings=siblings,
+                                      layers=layers)
 
   return tokens_to_logits
 

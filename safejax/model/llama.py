@@ -10,10 +10,12 @@ The blocks' parameters are stacked along a leading `layers` axis (one Block buil
 `nnx.vmap`), and the forward pass runs them with `jax.lax.scan`, so the compiled program holds one
 layer whatever the depth: compile time stays flat from 4 to 32 layers. `scan_layers=False` runs the
 same stacked parameters in a Python loop instead (one program per layer, as before the scan).
-Decoding with a KV cache is always unrolled over the layers, each with a cache buffer of its own:
-reading a layer's slice of a stacked cache inside the decoding loop made XLA:CPU copy (and
-transpose) the cache at every step. The price is compile time that grows with depth, about 9 s
-for a 32-layer greedy decoder on 2 CPU cores against 2 s scanned (README, Speed).
+Decoding with a KV cache is always unrolled over the layers, each with a cache buffer of its own
+and its parameters split once per decoding call (`Decoder.split_layers`): slicing a stacked cache
+and stacked parameters inside the decoding loop made XLA:CPU copy them at every step (without,
+beam search at batch 16, the demo's evaluation batch, runs 1.3-1.8x faster and greedy at batch 1
+about 2x; the price is compile time that grows with depth, about 9 s for a 32-layer greedy decoder
+on 2 CPU cores against 2 s scanned; README, Speed).
 
 Shapes: L layers, B batch, T query length, S cache (key) length, D embed, N query heads, K kv
 heads, H head dim, F mlp dim, V vocab.
@@ -22,6 +24,7 @@ heads, H head dim, F mlp dim, V vocab.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 import gin
 import jax
 import jax.numpy as jnp
@@ -319,6 +322,7 @@ class Decoder(nnx.Module):
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
       siblings: bool = False,
+      layers: Sequence[nnx.State] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """Logits for every position: `logits(hidden_states(...))`.
 
@@ -333,10 +337,13 @@ class Decoder(nnx.Module):
       siblings: with a cache: the T new tokens are alternatives for one and the same position
         (give them equal positions), not a sequence: each attends to the cache and itself only,
         so T candidates share one cache row; `KVCache.keep_sibling` then keeps one of them.
+      layers: with a cache: the blocks' parameters split per layer (`Decoder.split_layers`). A
+        decoder calls the model once per step inside its loop; split once before it, the
+        parameters are not sliced out of the stacked arrays again at every step.
     Returns:
       logits [B, T, V] float32, and the updated cache (None without one).
     """
-    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings)
+    x, cache = self.hidden_states(tokens, positions, segment_ids, cache, input_mask, siblings, layers)
     return self.logits(x), cache
 
   def hidden_states(
@@ -347,6 +354,7 @@ class Decoder(nnx.Module):
       cache: KVCache | None = None,
       input_mask: jax.Array | None = None,
       siblings: bool = False,
+      layers: Sequence[nnx.State] | None = None,
   ) -> tuple[jax.Array, KVCache | None]:
     """The final (normed) hidden states [B, T, D] in the compute dtype, and the cache.
 
@@ -386,7 +394,7 @@ class Decoder(nnx.Module):
     if cache is None:
       x = self._run_layers(x, positions, mask)
     else:
-      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots)
+      x, keys, values = self._run_layers_with_cache(x, positions, mask, cache, write_slots, layers)
       cache = KVCache(keys, values, key_valid, cache.index + t)
     return self.final_norm(x), cache
 
@@ -412,20 +420,21 @@ class Decoder(nnx.Module):
       x = run(x, jax.tree.map(lambda p: p[i], stacked))
     return x
 
-  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots):
+  def split_layers(self) -> list[nnx.State]:
+    """The blocks' parameters, one State per layer (for `__call__`'s `layers`)."""
+    _, stacked = nnx.split(self.blocks)
+    return [jax.tree.map(lambda p, i=i: p[i], stacked) for i in range(self.cfg.num_layers)]
+
+  def _run_layers_with_cache(self, x, positions, mask, cache: KVCache, write_slots, layers=None):
     """Decoding: every layer writes this call's keys and values into its cache, then reads it.
-    Unrolled over the layers, each with a cache buffer of its own. Returns x and the cache's new
-    keys and values, a tuple of [B, K, H, S] each."""
-    layer, stacked = self._layer_fn()
+    Unrolled over the layers (each has a cache buffer of its own). `layers`: the blocks'
+    parameters split per layer (`split_layers`), or None to slice them here.
+    Returns x and the cache's new keys and values, a tuple of [B, K, H, S] each."""
+    layer, _ = self._layer_fn()
+    if layers is None:
+      layers = self.split_layers()
     keys, values = list(cache.keys), list(cache.values)
-    # Each layer's parameters are copied out of the stacked arrays at every call, on purpose: on
-    # XLA:CPU the copy (one streaming read) and YNNPACK's matmul over the fresh copy take less time
-    # than the matmul reading the weights where they lie (the MLP at batch 8: 0.30 ms a layer
-    # against 0.55). The index is only known at run time (index >= 0), so XLA keeps the copies.
-    first_layer = jnp.minimum(cache.index, 0)
-    for i in range(self.cfg.num_layers):
-      params = jax.tree.map(lambda p, i=i: jax.lax.dynamic_index_in_dim(p, first_layer + i, keepdims=False),
-                            stacked)
+    for i, params in enumerate(layers):
 
       def cache_update(k, v, i=i):  # this call's [B, T, K, H]; returns the layer's cache [B, K, H, S]
         write = lambda buffer, new: jax.lax.dynamic_update_slice(
