@@ -128,15 +128,15 @@ class KVCache:
     copy of its beam parents[b, j] ([B, k] int32).
 
     A batched one-hot matmul, not a gather: a gather fused with the step's write into the cache
-    became an element-by-element loop over the whole cache, 3x slower than this on XLA:CPU. The
-    copy is exact (each value times one, plus zeros).
+    became an element-by-element loop over the whole cache on XLA:CPU (beam search at batch 4:
+    1,623 ms a call with it, 1,100 with this). The copy is exact (each value times one, plus zeros).
     """
     batch, beam_size = parents.shape
     one_hot = (parents[..., None] == jnp.arange(beam_size)).astype(self.keys[0].dtype)  # [B, k, k]
 
     def take(x):  # [B*k, ...] rows
       grouped = x.reshape(batch, beam_size, -1)
-      return jnp.einsum("bjp,bpx->bjx", one_hot, grouped.astype(one_hot.dtype)).astype(x.dtype).reshape(x.shape)
+      return jnp.einsum("bjp,bpx->bjx", one_hot, grouped).reshape(x.shape)
 
     key_valid = jnp.take_along_axis(self.key_valid.reshape(batch, beam_size, -1), parents[..., None], axis=1)
     return KVCache(jax.tree.map(take, self.keys), jax.tree.map(take, self.values),
