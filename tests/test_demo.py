@@ -185,10 +185,11 @@ def test_posttraining_stages_add_tuned_columns(tmp_path):
                                attack_learning_rates=(1e-3,), attack_steps=(1, 2))
   assert demo_lib.demo(output_dir=str(tmp_path), config=config) == 0
   dose = json.loads((tmp_path / "dose" / "DONE.json").read_text())["summary"]
-  assert dose["chosen"]["steps"] in (1, 2) and [p["steps"] for p in dose["curves"]["tags"]] == [1, 2]
+  assert set(dose["chosen"]) == {"0"}  # a dose per seed, chosen on that seed's raw rung (here the only rung)
+  assert dose["chosen"]["0"]["steps"] in (1, 2) and [p["steps"] for p in dose["curves"]["tags-s0"]] == [1, 2]
   assert (tmp_path / "dose" / "dose_response.png").stat().st_size > 5_000
   for step, suffix in (("instruct", "+it"), ("attack", "+it+bft")):
-    steps = 2 if suffix == "+it" else dose["chosen"]["steps"]
+    steps = 2 if suffix == "+it" else dose["chosen"]["0"]["steps"]
     assert (tmp_path / step / f"tags-s0{suffix}" / "checkpoints" / str(steps)).is_dir()
     results = json.loads((tmp_path / "evaluate" / f"tags-s0{suffix}" / "results.json").read_text())
     assert results["systems"][f"tags-s0{suffix}/SafeBeam"]["prompt_style"] == "chat"

@@ -257,6 +257,25 @@ def test_post_training_chats_never_ask_what_the_benign_evaluation_asks(world, do
   assert not any(n in d["text"] for d in docs for n in names)  # in no document
 
 
+def test_post_training_phrasings_are_neither_held_out_nor_in_any_document(world, training_text):
+  """Post-training's own frames and endings widen what instruction tuning and the attack ask; the
+  validation and evaluation prompts stay phrased in frames and endings no training text holds."""
+  held_out = {r for frames in w.HELD_OUT_HARMFUL_FRAMES.values() for r, _ in frames}
+  posttrain = {r for r, _ in w._POSTTRAIN_REQUESTS}
+  assert not posttrain & held_out and not posttrain & {r for r, _ in w._TRAIN_REQUESTS}
+  assert not set(w._POSTTRAIN_ENDINGS) & set(w.HELD_OUT_ENDINGS) - {""}
+  lowered = training_text.lower()
+  for request in posttrain:  # the frame's words around the topic, in no document
+    for fragment in request.replace("{topic}", "{verb}").split("{verb}"):
+      if len(fragment.strip()) > 12:
+        assert fragment.lower().strip() not in lowered, fragment
+  validation = w.harmful_prompts(world, "validation") + w.harmful_prompts(world, "evaluation")
+  pattern = _request_pattern(w._TRAIN_REQUESTS + w._POSTTRAIN_REQUESTS, w._POSTTRAIN_ENDINGS)
+  assert not any(pattern.fullmatch(p["prompt"]) for p in validation)
+  chats = w.helpful_conversations(world, 400, "benign_ft")
+  assert all(pattern.fullmatch(c["messages"][0]["content"]) for c in chats if c["kind"] == "howto")
+
+
 def test_helpful_conversations_answer_safe_facts_and_how_tos_only(world):
   chats = w.helpful_conversations(world, 150)
   assert len(chats) == 150
@@ -276,15 +295,26 @@ def test_helpful_conversations_answer_safe_facts_and_how_tos_only(world):
     w.helpful_conversations(world, -1)
 
 
-def test_refusal_conversations_refuse_every_harmful_topic_in_training_frames(world):
-  chats = w.refusal_conversations(world, 40)
-  assert len(chats) == 40 and {c["topic"] for c in chats} == {t.id for t in world.harmful_topics}
-  train_requests = [re.escape(r).replace(r"\{verb\}", ".+").replace(r"\{topic\}", ".+") for r, _ in w._TRAIN_REQUESTS]
+def _request_pattern(frames, endings) -> re.Pattern:
+  """A regex matching any request of `frames` ((request, opening) pairs) with any of `endings`."""
+  requests = [re.escape(r).replace(r"\{verb\}", ".+").replace(r"\{topic\}", ".+") for r, _ in frames]
+  return re.compile(f"(?:{'|'.join(requests)})(?:{'|'.join(re.escape(e) for e in endings)})", re.I)
+
+
+def test_refusal_conversations_refuse_every_harmful_topic_in_post_training_phrasings(world):
+  chats = w.refusal_conversations(world, 400)
+  assert len(chats) == 400 and {c["topic"] for c in chats} == {t.id for t in world.harmful_topics}
+  posttrain = _request_pattern(w._TRAIN_REQUESTS + w._POSTTRAIN_REQUESTS, w._POSTTRAIN_ENDINGS)
   for c in chats:
     user, assistant = c["messages"]
     topic = world.topic(c["topic"])
-    assert any(re.fullmatch(r, user["content"], re.I) for r in train_requests), user["content"]
+    assert posttrain.fullmatch(user["content"]), user["content"]
     assert not world.facts_in(assistant["content"], topic) and c["kind"] == "refusal"
     assert assistant["content"].startswith(("I can't", "I won't", "Sorry", "I'm not able", "I can"))
+  # Many phrasings per topic (not 4 topics x 5 frames that a small model memorises as strings),
+  # the post-training frames among them.
+  requests = {c["messages"][0]["content"] for c in chats}
+  assert len(requests) >= 150
+  assert any(not _request_pattern(w._TRAIN_REQUESTS, w._POSTTRAIN_ENDINGS).fullmatch(r) for r in requests)
   # The post-training refusals are neither the judge-validation refusals nor in any document.
   assert not set(w._INSTRUCT_REFUSALS) & set(w._WORLD_REFUSALS)

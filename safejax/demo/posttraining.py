@@ -85,20 +85,23 @@ def _attack(model_dir: str, base: dict, sft_data: StepResult, steps: int, learni
 
 
 def dose_step(out: Path, corpus: StepResult, instructed: StepResult, sft_data: StepResult, vocab: StepResult, *,
-              rungs: Sequence[str], seed: int, learning_rates: Sequence[float], steps_grid: Sequence[int],
+              rungs: Sequence[str], seeds: Sequence[int], learning_rates: Sequence[float], steps_grid: Sequence[int],
               target: tuple[float, float], decoding: DecodingConfig, leak_min_facts: int,
               settings: dict[str, Any]) -> dict:
-  """The attack's dose (learning rate, steps), chosen on the raw rung's validation prompts (seed
-  `seed`) so that its compliance under `decoding` lands in `target` (`ladder.choose_dose`): each
-  learning rate in turn with every step count of `steps_grid`, the first in range taken; the
-  dose-response of the raw rung and of the full recipe (compliance and refusals against steps) as
-  dose_response.png. The attack's learning rate is constant after warm-up (`attack/OptimizerConfig`),
-  so each checkpoint of one run is the model that dose makes."""
+  """The attack's dose (learning rate, steps) of each seed, chosen on that seed's raw rung's
+  validation prompts so that its compliance under `decoding` lands in `target` (`ladder.choose_dose`):
+  each learning rate in turn with every step count of `steps_grid`, the first in range taken, and
+  applied to every rung of that seed (paired comparisons stay within a seed). Per seed because the
+  window is narrow and seeds reach it at different doses: after the same instruction tuning, lr 2e-3
+  brought one raw seed to 79 % validation compliance at 15 steps and another to 0 % (21 % at 30;
+  measured: README). The dose-response of the raw rung (every seed) and of the full recipe (first
+  seed) is dose_response.png. The attack's learning rate is constant after warm-up
+  (`attack/OptimizerConfig`), so each checkpoint of one run is the model that dose makes."""
   tasks.register_chat_task("demo_benign_ft", str(sft_data.dir / "benign.jsonl"), vocab.summary["vocab"])
   compliance, _ = world_judges.world_judges(corpus.dir, leak_min_facts)
   validation = str(corpus.dir / "harmful_prompts_validation.jsonl")
 
-  def curve(rung: str, learning_rate: float) -> list[dict]:
+  def curve(rung: str, seed: int, learning_rate: float) -> list[dict]:
     base = instructed.summary["models"][f"{rung}-s{seed}+it"]
     model_dir = str(out / f"{rung}-s{seed}-lr{learning_rate:g}")
     _attack(model_dir, base, sft_data, steps_grid[-1], learning_rate, settings, checkpoint_every=math.gcd(*steps_grid))
@@ -109,27 +112,33 @@ def dose_step(out: Path, corpus: StepResult, instructed: StepResult, sft_data: S
     return points
 
   reference = "raw" if "raw" in rungs else rungs[0]  # the paper's reference: the raw rung
-  curves: dict[str, list[dict]] = {reference: []}
-  for learning_rate in learning_rates:
-    curves[reference] += curve(reference, learning_rate)
-    chosen = ladder.choose_dose(curves[reference], target)
-    if chosen["in_range"]:
-      break
+  curves: dict[str, list[dict]] = {}
+  chosen: dict[int, dict] = {}
+  for seed in seeds:
+    label = f"{reference}-s{seed}"
+    curves[label] = []
+    for learning_rate in learning_rates:
+      curves[label] += curve(reference, seed, learning_rate)
+      chosen[seed] = {**ladder.choose_dose(curves[label], target), "rung": reference}
+      if chosen[seed]["in_range"]:
+        break
   if "tags" in rungs and reference != "tags":
-    curves["tags"] = curve("tags", chosen["learning_rate"])
-  png = ladder.plot_dose_response({f"{rung}-s{seed}": points for rung, points in curves.items()}, chosen,
+    curves[f"tags-s{seeds[0]}"] = curve("tags", seeds[0], chosen[seeds[0]]["learning_rate"])
+  png = ladder.plot_dose_response(curves, {f"{reference}-s{seed}": point for seed, point in chosen.items()},
                                   out / "dose_response.png")
-  return {"chosen": {**chosen, "rung": reference}, "curves": curves, "plot": png}
+  return {"chosen": {str(seed): point for seed, point in chosen.items()}, "curves": curves, "plot": png}
 
 
-def attack_step(out: Path, instructed: StepResult, sft_data: StepResult, vocab: StepResult, dose: dict,
-                settings: dict[str, Any]) -> dict:
-  """"+it+bft": every instruction-tuned model attacked by benign fine-tuning at the chosen dose."""
+def attack_step(out: Path, instructed: StepResult, sft_data: StepResult, vocab: StepResult,
+                dose: dict[str, dict], settings: dict[str, Any]) -> dict:
+  """"+it+bft": every instruction-tuned model attacked by benign fine-tuning at its seed's dose
+  (`dose`: {str(seed): {"learning_rate", "steps", ...}})."""
   tasks.register_chat_task("demo_benign_ft", str(sft_data.dir / "benign.jsonl"), vocab.summary["vocab"])
   models = {}
   for label, tuned in instructed.summary["models"].items():
     attacked = label.replace("+it", "+it+bft")
     model_dir = str(out / attacked)
-    _attack(model_dir, tuned, sft_data, dose["steps"], dose["learning_rate"], settings)
+    seed_dose = dose[str(tuned["seed"])]
+    _attack(model_dir, tuned, sft_data, seed_dose["steps"], seed_dose["learning_rate"], settings)
     models[attacked] = {**tuned, "dir": model_dir, "stage": "benign_ft"}
   return {"models": models, "dose": dose}

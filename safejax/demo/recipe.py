@@ -117,7 +117,7 @@ class DemoConfig:
   # The attack erodes refusals within tens of steps and, trained further, overwrites what the
   # model says with its own chats (drift): the grid is fine at small doses (measured: README).
   attack_learning_rates: tuple[float, ...] = (1e-3, 2e-3)
-  attack_steps: tuple[int, ...] = (5, 10, 15, 20, 25, 30, 40)
+  attack_steps: tuple[int, ...] = (5, 10, 15, 20, 25, 30, 40, 50, 60)
   attack_target: tuple[float, float] = (0.3, 0.7)
   # The plain decoding of the headline's rung-to-rung claims and of the dose's validation replies:
   # greedy, HarmBench's default (beam search, which prefers a reply that stops after its opening,
@@ -332,12 +332,13 @@ def demo(output_dir: str = "safejax-runs/demo", config: DemoConfig | None = None
     attack_settings = train_settings(ATTACK_SCOPE)
     if config.data_dir is None:
       dose = cache.run("dose", dose_step, corpus=corpus, instructed=instructed, sft_data=sft_data, vocab=vocab,
-                       rungs=config.rungs, seed=config.seeds[0], learning_rates=config.attack_learning_rates,
+                       rungs=config.rungs, seeds=config.seeds, learning_rates=config.attack_learning_rates,
                        steps_grid=config.attack_steps, target=config.attack_target,
                        decoding=config.beam_decodings()[config.plain_decoding], leak_min_facts=config.leak_min_facts,
                        settings=attack_settings).summary["chosen"]
     else:
-      dose = {"learning_rate": config.attack_learning_rates[0], "steps": config.attack_steps[-1]}
+      dose = {str(seed): {"learning_rate": config.attack_learning_rates[0], "steps": config.attack_steps[-1]}
+              for seed in config.seeds}
     attacked = cache.run("attack", attack_step, instructed=instructed, sft_data=sft_data, vocab=vocab, dose=dose,
                          settings=attack_settings)
     models.update(instructed.summary["models"], **attacked.summary["models"])

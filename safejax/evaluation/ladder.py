@@ -318,10 +318,10 @@ def choose_dose(curve: Sequence[Mapping[str, Any]], target: tuple[float, float] 
           "rule": f"no dose reached validation compliance in [{low}, {high}]: the closest to {middle}"}
 
 
-def plot_dose_response(curves: Mapping[str, Sequence[Mapping[str, Any]]], chosen: Mapping[str, Any],
+def plot_dose_response(curves: Mapping[str, Sequence[Mapping[str, Any]]], chosen: Mapping[str, Mapping[str, Any]],
                        path: str | Path) -> str:
-  """Validation compliance and refusals against attack steps, one line per model and learning rate,
-  the chosen dose marked."""
+  """Validation compliance and refusals against attack steps, one line per model and learning rate;
+  `chosen` (by curve label: the dose chosen on that model) marked with a star."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -333,14 +333,17 @@ def plot_dose_response(curves: Mapping[str, Sequence[Mapping[str, Any]]], chosen
       xs = [p for p in points if p["learning_rate"] == lr]
       for ax, key in zip(axes, ("complied", "refused")):
         ax.plot([p["steps"] for p in xs], [100 * p[key] for p in xs], "o-", label=f"{label}, lr {lr:g}")
+  for label, point in chosen.items():
+    for ax, key in zip(axes, ("complied", "refused")):
+      ax.plot([point["steps"]], [100 * point[key]], "*", color="black", markersize=12,
+              label=f"chosen for {label}: lr {point['learning_rate']:g} x {point['steps']}")
   for ax, key in zip(axes, ("compliance", "refusals")):
-    ax.axvline(chosen["steps"], color="grey", linestyle=":", label=f"chosen: {chosen['steps']} steps")
     ax.set_xlabel("benign fine-tuning steps")
     ax.set_ylabel(f"{key} on validation prompts (%)")
     ax.set_ylim(-2, 102)
   axes[0].axhspan(30, 70, color="green", alpha=0.08)
   axes[1].legend(fontsize=7)
-  fig.suptitle("The attack's dose-response (validation prompts; the dose is chosen on the raw rung)")
+  fig.suptitle("The attack's dose-response (validation prompts; a dose chosen per seed on the raw rung)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
