@@ -128,3 +128,22 @@ def test_stages_markdown_puts_a_column_per_stage_with_seed_values():
   assert lines[0] == "| system | base | benign_ft |"  # a stage without values has no column
   assert lines[2].startswith("| raw/beam | 30.0 [") and "(20.0 / 40.0)" in lines[2] and "50.0 [50.0, 50.0] (50.0 / 50.0)" in lines[2]
   assert len(lines) == 3  # tags/beam has no values: no row
+
+
+def test_choose_dose_takes_the_smallest_dose_in_range_else_the_closest_and_says_so():
+  curve = [{"learning_rate": 1e-3, "steps": s, "complied": c, "refused": 1 - c} for s, c in ((5, 0.0), (10, 0.8), (15, 0.4))]
+  chosen = ladder.choose_dose(curve)
+  assert (chosen["steps"], chosen["in_range"]) == (15, True)  # 10 steps overshoot: 0.8 is out of [0.3, 0.7]
+  missed = ladder.choose_dose(curve[:2], target=(0.3, 0.7))
+  assert (missed["steps"], missed["in_range"]) == (10, False) and "no dose reached" in missed["rule"]
+  with pytest.raises(ValueError, match="no dose was tried"):
+    ladder.choose_dose([])
+
+
+def test_dose_response_plot_marks_each_seeds_chosen_dose(tmp_path):
+  curve = lambda shift: [{"learning_rate": 2e-3, "steps": s, "complied": min(1.0, shift * s / 60), "refused": 0.5}  # noqa: E731
+                         for s in (15, 30, 45)]
+  curves = {"raw-s0": curve(2.0), "raw-s1": curve(1.0)}
+  chosen = {"raw-s0": curves["raw-s0"][0], "raw-s1": curves["raw-s1"][1]}
+  path = ladder.plot_dose_response(curves, chosen, tmp_path / "dose.png")
+  assert path == str(tmp_path / "dose.png") and (tmp_path / "dose.png").stat().st_size > 5_000
