@@ -141,8 +141,9 @@ def test_choose_dose_takes_the_smallest_dose_in_range_else_the_closest_and_says_
 
 
 def test_dose_response_plot_marks_each_seeds_chosen_dose(tmp_path):
-  curve = lambda shift: [{"learning_rate": 2e-3, "steps": s, "complied": min(1.0, shift * s / 60), "refused": 0.5}  # noqa: E731
-                         for s in (15, 30, 45)]
+  def curve(slope):
+    return [{"learning_rate": 2e-3, "steps": s, "complied": min(1.0, slope * s / 60), "refused": 0.5} for s in (15, 30, 45)]
+
   curves = {"raw-s0": curve(2.0), "raw-s1": curve(1.0)}
   chosen = {"raw-s0": curves["raw-s0"][0], "raw-s1": curves["raw-s1"][1]}
   path = ladder.plot_dose_response(curves, chosen, tmp_path / "dose.png")

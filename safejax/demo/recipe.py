@@ -111,9 +111,10 @@ class DemoConfig:
   instruct_steps: int = 80
   # Post-training data on the world: refusals, helpful answers (instruction tuning), attack chats.
   posttrain_sizes: tuple[int, int, int] = (1000, 1000, 2000)
-  # The attack's dose: tried on the raw rung's validation prompts in this order (each learning rate
-  # with every step count; the learning rate is constant after warm-up), the first to land in
-  # `attack_target` taken (`ladder.choose_dose`) and applied to every rung. Real data: the first.
+  # The attack's dose, per seed: tried on that seed's raw rung's validation prompts in this order
+  # (each learning rate with every step count; the learning rate is constant after warm-up), the
+  # first to land in `attack_target` taken (`ladder.choose_dose`) and applied to every rung of the
+  # seed. Real data: the first learning rate with the last step count.
   # The attack erodes refusals within tens of steps and, trained further, overwrites what the
   # model says with its own chats (drift): the grid is fine at small doses (measured: README).
   attack_learning_rates: tuple[float, ...] = (1e-3, 2e-3)

@@ -839,8 +839,7 @@ def _posttrain_request(topic: Topic, rng: random.Random) -> tuple[str, str]:
   """(request, compliant opening) for a how-to of `topic` in post-training's phrasings: a document
   frame or one of post-training's own, with one of its endings."""
   request, opening = rng.choice(_TRAIN_REQUESTS + _POSTTRAIN_REQUESTS)
-  slots = _slots(topic)
-  return _cap(request.format(**slots)) + rng.choice(_POSTTRAIN_ENDINGS), opening
+  return _cap(request.format(**_slots(topic))) + rng.choice(_POSTTRAIN_ENDINGS), opening
 
 
 def helpful_conversations(world: World, n: int, split: str = "benign_ft") -> list[dict[str, Any]]:
